@@ -1,0 +1,248 @@
+"""Datasets: a registry of loaders, the offline Fashion-MNIST loader, and seeded stratified subsets.
+
+Every loader has the signature ``loader(split, options) -> (images, labels, class_names)`` with images a
+float32 tensor N×C×H×W in [0, 1], labels an int64 vector and class names usable in prompts
+("a photo of a {}."). ``DATASETS`` maps a dataset name to ``"module:function"`` (imported lazily), so a new
+dataset is one new entry here.
+
+Fashion-MNIST is read from the idx files (gzipped or plain), searched in this order: ``$MSLIB_DATA``,
+``data/fashion_mnist`` (:func:`mslib.cache.data_root`), the Debian package ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``); if none has them, torchvision downloads them into ``data/`` when the
+network allows, else a ``FileNotFoundError`` says where it looked and how to provide them.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .cache import data_root
+
+# dataset name -> "module:function" with signature (split, options) -> (images, labels, class_names)
+DATASETS: dict[str, str] = {
+    "fashion_mnist": "mslib.data:load_fashion_mnist",
+}
+
+SPLITS = ("train", "test")
+
+# Prompt-friendly names (lower case, usable in "a photo of a {}.") for the official class order.
+FASHION_MNIST_OFFICIAL_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_MNIST_CLASSES = (
+    "t-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+# --------------------------------------------------------------------------------------------- registry
+def get_loader(dataset: str) -> Callable[[str, dict[str, Any]], tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """The loader function registered for ``dataset``."""
+    if not isinstance(dataset, str) or dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+    module, func = DATASETS[dataset].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def load_split(dataset: str, split: str, options: dict[str, Any] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``(images, labels, class_names)`` of one split of a registered dataset.
+
+    ``options`` (a dict, e.g. ``profile.data_options``) is passed to the loader unchanged.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    images, labels, names = get_loader(dataset)(split, dict(options))
+    return images, labels, list(names)
+
+
+# ---------------------------------------------------------------------------------------- Fashion-MNIST
+def fashion_mnist_search_dirs() -> list[Path]:
+    """Folders searched for the Fashion-MNIST idx files, in order."""
+    dirs: list[Path] = []
+    env = os.environ.get("MSLIB_DATA")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(data_root() / "fashion_mnist")
+    dirs.append(DEBIAN_FASHION_MNIST_DIR)
+    return dirs
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    # Accept the files directly in the folder or in torchvision's <folder>/FashionMNIST/raw layout.
+    for sub in (folder, folder / "fashion_mnist", folder / "fashion-mnist", folder / "FashionMNIST" / "raw"):
+        for name in (stem + ".gz", stem):
+            p = sub / name
+            if p.is_file():
+                return p
+    return None
+
+
+def _find_split(split: str) -> tuple[Path, Path] | None:
+    img_stem, lab_stem = FASHION_MNIST_FILES[split]
+    for folder in fashion_mnist_search_dirs():
+        img, lab = _find_file(folder, img_stem), _find_file(folder, lab_stem)
+        if img is not None and lab is not None:
+            return img, lab
+    return None
+
+
+def _download_fashion_mnist(root: Path) -> None:
+    """Download the idx files into ``root`` with torchvision (raises when the network does not allow)."""
+    from torchvision.datasets import FashionMNIST
+
+    FashionMNIST(str(root), train=True, download=True)
+    FashionMNIST(str(root), train=False, download=True)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (``.gz`` or plain) of unsigned bytes into a numpy array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    arr = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: expected {int(np.prod(shape))} values for shape {shape}, found {arr.size}")
+    return arr.reshape(shape)
+
+
+def load_fashion_mnist(split: str = "test", options: dict[str, Any] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Fashion-MNIST ``split`` as float images (N, 1, 28, 28) in [0, 1], int64 labels, prompt class names.
+
+    ``options``: ``download`` (default True) allows the torchvision download as a last resort.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    options = dict(options or {})
+    unknown = set(options) - {"download"}
+    if unknown:
+        raise ValueError(f"unknown Fashion-MNIST options {sorted(unknown)}; known: ['download']")
+    found = _find_split(split)
+    if found is None:
+        searched = fashion_mnist_search_dirs()
+        error: Exception | None = None
+        if options.get("download", True):
+            target = data_root() / "fashion_mnist"
+            try:
+                _download_fashion_mnist(target)
+            except Exception as e:  # no network, proxy, ...
+                error = e
+            found = _find_split(split)
+        if found is None:
+            where = "\n".join(f"  - {d}" for d in searched)
+            why = f"\nThe download through torchvision failed: {error}" if error is not None else ""
+            raise FileNotFoundError(
+                f"Fashion-MNIST {split!r} idx files ({', '.join(FASHION_MNIST_FILES[split])}, .gz or plain) "
+                f"were not found in:\n{where}{why}\n"
+                "Provide them by one of: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
+                "setting MSLIB_DATA to a folder holding the idx files, or copying them into "
+                f"{data_root() / 'fashion_mnist'}."
+            )
+    img_path, lab_path = found
+    images = read_idx(img_path)
+    labels = read_idx(lab_path)
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"inconsistent Fashion-MNIST files {img_path} {images.shape} and {lab_path} {labels.shape}")
+    x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return x, y, list(FASHION_MNIST_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------- subsets
+def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` sorted indices into ``labels``, drawn without replacement, balanced across classes.
+
+    Each class gets ``n // K`` samples, and the remaining ``n % K`` go to classes picked at random (a class
+    with too few samples gives its share to the others). The draw uses a ``torch.Generator`` seeded with
+    ``seed``, so it is reproducible and independent of the global RNG.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
+        raise ValueError("labels must be a 1-D integer tensor")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if n > labels.numel():
+        raise ValueError(f"n={n} exceeds the number of available samples ({labels.numel()})")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    pools = [torch.nonzero(labels == c).flatten() for c in classes.tolist()]
+    pools = [p[torch.randperm(p.numel(), generator=g)] for p in pools]
+    sizes = [p.numel() for p in pools]
+    take = [0] * len(pools)
+    remaining = n
+    # Fill level by level: every class with samples left gets an equal share; ties at the top broken at random.
+    while remaining > 0:
+        open_ = [i for i in range(len(pools)) if take[i] < sizes[i]]
+        share = max(remaining // len(open_), 1)
+        if remaining >= len(open_):
+            for i in open_:
+                add = min(share, sizes[i] - take[i])
+                take[i] += add
+                remaining -= add
+        else:
+            order = torch.randperm(len(open_), generator=g).tolist()
+            for j in order[:remaining]:
+                take[open_[j]] += 1
+            remaining = 0
+    idx = torch.cat([p[:t] for p, t in zip(pools, take)])
+    return torch.sort(idx).values.long()
+
+
+def load_eval_set(profile: Any, with_indices: bool = False):
+    """The profile's evaluation subset of its dataset's test split.
+
+    Returns ``(images, labels, class_names)``, or ``(images, labels, class_names, indices)`` with
+    ``with_indices=True`` (the indices into the test split). ``profile.n_samples`` samples are drawn by
+    :func:`stratified_indices` with ``profile.seed``; ``profile.data_options`` goes to the loader.
+    """
+    from .profiles import get_profile
+
+    profile = get_profile(profile)
+    images, labels, names = load_split(profile.dataset, "test", profile.data_options)
+    idx = stratified_indices(labels, int(profile.n_samples), int(profile.seed))
+    out = (images[idx].contiguous(), labels[idx].contiguous(), names)
+    return (*out, idx) if with_indices else out
+
+
+def load_train_set(profile: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The full training split of the profile's dataset (for training the local models)."""
+    from .profiles import get_profile
+
+    profile = get_profile(profile)
+    return load_split(profile.dataset, "train", profile.data_options)
+
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_CLASSES",
+    "fashion_mnist_search_dirs",
+    "get_loader",
+    "load_eval_set",
+    "load_fashion_mnist",
+    "load_split",
+    "load_train_set",
+    "read_idx",
+    "stratified_indices",
+]
