@@ -4,23 +4,17 @@ from __future__ import annotations
 from .defense import MultiShield, decide, rejection_logits
 from .models import ZeroShotClassifier, build_zero_shot_classifier, load_classifier, load_vlm
 from .profiles import Profile, get_profile
+from . import attacks, metrics
+from .attacks import attack
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):  # lazy: keep `import mslib` light
-    if name in ("attack", "attacks"):
-        from . import attacks
+def __getattr__(name: str):  # lazy: data loading pulls in more than the core needs
+    if name == "load_eval_set":
+        import importlib
 
-        return attacks.attack if name == "attack" else attacks
-    if name in ("load_eval_set",):
-        from .data import load_eval_set
-
-        return load_eval_set
-    if name == "metrics":
-        from . import metrics
-
-        return metrics
+        return importlib.import_module("mslib.data").load_eval_set
     raise AttributeError(f"module 'mslib' has no attribute {name!r}")
 
 

@@ -1,0 +1,225 @@
+"""Attacks on models that map images in [0, 1] to logits, behind one entry point.
+
+``mslib.attack(model, images, labels, name, eps, ...)`` returns adversarial images; ``run_attack`` returns
+an :class:`AttackResult` with the success mask, per-iteration curves and the cost (forward/backward
+passes, seconds). Attacks are registered in :data:`ATTACKS` (name → function); adding one is one entry.
+
+Randomness is per sample: the random start of sample ``i`` is drawn from a generator seeded by
+``(seed, restart, indices[i])``, so results do not depend on the batch size, on how samples are sharded,
+or on which other samples are attacked alongside.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .._checks import check_images, check_labels, check_positive
+from . import losses
+from .apgd import APGDResult, apgd
+
+
+@dataclass
+class AttackResult:
+    """Adversarial images (on CPU), success per sample, curves summed over batches, and cost."""
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    success_curve: list[int] = field(default_factory=list)
+    loss_curve: list[float] = field(default_factory=list)
+    n_forward: int = 0
+    n_backward: int = 0
+    seconds: float = 0.0
+
+
+# An attack function attacks one batch (already on the model's device) and returns an APGDResult-like
+# object. Signature: fn(model, x, y, eps, *, n_iter, n_restarts, seed, indices, compact, **options).
+AttackFn = Callable[..., APGDResult]
+
+
+def sample_noise(shape: Sequence[int], indices: torch.Tensor, seed: int, restart: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """U[0, 1) noise of ``shape`` whose row ``j`` depends only on (seed, restart, indices[j])."""
+    rows = []
+    g = torch.Generator()
+    for i in indices.tolist():
+        h = hashlib.sha256(f"{seed}:{restart}:{i}".encode()).digest()
+        g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+        rows.append(torch.rand(tuple(shape[1:]), generator=g))
+    return torch.stack(rows).to(device=device, dtype=dtype) if rows else torch.empty(tuple(shape), device=device)
+
+
+def apgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss_fn: losses.LossFn,
+                  success_fn: losses.SuccessFn, n_iter: int = 100, n_restarts: int = 1, seed: int = 0,
+                  indices: torch.Tensor | None = None, compact: bool = True, rho: float = 0.75) -> APGDResult:
+    """APGD with restarts: samples already broken (clean or by an earlier restart) are not attacked again."""
+    indices = torch.arange(x.shape[0]) if indices is None else indices
+    with torch.no_grad():
+        logits = model(x)
+    success = success_fn(logits, y)
+    total = APGDResult(x.clone(), success.clone(), torch.full((x.shape[0],), -float("inf"), device=x.device))
+    total.n_forward = x.shape[0]
+    for r in range(n_restarts):
+        todo = (~total.success).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        noise = sample_noise(x.shape, indices[todo.cpu()], seed, r, device=x.device, dtype=x.dtype)
+        res = apgd(model, x[todo], y[todo], eps, loss_fn, success_fn, noise, n_iter=n_iter, rho=rho, compact=compact)
+        better = res.success | (res.loss_best > total.loss_best[todo])
+        total.x_adv[todo[better]] = res.x_adv[better]
+        total.loss_best[todo] = torch.maximum(total.loss_best[todo], res.loss_best)
+        total.success[todo] = res.success
+        base = int(total.success.sum()) - int(res.success.sum())
+        if not total.success_curve:
+            total.success_curve = [base + s for s in res.success_curve]
+            total.loss_curve = list(res.loss_curve)
+        else:
+            total.success_curve += [base + s for s in res.success_curve]
+            total.loss_curve += list(res.loss_curve)
+        total.n_forward += res.n_forward
+        total.n_backward += res.n_backward
+    if not total.success_curve:
+        total.success_curve = [int(total.success.sum())] * (n_iter + 1)
+        total.loss_curve = [0.0] * (n_iter + 1)
+    return total
+
+
+def _apgd_variant(loss_fn: losses.LossFn, success_fn: losses.SuccessFn) -> AttackFn:
+    def run(model, x, y, eps, **kw):
+        return apgd_restarts(model, x, y, eps, loss_fn=loss_fn, success_fn=success_fn, **kw)
+
+    run.__doc__ = f"APGD maximizing {loss_fn.__name__}, success = {success_fn.__name__}."
+    return run
+
+
+ATTACKS: dict[str, AttackFn] = {
+    "apgd-ce": _apgd_variant(losses.ce_loss, losses.misclassified),
+    "apgd-dlr": _apgd_variant(losses.dlr_loss, losses.misclassified),
+    "apgd-ce-reject": _apgd_variant(losses.ce_reject_loss, losses.misclassified_not_rejected),
+    "apgd-dlr-reject": _apgd_variant(losses.dlr_reject_loss, losses.misclassified_not_rejected),
+}
+# Attacks whose success criterion treats the last logit as "rejected".
+REJECT_AWARE: set[str] = {"apgd-ce-reject", "apgd-dlr-reject"}
+
+
+def register_attack(name: str, fn: AttackFn, reject_aware: bool = False) -> None:
+    """Add an attack to the registry (one entry, no edits elsewhere)."""
+    ATTACKS[name] = fn
+    if reject_aware:
+        REJECT_AWARE.add(name)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and parameters without gradients for the duration of an attack; restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: str, eps: float,
+               n_iter: int = 100, n_restarts: int = 1, seed: int = 0, batch_size: int = 250,
+               indices: torch.Tensor | None = None, compact: bool = True, progress: bool = False,
+               **options) -> AttackResult:
+    """Run attack ``name`` batch by batch; see :func:`attack`. Returns an :class:`AttackResult`."""
+    if not isinstance(name, str) or name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+    check_images(images)
+    check_labels(labels, images.shape[0])
+    eps = check_positive(eps, "eps")
+    _check_int(n_iter, "n_iter", 1)
+    _check_int(n_restarts, "n_restarts", 1)
+    _check_int(batch_size, "batch_size", 1)
+    _check_int(seed, "seed", 0)
+    indices = torch.arange(images.shape[0]) if indices is None else torch.as_tensor(indices).cpu()
+    if indices.shape != (images.shape[0],):
+        raise ValueError(f"indices must have shape ({images.shape[0]},), got {tuple(indices.shape)}")
+    fn = ATTACKS[name]
+    device = model_device(model)
+    out = AttackResult(images.clone(), torch.zeros(images.shape[0], dtype=torch.bool))
+    t0 = time.perf_counter()
+    starts = range(0, images.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"{name} eps={eps:g}", unit="batch", leave=False)
+    with frozen(model):
+        for s in starts:
+            sl = slice(s, s + batch_size)
+            x = images[sl].to(device)
+            y = labels[sl].to(device)
+            res = fn(model, x, y, eps, n_iter=n_iter, n_restarts=n_restarts, seed=seed, indices=indices[sl],
+                     compact=compact, **options)
+            out.x_adv[sl] = res.x_adv.detach().cpu()
+            out.success[sl] = res.success.cpu()
+            out.success_curve = _add(out.success_curve, res.success_curve)
+            out.loss_curve = _add(out.loss_curve, [v * x.shape[0] for v in res.loss_curve])
+            out.n_forward += res.n_forward
+            out.n_backward += res.n_backward
+    out.loss_curve = [v / max(images.shape[0], 1) for v in out.loss_curve]
+    out.seconds = time.perf_counter() - t0
+    check_perturbation(images, out.x_adv, eps)
+    return out
+
+
+def _add(a: list, b: list) -> list:
+    if not a:
+        return list(b)
+    n = max(len(a), len(b))
+    a = a + [a[-1]] * (n - len(a))
+    b = list(b) + [b[-1]] * (n - len(b)) if b else [0] * n
+    return [u + v for u, v in zip(a, b)]
+
+
+def check_perturbation(images: torch.Tensor, x_adv: torch.Tensor, eps: float, slack: float = 1e-6) -> None:
+    """Raise if an adversarial image leaves [0, 1] or the L∞ ball of radius eps (+ slack) around its input."""
+    if x_adv.shape != images.shape:
+        raise RuntimeError(f"attack returned shape {tuple(x_adv.shape)} for inputs {tuple(images.shape)}")
+    if torch.isnan(x_adv).any() or x_adv.min() < 0 or x_adv.max() > 1:
+        raise RuntimeError("attack returned images outside [0, 1]")
+    dist = (x_adv - images).abs().reshape(images.shape[0], -1).max(dim=1).values
+    if (dist > eps + slack).any():
+        raise RuntimeError(f"attack exceeded the L∞ budget: max distance {dist.max().item():.6g} > eps {eps:g}")
+
+
+def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: str, eps: float,
+           n_iter: int = 100, n_restarts: int = 1, seed: int = 0, batch_size: int = 250, **options) -> torch.Tensor:
+    """Adversarial images for ``model`` (images in [0, 1] → logits) under attack ``name`` at L∞ radius eps.
+
+    ``name``: one of :data:`ATTACKS` — ``apgd-ce``, ``apgd-dlr`` (AutoAttack's APGD), ``apgd-ce-reject``,
+    ``apgd-dlr-reject`` (for a model whose last logit means "rejected": loss on the true plus the
+    rejection class; success only when the prediction is neither), and the attacks registered by
+    :mod:`mslib.attacks`' other modules. Seeded and reproducible; every returned image lies in [0, 1] and
+    within eps of its input. Samples that are already misclassified are returned unchanged.
+    """
+    return run_attack(model, images, labels, name, eps, n_iter=n_iter, n_restarts=n_restarts, seed=seed,
+                      batch_size=batch_size, **options).x_adv
+
+
+__all__ = ["ATTACKS", "AttackResult", "REJECT_AWARE", "apgd_restarts", "attack", "check_perturbation",
+           "frozen", "register_attack", "run_attack", "sample_noise"]

@@ -1,0 +1,186 @@
+"""APGD (Croce & Hein 2020), L∞, with per-sample state and batch compaction.
+
+The algorithm follows AutoAttack's ``APGDAttack.attack_single_run``: random start on the eps-ball surface,
+step size 2·eps halved at checkpoints (p_0 = 0, p_1 = 0.22, shrinking by 0.03 down to 0.06 of n_iter) when
+the loss oscillates or stalls, momentum 0.75, restart from the best point. Every piece of state (step size,
+best loss, best point, loss history, checkpoint flags) is per sample, so a sample whose attack has
+succeeded can leave the batch at once (``compact=True``) without changing what happens to the others: the
+surviving samples follow exactly the trajectory they would in an uncompacted run.
+
+Unlike AutoAttack, the loss and the success criterion are arguments, which is what the rejection-aware
+variants need.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .losses import LossFn, SuccessFn
+
+
+@dataclass
+class APGDResult:
+    """Outcome of one APGD run on a batch: adversarial points, success mask, per-iteration trace, cost."""
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    loss_best: torch.Tensor
+    success_curve: list[int] = field(default_factory=list)
+    loss_curve: list[float] = field(default_factory=list)
+    n_forward: int = 0
+    n_backward: int = 0
+
+
+def checkpoint_schedule(n_iter: int) -> tuple[int, int, int]:
+    """AutoAttack's (first interval, decrement, minimum interval) in iterations."""
+    return max(int(0.22 * n_iter), 1), max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
+
+
+def linf_random_start(x: torch.Tensor, eps: float, noise: torch.Tensor) -> torch.Tensor:
+    """AutoAttack's L∞ start: x + eps · t/‖t‖∞ for t = 2u − 1, u ~ U[0, 1) given as ``noise``."""
+    t = 2 * noise - 1
+    norm = t.abs().reshape(t.shape[0], -1).max(dim=1).values.view(-1, *([1] * (t.dim() - 1)))
+    return (x + eps * t / (norm + 1e-12)).clamp(0.0, 1.0)
+
+
+def _loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn):
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x_adv)
+        loss = loss_fn(logits, y)
+        grad = torch.autograd.grad(loss.sum(), [x_adv])[0].detach()
+    return logits.detach(), loss.detach(), grad
+
+
+def apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    loss_fn: LossFn,
+    success_fn: SuccessFn,
+    noise: torch.Tensor,
+    n_iter: int = 100,
+    rho: float = 0.75,
+    compact: bool = True,
+    x_init: torch.Tensor | None = None,
+) -> APGDResult:
+    """One APGD run from a random start (``noise`` ~ U[0,1), shape of ``x``) or from ``x_init``.
+
+    Returns, per sample, the first point found that satisfies ``success_fn`` (else the last iterate's best
+    point by loss) and whether one was found.
+    """
+    n = x.shape[0]
+    dims = [1] * (x.dim() - 1)
+    out_x = x.clone()
+    out_success = torch.zeros(n, dtype=torch.bool, device=x.device)
+    loss_best_all = torch.full((n,), -float("inf"), device=x.device)
+    res = APGDResult(out_x, out_success, loss_best_all)
+
+    idx = torch.arange(n, device=x.device)  # positions (in this batch) of the samples still attacked
+    x_adv = x_init.clone() if x_init is not None else linf_random_start(x, eps, noise)
+    x_adv = x_adv.clamp(0.0, 1.0)
+    logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn)
+    res.n_forward += n
+    res.n_backward += n
+
+    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
+    out_x.copy_(x_adv)  # AutoAttack keeps the start as the fallback "adversarial" point
+    loss_best_all[idx] = loss_best
+    step = torch.full((n, *dims), 2.0 * eps, device=x.device, dtype=x.dtype)
+    x_adv_old = x_adv.clone()
+    loss_steps = torch.zeros(n_iter, n, device=x.device)
+    loss_best_last_check = loss_best.clone()
+    reduced_last_check = torch.ones_like(loss_best)
+    k, size_decr, n_iter_min = checkpoint_schedule(n_iter)
+    counter3 = 0
+    xs, ys = x, y
+
+    def record_success(succ: torch.Tensor, points: torch.Tensor) -> None:
+        new = succ & ~out_success[idx]
+        if new.any():
+            out_x[idx[new]] = points[new]
+            out_success[idx[new]] = True
+
+    record_success(success_fn(logits, ys), x_adv)
+    res.success_curve.append(int(out_success.sum()))
+    res.loss_curve.append(float(loss_best_all.mean()))
+
+    for i in range(n_iter):
+        if compact:
+            keep = ~out_success[idx]
+            if not keep.all():
+                (idx, xs, ys, x_adv, x_adv_old, grad, grad_best, x_best, loss_best, step, loss_best_last_check,
+                 reduced_last_check) = (t[keep] for t in (idx, xs, ys, x_adv, x_adv_old, grad, grad_best, x_best,
+                                                          loss_best, step, loss_best_last_check, reduced_last_check))
+                loss_steps = loss_steps[:, keep]
+            if idx.numel() == 0:
+                res.success_curve.extend([int(out_success.sum())] * (n_iter - i))
+                res.loss_curve.extend([float(loss_best_all.mean())] * (n_iter - i))
+                break
+
+        with torch.no_grad():
+            grad2 = x_adv - x_adv_old
+            x_adv_old = x_adv
+            a = 0.75 if i > 0 else 1.0
+            lo, hi = xs - eps, xs + eps
+            x1 = torch.clamp(torch.min(torch.max(x_adv + step * torch.sign(grad), lo), hi), 0.0, 1.0)
+            x1 = torch.clamp(torch.min(torch.max(x_adv + (x1 - x_adv) * a + grad2 * (1 - a), lo), hi), 0.0, 1.0)
+            x_adv = x1
+
+        logits, loss, grad = _loss_and_grad(model, x_adv, ys, loss_fn)
+        res.n_forward += idx.numel()
+        res.n_backward += idx.numel()
+        record_success(success_fn(logits, ys), x_adv)
+
+        with torch.no_grad():
+            loss_steps[i] = loss
+            improved = loss > loss_best
+            x_best[improved] = x_adv[improved]
+            grad_best[improved] = grad[improved]
+            loss_best[improved] = loss[improved]
+            loss_best_all[idx] = loss_best
+            counter3 += 1
+            if counter3 == k:
+                increases = torch.zeros_like(loss_best)
+                for c in range(k):
+                    increases += (loss_steps[i - c] > loss_steps[i - c - 1]).float()
+                osc = (increases <= k * rho).float()
+                no_impr = (1.0 - reduced_last_check) * (loss_best_last_check >= loss_best).float()
+                osc = torch.max(osc, no_impr)
+                reduced_last_check = osc.clone()
+                loss_best_last_check = loss_best.clone()
+                flag = osc > 0
+                if flag.any():
+                    step[flag] /= 2.0
+                    x_adv = x_adv.clone()
+                    x_adv[flag] = x_best[flag]
+                    grad[flag] = grad_best[flag]
+                k = max(k - size_decr, n_iter_min)
+                counter3 = 0
+        res.success_curve.append(int(out_success.sum()))
+        res.loss_curve.append(float(loss_best_all.mean()))
+
+    # samples never broken: return their best-loss point (the most promising start for another attack)
+    with torch.no_grad():
+        failed = ~out_success[idx]
+        out_x[idx[failed]] = x_best[failed]
+    return res
+
+
+def n_iter_checkpoints(n_iter: int) -> list[int]:
+    """The iterations at which APGD may halve its step size (for plots and tests)."""
+    k, dec, kmin = checkpoint_schedule(n_iter)
+    points, t = [], 0
+    while True:
+        t += k
+        if t > n_iter:
+            return points
+        points.append(t)
+        k = max(k - dec, kmin)
+
+
+__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints", "math"]

@@ -1,0 +1,102 @@
+"""Rates with 95% confidence intervals, computed from predictions and labels only.
+
+Conventions (Multi-Shield): a prediction equal to ``reject_label`` (K) means "rejected". On clean inputs a
+rejection counts as an error; on adversarial inputs an example counts as robust when it is classified
+correctly *or* rejected. Attack success: the adversarial prediction is wrong and not a rejection, among the
+samples the defense got right on clean inputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A proportion ``count / n`` with its 95% Wilson score interval [low, high]."""
+
+    count: int
+    n: int
+    low: float
+    high: float
+
+    @property
+    def value(self) -> float:
+        return self.count / self.n if self.n else float("nan")
+
+    def __float__(self) -> float:
+        return self.value
+
+    def __str__(self) -> str:
+        return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}] (n={self.n})"
+
+
+def wilson_interval(count: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sound at 0 and n, unlike the normal one)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = count / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate(mask: torch.Tensor) -> Rate:
+    """The :class:`Rate` of True entries in a boolean vector."""
+    mask = torch.as_tensor(mask).bool().reshape(-1)
+    count, n = int(mask.sum()), int(mask.numel())
+    return Rate(count, n, *wilson_interval(count, n))
+
+
+def _check(pred: torch.Tensor, labels: torch.Tensor, name: str = "pred") -> None:
+    if pred.shape != labels.shape or pred.dim() != 1:
+        raise ValueError(f"{name} and labels must be vectors of the same length, got {tuple(pred.shape)} "
+                         f"and {tuple(labels.shape)}")
+
+
+def clean_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> Rate:
+    """Fraction of clean inputs predicted correctly (a rejection is an error)."""
+    _check(pred, labels)
+    return rate(pred == labels)
+
+
+def rejection_rate(pred: torch.Tensor, reject_label: int) -> Rate:
+    """Fraction of inputs rejected."""
+    return rate(torch.as_tensor(pred) == reject_label)
+
+
+def robust_accuracy(adv_pred: torch.Tensor, labels: torch.Tensor, reject_label: int | None = None) -> Rate:
+    """Fraction of adversarial inputs classified correctly or (with a reject label) rejected."""
+    _check(adv_pred, labels, "adv_pred")
+    ok = adv_pred == labels
+    if reject_label is not None:
+        ok = ok | (adv_pred == reject_label)
+    return rate(ok)
+
+
+def attack_success_rate(clean_pred: torch.Tensor, adv_pred: torch.Tensor, labels: torch.Tensor,
+                        reject_label: int | None = None) -> Rate:
+    """Among samples correct on clean inputs, the fraction whose adversarial input is wrong and not rejected."""
+    _check(clean_pred, labels, "clean_pred")
+    _check(adv_pred, labels, "adv_pred")
+    broken = adv_pred != labels
+    if reject_label is not None:
+        broken = broken & (adv_pred != reject_label)
+    return rate(broken[clean_pred == labels])
+
+
+def evaluate(clean_pred: torch.Tensor, adv_pred: torch.Tensor, labels: torch.Tensor,
+             reject_label: int | None = None) -> dict[str, Rate]:
+    """All rates of one (model, attack) pair: clean accuracy and rejection, robust accuracy and rejection, ASR."""
+    out = {
+        "clean_acc": clean_accuracy(clean_pred, labels),
+        "robust_acc": robust_accuracy(adv_pred, labels, reject_label),
+        "attack_success": attack_success_rate(clean_pred, adv_pred, labels, reject_label),
+    }
+    if reject_label is not None:
+        out["clean_reject"] = rejection_rate(clean_pred, reject_label)
+        out["adv_reject"] = rejection_rate(adv_pred, reject_label)
+    return out

@@ -1,0 +1,53 @@
+"""Shared fixtures: small real models trained in seconds on real Fashion-MNIST images."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+class TinyCNN(nn.Module):
+    """A 2-conv CNN for 28×28 grayscale images in [0, 1] (normalizes inside forward)."""
+
+    num_classes = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 49, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - 0.286) / 0.353)
+
+
+@pytest.fixture(scope="session")
+def fashion_small() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, held-out images, held-out labels): 5000 + 300 real Fashion-MNIST images."""
+    from mslib.data import load_split
+
+    x, y, _ = load_split("fashion_mnist", "train")
+    return x[:5000], y[:5000], x[-300:], y[-300:]
+
+
+@pytest.fixture(scope="session")
+def small_classifier(fashion_small) -> nn.Module:
+    """A TinyCNN trained for 2 epochs on 5000 images (a few seconds on 2 cores), in eval mode."""
+    x, y, _, _ = fashion_small
+    torch.manual_seed(0)
+    model = TinyCNN()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(2):
+        for i in range(0, x.shape[0], 100):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 100]), y[i:i + 100]).backward()
+            opt.step()
+    return model.eval()
