@@ -1,0 +1,79 @@
+# Multi-Shield study package. `make figures` (PROFILE=tiny by default) and `make test` bootstrap what they need.
+PROFILE ?= tiny
+SHARD ?=
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+OUT := figures/$(PROFILE)
+RESULTS := data/results/$(PROFILE)/.complete
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
+MSLIB_SRC := $(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 2>/dev/null)
+export HF_HUB_OFFLINE ?= 1
+export PYTHONHASHSEED := 0
+
+.PHONY: all figures test lab clean distclean venv system-deps results fetch bench help $(notdir $(basename $(NOTEBOOKS)))
+
+all: figures
+
+help:
+	@echo "make figures [PROFILE=tiny|smoke|paper]  run every notebook into $(OUT)/"
+	@echo "make test                                run the test suite"
+	@echo "make results [SHARD=i/n]                 compute (or resume) the cached attack results"
+	@echo "make <notebook-name>                     one notebook, e.g. make 02_main_table"
+	@echo "make fetch PROFILE=paper                 download the paper's assets (needs internet)"
+	@echo "make bench                               speed benchmark -> $(OUT)/bench.json"
+	@echo "make lab | clean | distclean"
+
+# ---- environment -----------------------------------------------------------------------------------
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m ipykernel install --user --name mslib --display-name "Python (mslib)" >/dev/null
+	touch $@
+
+# Offline profiles read Fashion-MNIST from the Debian package (or $$MSLIB_DATA, or data/fashion_mnist).
+system-deps:
+	@if [ -n "$$MSLIB_DATA" ] || [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] \
+	   || ls data/fashion_mnist/t10k-images-idx3-ubyte* >/dev/null 2>&1; then :; \
+	 elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	   (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	 else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set MSLIB_DATA to a folder with the idx files"; exit 1; fi
+
+# ---- tests -----------------------------------------------------------------------------------------
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+# ---- results and figures ---------------------------------------------------------------------------
+results: $(RESULTS)
+$(RESULTS): $(STAMP) $(MSLIB_SRC) | system-deps
+	$(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD))
+	@[ -n "$(SHARD)" ] || touch $@
+
+figures: $(EXECUTED)
+
+$(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS)
+	@mkdir -p $(OUT)
+	cd notebooks && ../$(PY) -m papermill --cwd . -k mslib -p profile $(PROFILE) -p out_dir ../$(OUT) \
+	  $*.ipynb ../$(OUT)/$*.ipynb.tmp --progress-bar && mv ../$(OUT)/$*.ipynb.tmp ../$(OUT)/$*.ipynb
+
+$(notdir $(basename $(NOTEBOOKS))): %: $(OUT)/%.ipynb
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+fetch: $(STAMP)
+	$(PY) -m mslib.fetch --profile $(PROFILE)
+
+bench: $(STAMP) system-deps
+	$(PY) benchmarks/bench.py --profile $(PROFILE)
+
+clean:
+	rm -rf figures/*/
+
+distclean: clean
+	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf $(VENV)
