@@ -95,6 +95,20 @@ class ZeroShotClassifier(nn.Module):
     def num_classes(self) -> int:
         return self.text_embeddings.shape[0]
 
+    def with_prompts(self, classnames: Sequence[str], templates: Sequence[str], text_norm: TextNorm = "standard"
+                     ) -> "ZeroShotClassifier":
+        """The same image tower over other prompts (needs the text tower kept by the builder)."""
+        text = getattr(self, "text_tower", None)
+        if text is None:
+            raise ValueError("this ZeroShotClassifier was built without its text tower; rebuild it with "
+                             "build_zero_shot_classifier to change prompts")
+        model, tokenizer = text
+        device = self.text_embeddings.device
+        emb = build_text_embeddings(model, tokenizer, classnames, templates, device=device, text_norm=text_norm)
+        out = ZeroShotClassifier(self.image_encoder, emb, self.preprocess).to(device).eval()
+        object.__setattr__(out, "text_tower", text)
+        return out
+
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalized image embeddings (N, D) of [0, 1] images."""
         return F.normalize(self.image_encoder(self.preprocess(x)).float(), dim=-1)
@@ -168,4 +182,7 @@ def build_zero_shot_classifier(
     emb = build_text_embeddings(model, tokenizer, classnames, templates, device=device, text_norm=text_norm)
     if preprocess is None:
         preprocess = preprocess_from_open_clip(model, resize_mode=resize_mode)
-    return ZeroShotClassifier(model.visual, emb, preprocess).to(device).eval()
+    zs = ZeroShotClassifier(model.visual, emb, preprocess).to(device).eval()
+    # kept as a plain attribute (not a submodule) so prompts can be changed without re-registering weights
+    object.__setattr__(zs, "text_tower", (model, tokenizer))
+    return zs
