@@ -1,0 +1,345 @@
+"""Experiments: (profile, classifier, target, attack, eps) → cached adversarial examples and predictions.
+
+A :class:`Runner` holds one (profile, dataset) setting: its evaluation set and its models. ``clean(clf)``
+and ``attacked(clf, target, attack, eps)`` return the classifier logits ``f`` and the VLM similarities
+``s`` on clean and adversarial inputs, from which every metric of the study (classifier, VLM, Multi-Shield
+at any tolerance) is computed without touching a model again.
+
+Results live in ``data/results/<key>/`` (``record.json`` says what produced them) as one file per batch,
+written atomically, so a killed run loses at most the batch in flight and a rerun skips finished batches.
+``shard=(i, n)`` runs batches i, i+n, i+2n, ...; shards merge into exactly the unsharded result, because
+random starts are keyed by sample index (see :mod:`mslib.attacks`).
+
+Across an eps sweep a sample broken at a smaller eps is not attacked again: its adversarial example lies
+inside every larger ball, so it is reused, and the security curve is monotone by construction. The record
+of a result therefore names the smaller eps values (``eps_chain``) it builds on.
+
+Targets: ``clf`` (the classifier alone: the non-adaptive attack, transferred to Multi-Shield), ``ms``
+(Multi-Shield's K+1 logits: the adaptive attacks), ``vlm`` (the VLM alone, similarities × 100 as logits).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .attacks import ATTACKS, REJECT_AWARE, frozen, run_attack
+from .cache import entry_dir, load_tensors, save_tensors
+from .defense import MultiShield, decide
+from .profiles import Profile, get_profile
+
+CODE_VERSION = "mslib-attacks-1"  # bump when a change to the attacks changes their results
+TARGETS = ("clf", "ms", "vlm")
+VLM_LOGIT_SCALE = 100.0
+
+# The attacks the study runs, per target, at every eps of the profile's grid (and at profile.eps).
+STUDY_PLAN: dict[str, tuple[str, ...]] = {
+    "clf": ("apgd-ce", "apgd-dlr"),
+    "ms": ("apgd-ce-reject", "apgd-dlr-reject"),
+}
+
+
+class ScaledLogits(nn.Module):
+    """A VLM's cosine similarities times a CLIP-like logit scale, so CE-based attacks get useful gradients."""
+
+    def __init__(self, vlm: nn.Module, scale: float = VLM_LOGIT_SCALE) -> None:
+        super().__init__()
+        self.vlm = vlm
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vlm(x) * self.scale
+
+
+def _require_assets(profile: Profile) -> None:
+    try:
+        from .fetch import require_assets
+    except ImportError:  # the paper-asset checker is optional for the offline profiles
+        return
+    require_assets(profile.name)
+
+
+@dataclass
+class Outputs:
+    """Classifier logits and VLM similarities on some inputs (N×K each), with the attack's bookkeeping."""
+
+    f: torch.Tensor
+    s: torch.Tensor
+    x_adv: torch.Tensor | None = None
+    success: torch.Tensor | None = None
+    success_curve: list[float] | None = None
+    loss_curve: list[float] | None = None
+    n_forward: int = 0
+    seconds: float = 0.0
+
+    def clf_pred(self) -> torch.Tensor:
+        return self.f.argmax(dim=1)
+
+    def vlm_pred(self) -> torch.Tensor:
+        return self.s.argmax(dim=1)
+
+    def ms_pred(self, tolerance: float) -> torch.Tensor:
+        return decide(self.f, self.s, tolerance)
+
+
+class Runner:
+    """Cached evaluation of one (profile, dataset): clean and adversarial outputs of its models."""
+
+    def __init__(self, profile: Profile | str, dataset: str | None = None, progress: bool = True,
+                 shard: tuple[int, int] | None = None, compact: bool = True) -> None:
+        from .data import load_eval_set
+
+        self.profile = get_profile(profile, dataset) if isinstance(profile, str) else profile
+        _require_assets(self.profile)
+        if shard is not None:
+            i, n = shard
+            if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+                raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+        self.shard = shard
+        self.progress = progress
+        self.compact = compact
+        self.images, self.labels, self.class_names, self.indices = load_eval_set(self.profile, with_indices=True)
+        self.num_classes = len(self.class_names)
+        self._classifiers: dict[str, nn.Module] = {}
+        self._vlm: nn.Module | None = None
+
+    # ---- models ----------------------------------------------------------------------------------------
+    def classifier(self, name: str) -> nn.Module:
+        if name not in self._classifiers:
+            from .models import load_classifier
+
+            self._classifiers[name] = load_classifier(self.profile, name).to(self.profile.device)
+        return self._classifiers[name]
+
+    def vlm(self) -> nn.Module:
+        if self._vlm is None:
+            from .models import load_vlm
+
+            self._vlm = load_vlm(self.profile).to(self.profile.device)
+        return self._vlm
+
+    def defense(self, clf: str, tolerance: float | None = None) -> MultiShield:
+        tol = self.profile.tolerance if tolerance is None else tolerance
+        return MultiShield(self.classifier(clf), self.vlm(), tolerance=tol)
+
+    def target_model(self, clf: str, target: str) -> nn.Module:
+        if target == "clf":
+            return self.classifier(clf)
+        if target == "ms":
+            return self.defense(clf)
+        if target == "vlm":
+            return ScaledLogits(self.vlm())
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+    # ---- records ---------------------------------------------------------------------------------------
+    def _base_record(self, clf: str) -> dict[str, Any]:
+        p = self.profile
+        idx = self.indices.tolist()
+        return {
+            "profile": p.name, "dataset": p.dataset, "data_options": p.data_options,
+            "n_samples": len(idx), "indices_sha256": hashlib.sha256(str(idx).encode()).hexdigest(),
+            "classifier": {"name": clf, "spec": p.classifier_specs[clf]},
+            "vlm": {"name": p.vlm, "spec": p.vlm_spec, "templates": list(p.templates)},
+            "batch_size": p.batch_size,
+        }
+
+    def eps_chain(self, eps: float) -> list[float]:
+        """The grid's eps values below ``eps`` (ascending) that a result at ``eps`` builds on."""
+        return sorted(e for e in self.profile.eps_grid if 0 < e < eps)
+
+    def attack_record(self, clf: str, target: str, attack: str, eps: float) -> dict[str, Any]:
+        p = self.profile
+        return {
+            "kind": "attack", "code": CODE_VERSION, **self._base_record(clf), "target": target, "attack": attack,
+            "eps": float(eps), "eps_chain": self.eps_chain(eps), "n_iter": p.n_iter, "n_restarts": p.n_restarts,
+            "seed": p.seed, "tolerance": p.tolerance if target == "ms" else None, "compact": self.compact,
+        }
+
+    # ---- batches ---------------------------------------------------------------------------------------
+    def _batches(self) -> list[int]:
+        starts = list(range(0, self.images.shape[0], self.profile.batch_size))
+        if self.shard is not None:
+            i, n = self.shard
+            starts = starts[i::n]
+        return starts
+
+    @torch.inference_mode()
+    def _evaluate(self, clf: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.profile.device
+        x = x.to(dev)
+        return self.classifier(clf)(x).float().cpu(), self.vlm()(x).float().cpu()
+
+    def _merge(self, folder, starts: Iterable[int], keys: tuple[str, ...]) -> dict[str, Any]:
+        parts = [load_tensors(folder / f"batch_{b:07d}.pt") for b in starts]
+        out: dict[str, Any] = {}
+        for k in keys:
+            vals = [pt[k] for pt in parts]
+            out[k] = torch.cat(vals) if isinstance(vals[0], torch.Tensor) else vals
+        return out
+
+    def _missing(self, folder, starts: list[int]) -> list[int]:
+        return [b for b in starts if not (folder / f"batch_{b:07d}.pt").exists()]
+
+    def _complete_or_raise(self, folder, what: str) -> list[int]:
+        all_starts = list(range(0, self.images.shape[0], self.profile.batch_size))
+        missing = self._missing(folder, all_starts)
+        if missing:
+            raise RuntimeError(f"{what}: {len(missing)} of {len(all_starts)} batches are not computed yet "
+                               f"(sharded run in progress?); run the remaining shards, then merge ({folder})")
+        return all_starts
+
+    # ---- results ---------------------------------------------------------------------------------------
+    def clean(self, clf: str) -> Outputs:
+        """Classifier logits and VLM similarities on the clean evaluation set (cached)."""
+        folder = entry_dir("results", {"kind": "clean", **self._base_record(clf)})
+        bs = self.profile.batch_size
+        for b in self._missing(folder, self._batches()):
+            f, s = self._evaluate(clf, self.images[b:b + bs])
+            save_tensors({"f": f, "s": s}, folder / f"batch_{b:07d}.pt")
+        if self.shard is not None and self._missing(folder, list(range(0, self.images.shape[0], bs))):
+            return None  # type: ignore[return-value]
+        merged = self._merge(folder, self._complete_or_raise(folder, "clean outputs"), ("f", "s"))
+        return Outputs(merged["f"], merged["s"])
+
+    def attacked(self, clf: str, target: str, attack: str, eps: float) -> Outputs | None:
+        """Outputs on adversarial examples of ``attack`` against ``target`` at L∞ radius ``eps`` (cached).
+
+        With a shard set, computes only that shard's batches and returns None until all shards are done.
+        """
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if attack in REJECT_AWARE and target != "ms":
+            raise ValueError(f"{attack} needs a rejecting model: use target='ms'")
+        p = self.profile
+        bs = p.batch_size
+        folder = entry_dir("results", self.attack_record(clf, target, attack, eps))
+        todo = self._missing(folder, self._batches())
+        chain = self.eps_chain(eps)
+        prev = self._attacked_parts(clf, target, attack, chain[-1]) if (chain and todo) else None
+        if todo:
+            model = self.target_model(clf, target)
+            bar = todo
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(todo, desc=f"{p.dataset}/{clf} {attack}@{target} eps={eps:g}", unit="batch", leave=False)
+            with frozen(model):
+                for b in bar:
+                    self._attack_batch(model, clf, attack, eps, b, prev, folder)
+        if self.shard is not None and self._missing(folder, list(range(0, self.images.shape[0], bs))):
+            return None
+        starts = self._complete_or_raise(folder, f"{attack} on {target} at eps={eps:g}")
+        m = self._merge(folder, starts, ("f", "s", "x_adv", "success", "success_curve", "loss_curve",
+                                         "n_forward", "seconds"))
+        return Outputs(m["f"], m["s"], m["x_adv"], m["success"], _sum_curves(m["success_curve"]),
+                       _mean_curves(m["loss_curve"], [len(x) for x in torch.split(m["success"], bs)]),
+                       int(sum(m["n_forward"])), float(sum(m["seconds"])))
+
+    def _attacked_parts(self, clf: str, target: str, attack: str, eps: float) -> dict[int, dict[str, Any]]:
+        """Per-batch results at a smaller eps, computing (this shard's part of) them if needed."""
+        self.attacked(clf, target, attack, eps)
+        folder = entry_dir("results", self.attack_record(clf, target, attack, eps))
+        return {b: load_tensors(folder / f"batch_{b:07d}.pt") for b in self._batches()}
+
+    def _attack_batch(self, model: nn.Module, clf: str, attack: str, eps: float, b: int,
+                      prev: dict[int, dict[str, Any]] | None, folder) -> None:
+        p = self.profile
+        x = self.images[b:b + p.batch_size]
+        y = self.labels[b:b + p.batch_size]
+        t0 = time.perf_counter()
+        x_adv = x.clone()
+        done = torch.zeros(x.shape[0], dtype=torch.bool)
+        if prev is not None:  # broken at a smaller eps: reuse, do not attack again
+            done = prev[b]["success"].clone()
+            x_adv[done] = prev[b]["x_adv"][done]
+        todo = (~done).nonzero().squeeze(1)
+        curve, loss_curve, n_fwd = [int(done.sum())] * (p.n_iter + 1), [0.0] * (p.n_iter + 1), 0
+        if todo.numel():
+            res = run_attack(model, x[todo], y[todo], attack, eps, n_iter=p.n_iter, n_restarts=p.n_restarts,
+                             seed=p.seed, batch_size=p.batch_size, indices=self.indices[b:b + p.batch_size][todo],
+                             compact=self.compact)
+            x_adv[todo] = res.x_adv
+            done[todo] = res.success
+            curve = [int(done.sum()) - int(res.success.sum()) + c for c in res.success_curve]
+            loss_curve = [v * todo.numel() / x.shape[0] for v in res.loss_curve]
+            n_fwd = res.n_forward
+        f, s = self._evaluate(clf, x_adv)
+        save_tensors({"x_adv": x_adv, "f": f, "s": s, "success": done, "success_curve": torch.tensor(curve),
+                      "loss_curve": torch.tensor(loss_curve), "n_forward": n_fwd,
+                      "seconds": time.perf_counter() - t0}, folder / f"batch_{b:07d}.pt")
+
+
+def _sum_curves(curves: list) -> list[float]:
+    n = max(len(c) for c in curves)
+    out = torch.zeros(n)
+    for c in curves:
+        c = torch.as_tensor(c, dtype=torch.float32)
+        out += torch.cat([c, c[-1:].expand(n - len(c))]) if len(c) < n else c
+    return out.tolist()
+
+
+def _mean_curves(curves: list, sizes: list[int]) -> list[float]:
+    total = _sum_curves([torch.as_tensor(c, dtype=torch.float32) * w for c, w in zip(curves, sizes)])
+    return [v / max(sum(sizes), 1) for v in total]
+
+
+def study_eps(profile: Profile) -> list[float]:
+    """Every positive eps the study attacks at: the grid and the profile's eps."""
+    return sorted({e for e in profile.eps_grid if e > 0} | {profile.eps})
+
+
+def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress: bool = True,
+              plan: dict[str, tuple[str, ...]] | None = None) -> bool:
+    """Compute (or resume) every cached result the notebooks read. Returns True when all shards are done."""
+    plan = STUDY_PLAN if plan is None else plan
+    complete = True
+    for ds in get_profile(profile_name).datasets:
+        runner = Runner(profile_name, ds, progress=progress, shard=shard)
+        jobs = [(clf, target, attack, eps) for clf in runner.profile.classifiers
+                for target, attacks in plan.items() for attack in attacks for eps in study_eps(runner.profile)]
+        bar: Iterable = jobs
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(jobs, desc=f"{profile_name}/{ds}", unit="attack")
+        for clf in runner.profile.classifiers:
+            complete &= runner.clean(clf) is not None
+        for clf, target, attack, eps in bar:
+            complete &= runner.attacked(clf, target, attack, eps) is not None
+    return complete
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` → (i, n) with 0 <= i < n."""
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Compute the cached results of a profile's study.")
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--shard", default=None, help="i/n: run only shard i of n (merge by running all shards)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    done = run_study(args.profile, parse_shard(args.shard))
+    print(f"{'complete' if done else 'shard finished'}: profile {args.profile} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The study's tables as DataFrames, read from the cached results of :mod:`mslib.experiment`.
+
+Each function takes a profile name (all its datasets) and returns one tidy DataFrame; notebooks plot
+and save them. Worst case over several attacks is taken per sample: a sample counts as robust only if no
+attack broke it (Multi-Shield broken = a wrong class that is not "rejected").
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import pandas as pd
+import torch
+
+from . import metrics
+from .experiment import STUDY_PLAN, Outputs, Runner, study_eps
+from .profiles import get_profile
+
+CORRECT, REJECTED, BROKEN = 0, 1, 2
+
+
+def status(pred: torch.Tensor, labels: torch.Tensor, reject_label: int | None = None) -> torch.Tensor:
+    """Per-sample outcome: 0 correct, 1 rejected, 2 wrong and not rejected."""
+    out = torch.full_like(labels, BROKEN)
+    out[pred == labels] = CORRECT
+    if reject_label is not None:
+        out[(pred == reject_label)] = REJECTED
+    return out
+
+
+def worst_case(statuses: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Per-sample worst outcome over attacks (broken beats rejected beats correct)."""
+    return torch.stack(list(statuses)).max(dim=0).values
+
+
+def _rates(st: torch.Tensor) -> dict[str, metrics.Rate]:
+    return {"robust": metrics.rate(st < BROKEN), "reject": metrics.rate(st == REJECTED)}
+
+
+def runners(profile_name: str, progress: bool = False) -> list[Runner]:
+    """One :class:`Runner` per dataset of the profile."""
+    return [Runner(profile_name, ds, progress=progress) for ds in get_profile(profile_name).datasets]
+
+
+def _ms_status(out: Outputs, labels: torch.Tensor, tol: float, k: int) -> torch.Tensor:
+    return status(out.ms_pred(tol), labels, k)
+
+
+def main_table(profile_name: str) -> pd.DataFrame:
+    """One row per (dataset, classifier): the paper's main results (rates as fractions) with 95% CIs."""
+    rows = []
+    for r in runners(profile_name):
+        p, y, k = r.profile, r.labels, r.num_classes
+        for clf in p.classifiers:
+            clean = r.clean(clf)
+            clf_adv = [r.attacked(clf, "clf", a, p.eps) for a in STUDY_PLAN["clf"]]
+            ms_adv = [r.attacked(clf, "ms", a, p.eps) for a in STUDY_PLAN["ms"]]
+            clf_st = worst_case(status(o.clf_pred(), y) for o in clf_adv)
+            non = _rates(worst_case(_ms_status(o, y, p.tolerance, k) for o in clf_adv))
+            ada = _rates(worst_case(_ms_status(o, y, p.tolerance, k) for o in ms_adv))
+            ms_clean = clean.ms_pred(p.tolerance)
+            clf_rob = metrics.rate(clf_st == CORRECT)
+            row = {
+                "dataset": p.dataset, "classifier": clf, "eps": p.eps, "n": len(y),
+                "clf_clean_acc": metrics.clean_accuracy(clean.clf_pred(), y),
+                "clf_robust_acc": clf_rob,
+                "vlm_clean_acc": metrics.clean_accuracy(clean.vlm_pred(), y),
+                "ms_clean_acc": metrics.clean_accuracy(ms_clean, y),
+                "ms_clean_reject": metrics.rejection_rate(ms_clean, k),
+                "ms_robust_acc_nonadaptive": non["robust"], "ms_reject_nonadaptive": non["reject"],
+                "ms_robust_acc_adaptive": ada["robust"], "ms_reject_adaptive": ada["reject"],
+            }
+            rows.append(row)
+    df = _with_ci(rows)
+    df["gain_adaptive"] = df["ms_robust_acc_adaptive"] - df["clf_robust_acc"]
+    df["gain_nonadaptive"] = df["ms_robust_acc_nonadaptive"] - df["clf_robust_acc"]
+    return df
+
+
+def _with_ci(rows: list[dict]) -> pd.DataFrame:
+    """Rates → value columns plus ``<col>_lo``/``<col>_hi`` 95% CI columns at the end."""
+    flat, cis = [], []
+    for row in rows:
+        f, c = {}, {}
+        for key, v in row.items():
+            if isinstance(v, metrics.Rate):
+                f[key] = v.value
+                c[f"{key}_lo"], c[f"{key}_hi"] = v.low, v.high
+            else:
+                f[key] = v
+        flat.append(f)
+        cis.append(c)
+    return pd.concat([pd.DataFrame(flat), pd.DataFrame(cis)], axis=1)
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """Average robust-accuracy gain of Multi-Shield over the classifier alone, per dataset."""
+    return df.groupby("dataset", sort=False)[["gain_nonadaptive", "gain_adaptive"]].mean().reset_index()
+
+
+def security_curves(profile_name: str) -> pd.DataFrame:
+    """Robust accuracy vs eps (0 included) for the classifier and for Multi-Shield under each attack."""
+    rows = []
+    for r in runners(profile_name):
+        p, y, k = r.profile, r.labels, r.num_classes
+        for clf in p.classifiers:
+            clean = r.clean(clf)
+            curves = {
+                "classifier (APGD-CE+DLR)": lambda e: worst_case(
+                    status(r.attacked(clf, "clf", a, e).clf_pred(), y) for a in STUDY_PLAN["clf"]),
+                "Multi-Shield, non-adaptive": lambda e: worst_case(
+                    _ms_status(r.attacked(clf, "clf", a, e), y, p.tolerance, k) for a in STUDY_PLAN["clf"]),
+                "Multi-Shield, adaptive": lambda e: worst_case(
+                    _ms_status(r.attacked(clf, "ms", a, e), y, p.tolerance, k) for a in STUDY_PLAN["ms"]),
+            }
+            clean_st = {"classifier (APGD-CE+DLR)": status(clean.clf_pred(), y),
+                        "Multi-Shield, non-adaptive": _ms_status(clean, y, p.tolerance, k),
+                        "Multi-Shield, adaptive": _ms_status(clean, y, p.tolerance, k)}
+            for model, fn in curves.items():
+                for eps in [0.0] + study_eps(p):
+                    st = clean_st[model] if eps == 0 else fn(eps)
+                    rate = metrics.rate(st < BROKEN)
+                    rows.append({"dataset": p.dataset, "classifier": clf, "model": model, "eps": eps,
+                                 "robust_acc": rate.value, "lo": rate.low, "hi": rate.high,
+                                 "reject": float((st == REJECTED).float().mean())})
+    return pd.DataFrame(rows)
+
+
+def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
+    """Clean accuracy, clean rejection and robust accuracy as the tolerance varies.
+
+    The cached logits/similarities are re-thresholded at each tolerance; the adaptive examples were crafted
+    against Multi-Shield at the profile's tolerance (the column ``crafted_at`` says so).
+    """
+    rows = []
+    for r in runners(profile_name):
+        p, y, k = r.profile, r.labels, r.num_classes
+        grid = sorted(set(p.tolerance_grid) | {p.tolerance})
+        for clf in p.classifiers:
+            clean = r.clean(clf)
+            clf_adv = [r.attacked(clf, "clf", a, p.eps) for a in STUDY_PLAN["clf"]]
+            ms_adv = [r.attacked(clf, "ms", a, p.eps) for a in STUDY_PLAN["ms"]]
+            for tol in grid:
+                ms_clean = clean.ms_pred(tol)
+                non = _rates(worst_case(_ms_status(o, y, tol, k) for o in clf_adv))
+                ada = _rates(worst_case(_ms_status(o, y, tol, k) for o in ms_adv))
+                rows.append({"dataset": p.dataset, "classifier": clf, "tolerance": tol, "eps": p.eps,
+                             "clean_acc": metrics.clean_accuracy(ms_clean, y).value,
+                             "clean_reject": metrics.rejection_rate(ms_clean, k).value,
+                             "robust_acc_nonadaptive": non["robust"].value, "reject_nonadaptive": non["reject"].value,
+                             "robust_acc_adaptive": ada["robust"].value, "reject_adaptive": ada["reject"].value,
+                             "crafted_at": p.tolerance})
+    return pd.DataFrame(rows)
+
+
+@torch.inference_mode()
+def zero_shot_table(profile_name: str, text_norms: tuple[str, ...] = ("standard", "original")) -> pd.DataFrame:
+    """Zero-shot accuracy of the VLM per dataset and prompt template (each alone, then all averaged)."""
+    rows = []
+    for r in runners(profile_name):
+        p = r.profile
+        vlm = r.vlm()
+        x, y = r.images.to(p.device), r.labels.to(p.device)
+        prompts = [(t, (t,)) for t in p.templates] + [(f"ensemble of {len(p.templates)}", tuple(p.templates))]
+        for label, templates in prompts:
+            for norm in text_norms:
+                zs = vlm.with_prompts(r.class_names, templates, text_norm=norm)
+                pred = torch.cat([zs(x[i:i + p.batch_size]).argmax(1) for i in range(0, len(y), p.batch_size)])
+                acc = metrics.clean_accuracy(pred.cpu(), y.cpu())
+                rows.append({"dataset": p.dataset, "vlm": p.vlm, "template": label, "text_norm": norm,
+                             "accuracy": acc.value, "lo": acc.low, "hi": acc.high, "n": acc.n})
+    return pd.DataFrame(rows)
+
+
+def gallery(profile_name: str, clf: str | None = None, n: int = 8, attack: str = "apgd-ce-reject"
+            ) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, list[str]]:
+    """Clean and adversarial images (first dataset) with each model's decision, for the workflow figure.
+
+    Returns (table, clean images, adversarial images, class names); the table has one row per image with
+    the classifier's, the VLM's and Multi-Shield's predictions on the clean and adversarial image.
+    """
+    r = runners(profile_name)[0]
+    p, y, k = r.profile, r.labels, r.num_classes
+    clf = clf or p.classifiers[0]
+    clean = r.clean(clf)
+    target = "ms" if attack.endswith("-reject") else "clf"
+    adv = r.attacked(clf, target, attack, p.eps)
+    # a mix: some the attack broke, some Multi-Shield rejected, some it got right
+    st = _ms_status(adv, y, p.tolerance, k)
+    pick = torch.cat([(st == s).nonzero().squeeze(1)[: max(1, n // 3)] for s in (BROKEN, REJECTED, CORRECT)])[:n]
+    names = list(r.class_names) + ["REJECTED"]
+    rows = []
+    for i in pick.tolist():
+        rows.append({"index": int(r.indices[i]), "true": names[int(y[i])],
+                     "clf_clean": names[int(clean.clf_pred()[i])], "vlm_clean": names[int(clean.vlm_pred()[i])],
+                     "ms_clean": names[int(clean.ms_pred(p.tolerance)[i])],
+                     "clf_adv": names[int(adv.clf_pred()[i])], "vlm_adv": names[int(adv.vlm_pred()[i])],
+                     "ms_adv": names[int(adv.ms_pred(p.tolerance)[i])]})
+    return pd.DataFrame(rows), r.images[pick], adv.x_adv[pick], names
