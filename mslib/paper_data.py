@@ -1,0 +1,480 @@
+"""The paper's datasets, read offline from their standard on-disk layouts.
+
+Every loader has the registry signature ``loader(split, options) -> (images, labels, class_names)``
+(:mod:`mslib.data`): images float32 N×3×H×W in [0, 1], labels int64, class names usable in prompts.
+
+Where the files live (``options["root"]`` overrides all of these):
+
+========== ======================================================================== ====================
+dataset    layout (torchvision's, under the root)                                   root
+========== ======================================================================== ====================
+cifar10    ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` (pickle) ``$MSLIB_PAPER_DATA``
+stl10      ``stl10_binary/{train,test}_{X,y}.bin``, ``class_names.txt``               or ``data/datasets``
+caltech101 ``caltech101/101_ObjectCategories/<category>/image_*.jpg``                 (same)
+food101    ``food-101/{images/<class>/<id>.jpg, meta/{train,test}.json, classes.txt}`` (same)
+oxford_pets ``oxford-iiit-pet/{images/<id>.jpg, annotations/{trainval,test}.txt}``     (same)
+imagenet   an ImageFolder tree ``<wnid>/*.JPEG`` of the validation split               ``$MSLIB_IMAGENET`` or
+                                                                                     ``data/imagenet/val``
+========== ======================================================================== ====================
+
+Images of varying size are decoded with PIL, converted to RGB and resized at load to the dataset's stored
+resolution ``options["image_size"]`` with ``options["resize_mode"]``: ``squash`` (straight to a square, as
+the original Multi-Shield code does) or ``shortest_crop`` (shorter side to ``image_size / crop_pct``, then a
+center crop, as RobustBench's ImageNet preprocessing does). Both are recorded in the profile's
+``data_options`` and so in every result record.
+
+Two options keep the big test splits cheap: ``indices`` (a list of positions in the split: only those
+samples are decoded, in that order) and :func:`load_labels` (labels and class names without decoding any
+image), so a caller can draw its subset first and decode only that.
+
+CIFAR-10's python batches are pickles; they are read with a restricted unpickler that only accepts the
+numpy array reconstruction the files use, so no code in a file can run.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .cache import data_root
+
+SPLITS = ("train", "test")
+RESIZE_MODES = ("squash", "shortest_crop")
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+# Stored resolution and resize rule per dataset (the profile's data_options start from these).
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "cifar10": {"image_size": 32},
+    "stl10": {"image_size": 224, "resize_mode": "squash"},
+    "imagenet": {"image_size": 224, "resize_mode": "squash", "crop_pct": 0.875},
+    "caltech101": {"image_size": 224, "resize_mode": "squash", "split_seed": 1233, "test_fraction": 0.2},
+    "food101": {"image_size": 224, "resize_mode": "squash"},
+    "oxford_pets": {"image_size": 224, "resize_mode": "squash"},
+}
+_COMMON_KEYS = {"root", "indices", "image_size", "resize_mode", "num_workers"}
+_EXTRA_KEYS = {"imagenet": {"crop_pct"}, "caltech101": {"split_seed", "test_fraction"}}
+
+# Where each dataset's folder sits under the root (torchvision's names) and a file proving it is complete.
+LAYOUT: dict[str, tuple[str, str]] = {
+    "cifar10": ("cifar-10-batches-py", "cifar-10-batches-py/test_batch"),
+    "stl10": ("stl10_binary", "stl10_binary/test_X.bin"),
+    "caltech101": ("caltech101", "caltech101/101_ObjectCategories"),
+    "food101": ("food-101", "food-101/meta/test.json"),
+    "oxford_pets": ("oxford-iiit-pet", "oxford-iiit-pet/annotations/test.txt"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ roots
+def paper_data_root() -> Path:
+    """Root of the torchvision-layout datasets: ``$MSLIB_PAPER_DATA`` or ``data/datasets``."""
+    env = os.environ.get("MSLIB_PAPER_DATA")
+    return Path(env) if env else data_root() / "datasets"
+
+
+def imagenet_root() -> Path:
+    """The ImageNet validation ImageFolder: ``$MSLIB_IMAGENET`` or ``data/imagenet/val``."""
+    env = os.environ.get("MSLIB_IMAGENET")
+    return Path(env) if env else data_root() / "imagenet" / "val"
+
+
+def dataset_path(name: str, options: dict[str, Any] | None = None) -> Path:
+    """The file or folder whose presence means ``name`` is available (used by :mod:`mslib.fetch`)."""
+    options = options or {}
+    if name == "imagenet":
+        return Path(options["root"]) if options.get("root") else imagenet_root()
+    if name not in LAYOUT:
+        raise ValueError(f"unknown paper dataset {name!r}; known: {sorted(DEFAULT_OPTIONS)}")
+    root = Path(options["root"]) if options.get("root") else paper_data_root()
+    return root / LAYOUT[name][1]
+
+
+def _root(name: str, options: dict[str, Any]) -> Path:
+    if name == "imagenet":
+        return dataset_path("imagenet", options)
+    root = Path(options["root"]) if options.get("root") else paper_data_root()
+    folder = root / LAYOUT[name][0]
+    if not dataset_path(name, options).exists():
+        raise FileNotFoundError(
+            f"{name} not found: expected {dataset_path(name, options)} (torchvision's layout under {root}). "
+            f"Fetch it on a machine with internet with `python -m mslib.fetch --profile paper`, or set "
+            f"MSLIB_PAPER_DATA (or options['root']) to the folder that holds {LAYOUT[name][0]}/."
+        )
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- options
+def _options(name: str, split: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    options = dict(options or {})
+    unknown = set(options) - _COMMON_KEYS - _EXTRA_KEYS.get(name, set())
+    if unknown:
+        raise ValueError(f"unknown {name} options {sorted(unknown)}; known: "
+                         f"{sorted(_COMMON_KEYS | _EXTRA_KEYS.get(name, set()))}")
+    merged = {**DEFAULT_OPTIONS[name], **options}
+    size = merged.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"options['image_size'] must be a positive int, got {size!r}")
+    if merged.get("resize_mode", "squash") not in RESIZE_MODES:
+        raise ValueError(f"options['resize_mode'] must be one of {RESIZE_MODES}, got {merged['resize_mode']!r}")
+    idx = merged.get("indices")
+    if idx is not None:
+        if isinstance(idx, torch.Tensor):
+            idx = idx.tolist()
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in idx):
+            raise ValueError("options['indices'] must be a list of ints")
+        merged["indices"] = [int(i) for i in idx]
+    return merged
+
+
+def _select(n: int, options: dict[str, Any]) -> list[int]:
+    idx = options.get("indices")
+    if idx is None:
+        return list(range(n))
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"options['indices'] has positions outside the split of {n} samples: {bad[:5]}")
+    return idx
+
+
+# ------------------------------------------------------------------------------------------------ images
+def _resize_pil(img, size: int, mode: str, crop_pct: float = 0.875, interpolation: str = "bilinear"):
+    from PIL import Image
+
+    resample = Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR
+    if mode == "squash":
+        return img.resize((size, size), resample) if img.size != (size, size) else img
+    # shortest_crop: shorter side to size / crop_pct (RobustBench: 256 for 224), then a center crop.
+    scale = int(size / crop_pct)
+    w, h = img.size
+    if w <= h:
+        nw, nh = scale, max(scale, round(h * scale / w))
+    else:
+        nw, nh = max(scale, round(w * scale / h)), scale
+    img = img.resize((nw, nh), resample)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _decode(path: Path, size: int, mode: str, crop_pct: float, interpolation: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        img = _resize_pil(im.convert("RGB"), size, mode, crop_pct, interpolation)
+        return np.asarray(img, dtype=np.uint8).copy()
+
+
+def load_image_files(paths: Sequence[Path], options: dict[str, Any], interpolation: str = "bilinear") -> torch.Tensor:
+    """Decode image files to a float32 N×3×S×S tensor in [0, 1] (S = ``options['image_size']``)."""
+    size, mode = int(options["image_size"]), options.get("resize_mode", "squash")
+    crop_pct = float(options.get("crop_pct", 0.875))
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    workers = int(options.get("num_workers", min(16, os.cpu_count() or 1)))
+
+    def work(i: int) -> None:
+        out[i] = torch.from_numpy(_decode(Path(paths[i]), size, mode, crop_pct, interpolation)).permute(2, 0, 1)
+
+    if workers > 1 and len(paths) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, range(len(paths))))
+    else:
+        for i in range(len(paths)):
+            work(i)
+    return out.float().div_(255.0)
+
+
+def _resize_tensor(x: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+    """uint8 N×3×H×W → float [0, 1] at the stored resolution (PIL-equivalent bilinear with antialias)."""
+    size = int(options["image_size"])
+    xf = x.float().div_(255.0)
+    if tuple(xf.shape[-2:]) == (size, size):
+        return xf
+    if options.get("resize_mode", "squash") != "squash":
+        raise ValueError("in-memory datasets (cifar10, stl10) support resize_mode 'squash' only")
+    down = xf.shape[-1] > size
+    return torch.nn.functional.interpolate(xf, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=down).clamp_(0, 1)
+
+
+# --------------------------------------------------------------------------------------------- CIFAR-10
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds numpy arrays (what CIFAR's python batches hold); anything else is refused."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+        ("__builtin__", "object"), ("builtins", "object"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+
+
+def read_cifar_batch(path: str | os.PathLike) -> dict[str, Any]:
+    """A CIFAR python batch (pickle) as a dict with str keys, read without running code from the file."""
+    with open(path, "rb") as f:
+        raw = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a CIFAR batch (expected a dict)")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+
+def load_cifar10(split: str = "test", options: dict[str, Any] | None = None):
+    """CIFAR-10 from ``cifar-10-batches-py``: images (N, 3, 32, 32), labels, the 10 class names."""
+    options = _options("cifar10", split, options)
+    folder = _root("cifar10", options)
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    meta = read_cifar_batch(folder / "batches.meta")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    xs, ys = [], []
+    for fname in files:
+        batch = read_cifar_batch(folder / fname)
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch["labels"], dtype=np.int64))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    sel = _select(len(y), options)
+    x_t = _resize_tensor(torch.from_numpy(x[sel]), options)
+    return x_t, torch.from_numpy(y[sel]), names
+
+
+# ------------------------------------------------------------------------------------------------ STL-10
+def load_stl10(split: str = "test", options: dict[str, Any] | None = None):
+    """STL-10 from ``stl10_binary`` (96×96 stored column-major), resized to ``image_size`` (224: the paper)."""
+    options = _options("stl10", split, options)
+    folder = _root("stl10", options)
+    y = np.fromfile(folder / f"{split}_y.bin", dtype=np.uint8).astype(np.int64) - 1
+    x = np.fromfile(folder / f"{split}_X.bin", dtype=np.uint8)
+    if x.size != y.size * 3 * 96 * 96:
+        raise ValueError(f"{folder}/{split}_X.bin holds {x.size} bytes, expected {y.size} images of 3×96×96")
+    x = x.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)  # the binary stores each channel column-major
+    names = [l.strip() for l in (folder / "class_names.txt").read_text().splitlines() if l.strip()]
+    sel = _select(len(y), options)
+    return _resize_tensor(torch.from_numpy(np.ascontiguousarray(x[sel])), options), torch.from_numpy(y[sel]), names
+
+
+# -------------------------------------------------------------------------------------- file-based sets
+def _caltech101_items(split: str, options: dict[str, Any]) -> tuple[list[Path], list[int], list[str]]:
+    folder = _root("caltech101", options) / "101_ObjectCategories"
+    categories = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name != "BACKGROUND_Google")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for k, c in enumerate(categories):
+        files = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        paths += files
+        labels += [k] * len(files)
+    # The fixed 80/20 split: one seeded permutation of all images (the original used seed 1233).
+    g = torch.Generator().manual_seed(int(options["split_seed"]))
+    perm = torch.randperm(len(paths), generator=g).tolist()
+    n_test = int(round(len(paths) * float(options["test_fraction"])))
+    chosen = sorted(perm[:n_test]) if split == "test" else sorted(perm[n_test:])
+    names = [caltech101_prompt_name(c) for c in categories]
+    return [paths[i] for i in chosen], [labels[i] for i in chosen], names
+
+
+_CALTECH_NAMES = {"Faces_2": "face", "Faces_3": "face close-up", "Leopards": "leopard",
+                  "Motorbikes": "motorbike", "airplanes": "airplane", "car_side": "side of a car",
+                  "water_lilly": "water lily", "yin_yang": "yin yang symbol", "wild_cat": "wild cat"}
+
+
+def caltech101_prompt_name(category: str) -> str:
+    """A prompt-friendly name for a Caltech-101 folder name (``car_side`` → ``side of a car``)."""
+    return _CALTECH_NAMES.get(category, category.replace("_", " "))
+
+
+def _food101_items(split: str, options: dict[str, Any]) -> tuple[list[Path], list[int], list[str]]:
+    folder = _root("food101", options)
+    classes = [l.strip() for l in (folder / "meta" / "classes.txt").read_text().splitlines() if l.strip()]
+    index = {c: k for k, c in enumerate(classes)}
+    meta = json.loads((folder / "meta" / f"{split}.json").read_text())
+    paths, labels = [], []
+    for c in classes:
+        for rel in meta.get(c, []):
+            paths.append(folder / "images" / f"{rel}.jpg")
+            labels.append(index[c])
+    return paths, labels, [c.replace("_", " ") for c in classes]
+
+
+def _oxford_pets_items(split: str, options: dict[str, Any]) -> tuple[list[Path], list[int], list[str]]:
+    folder = _root("oxford_pets", options)
+    ann = "trainval.txt" if split == "train" else "test.txt"
+    ids, labels = [], []
+    for line in (folder / "annotations" / ann).read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#"):
+            ids.append(parts[0])
+            labels.append(int(parts[1]) - 1)
+    # torchvision's class names: the image id without its number, words title-cased.
+    by_label: dict[int, str] = {}
+    for i, k in zip(ids, labels):
+        by_label.setdefault(k, " ".join(w.title() for w in i.rsplit("_", 1)[0].split("_")))
+    names = [by_label[k] for k in sorted(by_label)]
+    if sorted(by_label) != list(range(len(names))):
+        raise ValueError(f"{folder}/annotations/{ann}: class ids are not 1..K")
+    return [folder / "images" / f"{i}.jpg" for i in ids], labels, names
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(wnids, names)``: the 1000 ILSVRC-2012 synsets in label order and CLIP's curated class names.
+
+    Shipped as ``mslib/assets/imagenet_classes.json`` (built from open_clip's ``IMAGENET_CLASSNAMES`` and
+    timm's sorted synset list, so index i is torchvision ImageFolder's label i on the full val tree).
+    """
+    data = json.loads((ASSETS / "imagenet_classes.json").read_text())
+    classes = data["classes"]
+    return tuple(c["wnid"] for c in classes), tuple(c["name"] for c in classes)
+
+
+def _imagenet_items(split: str, options: dict[str, Any]) -> tuple[list[Path], list[int], list[str]]:
+    if split != "test":
+        raise ValueError("imagenet has only the validation split here (use split='test')")
+    folder = _root("imagenet", options)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"ImageNet validation folder not found: {folder}. ImageNet cannot be downloaded automatically "
+            "(its licence needs a login at image-net.org): put the validation images in an ImageFolder tree "
+            "<wnid>/*.JPEG (e.g. with the usual valprep.sh) and set MSLIB_IMAGENET to it, or place it at "
+            f"{data_root() / 'imagenet' / 'val'}."
+        )
+    wnids, names = imagenet_classes()
+    index = {w: k for k, w in enumerate(wnids)}
+    dirs = sorted(d for d in folder.iterdir() if d.is_dir())
+    unknown = [d.name for d in dirs if d.name not in index]
+    if unknown:
+        raise ValueError(f"{folder}: folders {unknown[:5]} are not ImageNet-1k synsets (expected n01440764, ...)")
+    paths, labels = [], []
+    for d in dirs:
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        paths += files
+        labels += [index[d.name]] * len(files)
+    return paths, labels, list(names)
+
+
+_ITEMS = {"caltech101": _caltech101_items, "food101": _food101_items, "oxford_pets": _oxford_pets_items,
+          "imagenet": _imagenet_items}
+_INTERPOLATION = {"imagenet": "bilinear"}
+
+
+def _load_files(name: str, split: str, options: dict[str, Any] | None):
+    options = _options(name, split, options)
+    paths, labels, names = _ITEMS[name](split, options)
+    sel = _select(len(labels), options)
+    interp = "bicubic" if (name == "imagenet" and options.get("resize_mode") == "shortest_crop") else "bilinear"
+    x = load_image_files([paths[i] for i in sel], options, interpolation=interp)
+    return x, torch.tensor([labels[i] for i in sel], dtype=torch.int64), names
+
+
+def load_caltech101(split: str = "test", options: dict[str, Any] | None = None):
+    """Caltech-101 (101 categories, no background), a fixed seeded 80/20 train/test split."""
+    return _load_files("caltech101", split, options)
+
+
+def load_food101(split: str = "test", options: dict[str, Any] | None = None):
+    """Food-101 with its official train/test lists (``meta/{split}.json``)."""
+    return _load_files("food101", split, options)
+
+
+def load_oxford_pets(split: str = "test", options: dict[str, Any] | None = None):
+    """Oxford-IIIT Pets (37 breeds): ``trainval`` as train, ``test`` as test."""
+    return _load_files("oxford_pets", split, options)
+
+
+def load_imagenet(split: str = "test", options: dict[str, Any] | None = None):
+    """ImageNet-1k validation images from an ImageFolder tree, labelled by synset with CLIP's class names.
+
+    ``resize_mode='squash'`` (default) resizes straight to 224×224 as the original code;
+    ``'shortest_crop'`` reproduces RobustBench's bicubic ``Resize(256) + CenterCrop(224)``.
+    """
+    return _load_files("imagenet", split, options)
+
+
+LOADERS = {"cifar10": load_cifar10, "stl10": load_stl10, "caltech101": load_caltech101, "food101": load_food101,
+           "oxford_pets": load_oxford_pets, "imagenet": load_imagenet}
+
+
+def load_labels(name: str, split: str = "test", options: dict[str, Any] | None = None
+                ) -> tuple[torch.Tensor, list[str]]:
+    """Labels and class names of a split without decoding images (to draw a subset before loading it)."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown paper dataset {name!r}; known: {sorted(LOADERS)}")
+    opts = _options(name, split, {k: v for k, v in (options or {}).items() if k != "indices"})
+    if name in _ITEMS:
+        _, labels, names = _ITEMS[name](split, opts)
+        return torch.tensor(labels, dtype=torch.int64), names
+    if name == "stl10":
+        folder = _root("stl10", opts)
+        y = np.fromfile(folder / f"{split}_y.bin", dtype=np.uint8).astype(np.int64) - 1
+        names = [l.strip() for l in (folder / "class_names.txt").read_text().splitlines() if l.strip()]
+        return torch.from_numpy(y), names
+    folder = _root("cifar10", opts)
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    names = [n.decode() if isinstance(n, bytes) else str(n)
+             for n in read_cifar_batch(folder / "batches.meta")["label_names"]]
+    y = np.concatenate([np.asarray(read_cifar_batch(folder / f)["labels"], dtype=np.int64) for f in files])
+    return torch.from_numpy(y), names
+
+
+class PaperImageDataset(torch.utils.data.Dataset):
+    """A split as a map-style dataset of ``(uint8 3×S×S image, label)`` decoded lazily (for training).
+
+    The big training splits (Food-101: 75,750 images) do not fit in memory as float tensors; the
+    fine-tuning recipe streams them through a ``DataLoader`` with this class instead.
+    """
+
+    def __init__(self, name: str, split: str, options: dict[str, Any] | None = None) -> None:
+        if name not in LOADERS:
+            raise ValueError(f"unknown paper dataset {name!r}; known: {sorted(LOADERS)}")
+        self.name, self.split = name, split
+        self.options = _options(name, split, options)
+        if name in _ITEMS:
+            paths, labels, self.class_names = _ITEMS[name](split, self.options)
+            sel = _select(len(labels), self.options)
+            self.paths = [paths[i] for i in sel]
+            self.labels = [labels[i] for i in sel]
+            self.images = None
+        else:
+            x, y, self.class_names = LOADERS[name](split, self.options)
+            self.images = x.mul(255).round_().to(torch.uint8)
+            self.labels = y.tolist()
+            self.paths = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.images is not None:
+            return self.images[i], self.labels[i]
+        size, mode = int(self.options["image_size"]), self.options.get("resize_mode", "squash")
+        arr = _decode(self.paths[i], size, mode, float(self.options.get("crop_pct", 0.875)), "bilinear")
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), self.labels[i]
+
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "LOADERS",
+    "PaperImageDataset",
+    "caltech101_prompt_name",
+    "dataset_path",
+    "imagenet_classes",
+    "imagenet_root",
+    "load_caltech101",
+    "load_cifar10",
+    "load_food101",
+    "load_image_files",
+    "load_imagenet",
+    "load_labels",
+    "load_oxford_pets",
+    "load_stl10",
+    "paper_data_root",
+    "read_cifar_batch",
+]
