@@ -26,6 +26,12 @@ from .cache import data_root
 # dataset name -> "module:function" with signature (split, options) -> (images, labels, class_names)
 DATASETS: dict[str, str] = {
     "fashion_mnist": "mslib.data:load_fashion_mnist",
+    "cifar10": "mslib.paper_data:load_cifar10",
+    "imagenet": "mslib.paper_data:load_imagenet",
+    "caltech101": "mslib.paper_data:load_caltech101",
+    "stl10": "mslib.paper_data:load_stl10",
+    "food101": "mslib.paper_data:load_food101",
+    "oxford_pets": "mslib.paper_data:load_oxford_pets",
 }
 
 SPLITS = ("train", "test")

