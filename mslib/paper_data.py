@@ -211,7 +211,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
-        ("__builtin__", "object"), ("builtins", "object"),
+        ("__builtin__", "object"), ("builtins", "object"), ("_codecs", "encode"),  # bytes in protocol-2 pickles
     }
 
     def find_class(self, module: str, name: str):

@@ -480,7 +480,9 @@ def load_hf_clip(vision_dir: str | os.PathLike, text_dir: str | os.PathLike) -> 
     kw = {"local_files_only": True}
     clip = CLIPModel.from_pretrained(str(text_dir), **kw)
     vision = CLIPVisionModel.from_pretrained(str(vision_dir), **kw)
-    clip.vision_model.load_state_dict(vision.vision_model.state_dict(), strict=True)
+    # transformers 5 flattens CLIPVisionModel (no ``vision_model`` wrapper); older saves prefix the keys
+    state = {k.removeprefix("vision_model."): v for k, v in vision.state_dict().items()}
+    clip.vision_model.load_state_dict(state, strict=True)
     tokenizer = CLIPTokenizer.from_pretrained(str(text_dir), **kw)
     return clip.eval(), tokenizer
 

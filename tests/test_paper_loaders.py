@@ -1,0 +1,427 @@
+"""The paper profile's loaders on small stand-ins written in the real on-disk formats (no network).
+
+Datasets: CIFAR-10 python batches, the STL-10 binaries, the Caltech-101 / Food-101 / Oxford-IIIT Pets
+folder layouts and an ImageNet ImageFolder tree. Models: RobustBench checkpoints of the real architectures
+(random weights) in RobustBench's model_dir layout, a tiny Hugging Face CLIP ``save_pretrained`` pair, a tiny
+open_clip hub-layout folder with a BERT-style tokenizer like CLIPA's, the ResNet-18 fine-tuning recipe.
+Everything goes through the functions the paper profile calls.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mslib import get_profile, load_classifier, load_vlm
+from mslib import paper_data as pdata
+from mslib.data import load_split
+
+HAS_ROBUSTBENCH = importlib.util.find_spec("robustbench") is not None
+needs_robustbench = pytest.mark.skipif(not HAS_ROBUSTBENCH, reason="robustbench model zoo not installed "
+                                       "(pip install --no-deps robustbench==1.1.1; see docs/robustbench.md)")
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture()
+def roots(tmp_path, monkeypatch):
+    """A fresh data root; the paper datasets under data/datasets, ImageNet under data/imagenet/val."""
+    monkeypatch.setenv("MSLIB_CACHE", str(tmp_path / "data"))
+    for var in ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "data" / "datasets").mkdir(parents=True)
+    return tmp_path / "data"
+
+
+def _jpg(path, size, color, mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color if mode == "RGB" else color[0]).save(path, quality=95)
+
+
+# ---------------------------------------------------------------------------------------- stand-ins
+def write_cifar10(root, n_test=20, n_train=10):
+    d = root / "datasets" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def batch(n, name):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = [i % 10 for i in range(n)]
+        with open(d / name, "wb") as f:  # the real files: protocol-2 pickles with bytes keys
+            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                         b"filenames": [b"x.png"] * n}, f, protocol=2)
+        return data, labels
+
+    test = batch(n_test, "test_batch")
+    for i in range(1, 6):
+        batch(n_train, f"data_batch_{i}")
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in CIFAR_NAMES], b"num_cases_per_batch": 10000,
+                     b"num_vis": 3072}, f, protocol=2)
+    return test
+
+
+def write_stl10(root, n=12):
+    d = root / "datasets" / "stl10_binary"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(n, 3, 96, 96), dtype=np.uint8)  # (N, C, H, W)
+    y = np.array([i % 10 + 1 for i in range(n)], dtype=np.uint8)  # 1-based labels
+    x.transpose(0, 1, 3, 2).tofile(d / "test_X.bin")  # stored column-major per channel
+    y.tofile(d / "test_y.bin")
+    (d / "class_names.txt").write_text("\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse",
+                                                  "monkey", "ship", "truck"]) + "\n")
+    return x, y
+
+
+def write_caltech101(root, per_class=5):
+    d = root / "datasets" / "caltech101" / "101_ObjectCategories"
+    cats = ["Faces_2", "accordion", "car_side"]
+    for k, c in enumerate(cats):
+        for i in range(per_class):
+            mode = "L" if i == 0 else "RGB"  # Caltech-101 has grayscale images
+            _jpg(d / c / f"image_{i + 1:04d}.jpg", (60 + 10 * i, 40 + 5 * k), (40 * k, 100, 200), mode)
+    _jpg(d / "BACKGROUND_Google" / "image_0001.jpg", (50, 50), (0, 0, 0))
+    return cats
+
+
+def write_food101(root):
+    d = root / "datasets" / "food-101"
+    classes = ["apple_pie", "baby_back_ribs"]
+    meta = {"train": {c: [] for c in classes}, "test": {c: [] for c in classes}}
+    for k, c in enumerate(classes):
+        for i in range(6):
+            split = "test" if i < 2 else "train"
+            _jpg(d / "images" / c / f"{100 + i}.jpg", (80, 60 + i), (200 * k, 50, 50))
+            meta[split][c].append(f"{c}/{100 + i}")
+    (d / "meta").mkdir(parents=True)
+    (d / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
+    for split in ("train", "test"):
+        (d / "meta" / f"{split}.json").write_text(json.dumps(meta[split]))
+    return classes
+
+
+def write_oxford_pets(root):
+    d = root / "datasets" / "oxford-iiit-pet"
+    (d / "annotations").mkdir(parents=True)
+    rows = {"test": [], "trainval": []}
+    for k, breed in enumerate(["Abyssinian", "american_bulldog", "great_pyrenees"]):
+        for i in range(3):
+            image_id = f"{breed}_{i + 1}"
+            _jpg(d / "images" / f"{image_id}.jpg", (70, 90), (30 * k, 30, 30))
+            rows["test" if i == 0 else "trainval"].append(f"{image_id} {k + 1} {1 if k == 0 else 2} {k + 1}")
+    for split, lines in rows.items():
+        (d / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_imagenet(root, wnids=("n01440764", "n01443537", "n15075141")):
+    d = root / "imagenet" / "val"
+    for k, w in enumerate(wnids):
+        for i in range(2):
+            _jpg(d / w / f"ILSVRC2012_val_{k * 2 + i:08d}.JPEG", (300, 200), (250, 10 * k, 10))
+    return d
+
+
+# ------------------------------------------------------------------------------------------- datasets
+def test_cifar10_batches_read_with_the_right_layout(roots):
+    data, labels = write_cifar10(roots)
+    x, y, names = load_split("cifar10", "test", {"image_size": 32})
+    assert x.shape == (20, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert names == CIFAR_NAMES and y.tolist() == labels
+    # row layout: 1024 red values, then green, then blue, each row-major 32x32
+    assert torch.equal((x[3] * 255).round().to(torch.uint8), torch.from_numpy(data[3].reshape(3, 32, 32)))
+    xt, yt, _ = pdata.load_cifar10("train", {})
+    assert xt.shape[0] == 50 and yt.shape[0] == 50
+    # decode only chosen indices; labels without decoding
+    xs, ys, _ = pdata.load_cifar10("test", {"indices": [5, 2]})
+    assert torch.equal(xs, x[[5, 2]]) and ys.tolist() == [labels[5], labels[2]]
+    assert torch.equal(pdata.load_labels("cifar10", "test")[0], y)
+
+
+def test_cifar_unpickler_refuses_code(roots, tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "evil_batch"
+    bad.write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        pdata.read_cifar_batch(bad)
+
+
+def test_stl10_binary_orientation_and_resize(roots):
+    x_raw, y_raw = write_stl10(roots)
+    x, y, names = pdata.load_stl10("test", {"image_size": 96})
+    assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(x_raw))
+    assert y.tolist() == (y_raw.astype(int) - 1).tolist() and names[7] == "monkey"
+    x224, _, _ = load_split("stl10", "test", {"image_size": 224})
+    assert x224.shape == (12, 3, 224, 224) and 0 <= x224.min() and x224.max() <= 1
+
+
+def test_caltech101_split_is_fixed_disjoint_and_complete(roots):
+    cats = write_caltech101(roots)
+    opts = {"image_size": 48, "split_seed": 1233, "test_fraction": 0.2}
+    xt, yt, names = pdata.load_caltech101("test", opts)
+    xr, yr, _ = pdata.load_caltech101("train", opts)
+    assert xt.shape == (3, 3, 48, 48) and xr.shape == (12, 3, 48, 48)  # 15 images, 20% test, background excluded
+    assert names == ["face", "accordion", "side of a car"] and len(names) == len(cats)
+    assert sorted(yt.tolist() + yr.tolist()) == sorted([k for k in range(3) for _ in range(5)])
+    test_paths, _, _ = pdata._caltech101_items("test", pdata._options("caltech101", "test", opts))
+    train_paths, _, _ = pdata._caltech101_items("train", pdata._options("caltech101", "train", opts))
+    assert not set(test_paths) & set(train_paths)
+    again = pdata.load_caltech101("test", opts)
+    assert torch.equal(again[0], xt) and torch.equal(again[1], yt)
+    other = pdata._caltech101_items("test", pdata._options("caltech101", "test", {**opts, "split_seed": 0}))[0]
+    assert other != test_paths  # the split depends on the seed (and only on it)
+
+
+def test_food101_and_oxford_pets_layouts(roots):
+    classes = write_food101(roots)
+    x, y, names = load_split("food101", "test", {"image_size": 64})
+    assert x.shape == (4, 3, 64, 64) and y.tolist() == [0, 0, 1, 1] and names == ["apple pie", "baby back ribs"]
+    assert float(x[2, 0].mean()) > 0.7 and float(x[0, 0].mean()) < 0.1  # class 1 is red, class 0 is not
+    assert pdata.load_food101("train", {"image_size": 32})[0].shape == (8, 3, 32, 32)
+    write_oxford_pets(roots)
+    x, y, names = load_split("oxford_pets", "test", {"image_size": 32})
+    assert x.shape == (3, 3, 32, 32) and y.tolist() == [0, 1, 2]
+    assert names == ["Abyssinian", "American Bulldog", "Great Pyrenees"]
+    assert len(pdata.PaperImageDataset("oxford_pets", "train", {"image_size": 32})) == 6
+
+
+def test_imagenet_imagefolder_with_curated_names(roots, monkeypatch):
+    d = write_imagenet(roots)
+    x, y, names = load_split("imagenet", "test", {"image_size": 224, "resize_mode": "squash"})
+    assert x.shape == (6, 3, 224, 224) and y.tolist() == [0, 0, 1, 1, 999, 999]
+    assert len(names) == 1000 and names[0] == "tench" and names[999] == "toilet paper"
+    xc, _, _ = load_split("imagenet", "test", {"image_size": 224, "resize_mode": "shortest_crop"})
+    assert xc.shape == x.shape
+    monkeypatch.setenv("MSLIB_IMAGENET", str(d))  # named by path
+    assert pdata.load_imagenet("test", {"image_size": 32, "indices": [4]})[1].tolist() == [999]
+    (d / "not_a_synset").mkdir()
+    with pytest.raises(ValueError, match="not ImageNet-1k synsets"):
+        pdata.load_imagenet("test", {})
+
+
+def test_loader_errors_name_the_problem(roots):
+    with pytest.raises(FileNotFoundError, match="mslib.fetch"):
+        pdata.load_food101("test", {})
+    write_cifar10(roots)
+    with pytest.raises(ValueError, match="unknown cifar10 options"):
+        pdata.load_cifar10("test", {"imge_size": 32})
+    with pytest.raises(ValueError, match="split"):
+        pdata.load_cifar10("val", {})
+    with pytest.raises(ValueError, match="outside the split"):
+        pdata.load_cifar10("test", {"indices": [10 ** 6]})
+
+
+# --------------------------------------------------------------------------------------------- models
+def _paper(dataset, **kw):
+    return get_profile("paper", dataset, device="cpu", **kw)
+
+
+@needs_robustbench
+def test_robustbench_cifar10_checkpoint_in_model_dir_layout(roots):
+    from mslib.models import paper as P
+
+    name = "Addepalli2022Efficient_RN18"
+    ref = P.build_robustbench_architecture(name, "cifar10", "Linf").eval()
+    path = roots / "models" / "robustbench" / "cifar10" / "Linf" / f"{name}.pt"
+    path.parent.mkdir(parents=True)
+    # saved as RobustBench's training scripts do: a dict with a DataParallel ('module.') state dict
+    torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}, "epoch": 110}, path)
+    model = load_classifier(_paper("cifar10"), name)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-5)
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 10)  # other sizes resized inside forward
+
+
+@needs_robustbench
+def test_robustbench_imagenet_timm_checkpoint(roots):
+    from mslib.models import paper as P
+
+    name = "Debenedetti2022Light_XCiT-S12"
+    ref = P.build_robustbench_architecture(name, "imagenet", "Linf").eval()
+    path = roots / "models" / "robustbench" / "imagenet" / "Linf" / f"{name}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": ref.state_dict()}, path)  # RobustBench's GitHub release format (timm 'model' key)
+    model = load_classifier(_paper("imagenet"), name)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (1, 1000) and torch.allclose(out, ref(x), atol=1e-4)
+
+
+def test_checkpoint_guard_rejects_html_and_pickled_code(tmp_path):
+    from mslib.models.paper import check_checkpoint_file, load_checkpoint
+
+    html = tmp_path / "Standard.pt"
+    html.write_text("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>")
+    with pytest.raises(ValueError, match="HTML page"):
+        check_checkpoint_file(html)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": {}, "hook": Evil()}, bad)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_checkpoint(bad)
+    import argparse
+
+    ok = tmp_path / "ok.pt"  # plain data beside the weights is accepted
+    torch.save({"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1), "acc": np.float64(0.5)}, ok)
+    assert torch.equal(load_checkpoint(ok)["state_dict"]["w"], torch.ones(2))
+
+
+def _tiny_clip_tokenizer_files(folder):
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for t in letters + [c + "</w>" for c in letters]:
+        vocab[t] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return len(vocab)
+
+
+def test_hf_clip_vision_from_one_folder_text_from_another(roots):
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModel
+
+    write_cifar10(roots)
+    text_dir = roots / "models" / "hf" / "openai--clip-vit-base-patch32"
+    vision_dir = roots / "models" / "hf" / "tanganke--clip-vit-base-patch32_cifar10"
+    vocab_size = _tiny_clip_tokenizer_files(text_dir)
+    tok = CLIPTokenizer(str(text_dir / "vocab.json"), str(text_dir / "merges.txt"))
+    tok.save_pretrained(str(text_dir))
+    cfg = CLIPConfig(text_config={"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 37,
+                                  "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 77,
+                                  "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+                     vision_config={"image_size": 224, "patch_size": 32, "hidden_size": 32, "intermediate_size": 37,
+                                    "num_hidden_layers": 1, "num_attention_heads": 2},
+                     projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(str(text_dir))
+    torch.manual_seed(1)
+    vision = CLIPVisionModel(cfg.vision_config)
+    vision.save_pretrained(str(vision_dir))
+
+    vlm = load_vlm(_paper("cifar10"))
+    assert vlm.num_classes == 10
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        sims = vlm(x)
+        assert sims.shape == (4, 10) and sims.abs().max() <= 1 + 1e-5
+        # the vision tower is the fine-tuned one, the projection the text folder's CLIP
+        clip = CLIPModel.from_pretrained(str(text_dir))
+        clip.vision_model.load_state_dict({k.removeprefix("vision_model."): v for k, v in vision.state_dict().items()})
+        pix = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+        pix = (pix - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+        feats = clip.get_image_features(pixel_values=pix)
+        feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+        assert torch.allclose(vlm.encode_image(x), torch.nn.functional.normalize(feats, dim=-1), atol=1e-5)
+
+
+def test_open_clip_hub_folder_with_bert_tokenizer_like_clipa(roots):
+    import open_clip
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    write_food101(roots)
+    folder = roots / "models" / "open_clip" / "UCSC-VLAA--ViT-L-14-CLIPA-datacomp1B"
+    folder.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "photo", "of", "a", "apple", "pie", "baby", "back", "ribs"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tk.save(str(folder / "tokenizer.json"))
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    # bert-base-uncased's own files: no tokenizer_class in tokenizer_config.json, model_type in config.json
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": len(words)}))
+    model_cfg = {"embed_dim": 16,
+                 "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32,
+                                "no_ln_pre": True, "pool_type": "avg", "final_ln_after_pool": True},
+                 "text_cfg": {"context_length": 32, "vocab_size": len(words), "hf_tokenizer_name": "bert-base-uncased",
+                              "tokenizer_kwargs": {"strip_sep_token": True}, "width": 32, "heads": 2, "layers": 1,
+                              "pool_type": "last", "no_causal_mask": True}}
+    preprocess_cfg = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear",
+                      "resize_mode": "squash"}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
+    torch.manual_seed(0)
+    ref = open_clip.model.CLIP(**model_cfg).eval()
+    torch.save(ref.state_dict(), folder / "open_clip_pytorch_model.bin")  # the hub repo's file name and format
+
+    profile = _paper("food101", data_options={"image_size": 64, "resize_mode": "squash"})
+    vlm = load_vlm(profile)
+    x = pdata.load_food101("test", {"image_size": 64})[0]
+    with torch.no_grad():
+        sims = vlm(x)
+        assert sims.shape == (4, 2)
+        emb = ref.encode_image(vlm.preprocess(x))
+        assert torch.allclose(vlm.encode_image(x), torch.nn.functional.normalize(emb, dim=-1), atol=1e-5)
+    assert vlm.preprocess.size == (224, 224)
+
+
+def test_resnet18_finetune_recipe_trains_once_and_caches(roots):
+    import torchvision
+
+    from mslib.models.paper import torchvision_weights_path
+
+    write_food101(roots)
+    wpath, _ = torchvision_weights_path("resnet18", "IMAGENET1K_V1")
+    wpath.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), wpath)  # torchvision's format: a plain state dict
+    prof = _paper("food101", data_options={"image_size": 32, "resize_mode": "squash"})
+    spec = {**prof.classifier_specs["resnet18-ft"], "epochs": 1, "batch_size": 4, "image_size": 32, "num_workers": 0}
+    prof = prof.replace(classifier_specs={"resnet18-ft": spec})
+    model = load_classifier(prof, "resnet18-ft")
+    ckpt = model.checkpoint_path
+    mtime = os.path.getmtime(ckpt)
+    x = pdata.load_food101("test", {"image_size": 32})[0]
+    with torch.no_grad():
+        assert model(x).shape == (4, 2)
+    again = load_classifier(prof, "resnet18-ft")
+    assert again.checkpoint_path == ckpt and os.path.getmtime(ckpt) == mtime  # loaded, not retrained
+    changed = prof.replace(classifier_specs={"resnet18-ft": {**spec, "lr": 1e-2}})
+    assert load_classifier(changed, "resnet18-ft").checkpoint_path != ckpt  # a changed recipe retrains
+
+
+# ------------------------------------------------------------------------------------- missing assets
+def test_missing_assets_lists_exactly_what_is_missing(roots, monkeypatch):
+    from mslib.fetch import MissingAssetsError, missing_assets, profile_assets, require_assets
+
+    require_assets("tiny")  # nothing external
+    assert missing_assets("smoke") == []
+    everything = profile_assets("paper")
+    before = missing_assets("paper")
+    assert len(before) == len(everything)
+    kinds = {a.kind for a in before}
+    assert {"dataset", "hf", "open_clip", "torchvision"} <= kinds
+    assert ("robustbench" in kinds) or ("package" in kinds)
+    # provide three of them: a dataset, an HF folder and (named by path) ImageNet
+    write_cifar10(roots)
+    hf = roots / "models" / "hf" / "openai--clip-vit-base-patch32"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"x")
+    monkeypatch.setenv("MSLIB_IMAGENET", str(write_imagenet(roots)))
+    after = missing_assets("paper")
+    gone = {str(a.path) for a in before} - {str(a.path) for a in after}
+    assert gone == {str(pdata.dataset_path("cifar10")), str(hf), str(roots / "imagenet" / "val")}
+    with pytest.raises(MissingAssetsError) as err:
+        require_assets("paper")
+    msg = str(err.value)
+    assert f"needs {len(after)} asset(s)" in msg and "python -m mslib.fetch --profile paper" in msg
+    for a in after:
+        assert str(a.path) in msg
+    assert "cifar-10-batches-py" not in msg and "openai--clip-vit-base-patch32" not in msg
