@@ -162,6 +162,40 @@ def require_assets(profile_name: str) -> None:
         raise MissingAssetsError(profile_name, missing)
 
 
+def asset_hashes(profile_name: str, dataset: str | None = None) -> dict[str, str]:
+    """``{path relative to data/: sha256}`` of the fetched files behind a profile's assets (one dataset's, or
+    all), read from ``data/manifest.json`` (no hashing here): for result records, so a result names the exact
+    checkpoints and data it came from. Files not in the manifest (e.g. ImageNet, named by path) are left out."""
+    from .profiles import get_profile
+
+    manifest = read_json(_manifest_path()) if _manifest_path().is_file() else {}
+    root = data_root().resolve()
+    wanted: list[str] = []
+    for a in profile_assets(profile_name):
+        if dataset is not None and not _asset_of_dataset(a, get_profile(profile_name, dataset)):
+            continue
+        p = a.path.resolve()
+        wanted.append(str(p.relative_to(root)) if p.is_relative_to(root) else str(p))
+    return {k: v["sha256"] for k, v in sorted(manifest.items())
+            if any(k == w or k.startswith(w.rstrip("/") + "/") for w in wanted)}
+
+
+def _asset_of_dataset(asset: Asset, profile: Any) -> bool:
+    from . import paper_data
+    from .models.paper import hub_folder
+
+    if asset.kind == "dataset":
+        return asset.params.get("dataset", "imagenet") == profile.dataset
+    specs = list(profile.classifier_specs.values()) + [profile.vlm_spec]
+    if asset.kind == "robustbench":
+        return any(s.get("source") == "robustbench" and s.get("model") == asset.params["model"]
+                   and s.get("dataset") == asset.params["dataset"] for s in specs)
+    if asset.kind in ("hf", "open_clip"):
+        refs = [s.get(k) for s in specs for k in ("vision", "text", "model") if isinstance(s.get(k), str)]
+        return any(hub_folder(asset.kind, r) == asset.path for r in refs)
+    return asset.kind == "torchvision" and any(s.get("source") == "torchvision-ft" for s in specs)
+
+
 # ----------------------------------------------------------------------------------------- downloading
 def _manifest_path() -> Path:
     return data_root() / "manifest.json"

@@ -425,3 +425,11 @@ def test_missing_assets_lists_exactly_what_is_missing(roots, monkeypatch):
     for a in after:
         assert str(a.path) in msg
     assert "cifar-10-batches-py" not in msg and "openai--clip-vit-base-patch32" not in msg
+    # fetched files' hashes come from data/manifest.json, per dataset, for result records
+    from mslib.fetch import asset_hashes, record_files
+
+    record_files([hf], "test")
+    hashes = asset_hashes("paper", "cifar10")
+    assert set(hashes) == {"models/hf/openai--clip-vit-base-patch32/config.json",
+                           "models/hf/openai--clip-vit-base-patch32/model.safetensors"}
+    assert asset_hashes("paper", "imagenet") == {}
