@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	# RobustBench's model zoo only, without its conflicting pins (timm==1.0.9): see docs/robustbench.md
+	$(PY) -m pip install -q --no-deps robustbench==1.1.1
 	$(PY) -m ipykernel install --user --name mslib --display-name "Python (mslib)" >/dev/null
 	touch $@
 

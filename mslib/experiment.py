@@ -169,18 +169,18 @@ class Runner:
             starts = starts[i::n]
         return starts
 
-    @torch.inference_mode()
     def _evaluate(self, clf: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dev = self.profile.device
-        x = x.to(dev)
-        return self.classifier(clf)(x).float().cpu(), self.vlm()(x).float().cpu()
+        classifier, vlm = self.classifier(clf), self.vlm()  # load (maybe train) outside inference mode
+        with torch.inference_mode():
+            x = x.to(self.profile.device)
+            return classifier(x).float().cpu(), vlm(x).float().cpu()
 
-    def _merge(self, folder, starts: Iterable[int], keys: tuple[str, ...]) -> dict[str, Any]:
+    def _merge(self, folder, starts: Iterable[int], cat: tuple[str, ...], keep: tuple[str, ...] = ()
+               ) -> dict[str, Any]:
+        """Per-sample tensors (``cat``) concatenated over batches; per-batch values (``keep``) as lists."""
         parts = [load_tensors(folder / f"batch_{b:07d}.pt") for b in starts]
-        out: dict[str, Any] = {}
-        for k in keys:
-            vals = [pt[k] for pt in parts]
-            out[k] = torch.cat(vals) if isinstance(vals[0], torch.Tensor) else vals
+        out: dict[str, Any] = {k: torch.cat([pt[k] for pt in parts]) for k in cat}
+        out.update({k: [pt[k] for pt in parts] for k in keep})
         return out
 
     def _missing(self, folder, starts: list[int]) -> list[int]:
@@ -237,8 +237,8 @@ class Runner:
         if self.shard is not None and self._missing(folder, list(range(0, self.images.shape[0], bs))):
             return None
         starts = self._complete_or_raise(folder, f"{attack} on {target} at eps={eps:g}")
-        m = self._merge(folder, starts, ("f", "s", "x_adv", "success", "success_curve", "loss_curve",
-                                         "n_forward", "seconds"))
+        m = self._merge(folder, starts, ("f", "s", "x_adv", "success"),
+                        ("success_curve", "loss_curve", "n_forward", "seconds"))
         return Outputs(m["f"], m["s"], m["x_adv"], m["success"], _sum_curves(m["success_curve"]),
                        _mean_curves(m["loss_curve"], [len(x) for x in torch.split(m["success"], bs)]),
                        int(sum(m["n_forward"])), float(sum(m["seconds"])))

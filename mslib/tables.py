@@ -36,7 +36,7 @@ def _rates(st: torch.Tensor) -> dict[str, metrics.Rate]:
     return {"robust": metrics.rate(st < BROKEN), "reject": metrics.rate(st == REJECTED)}
 
 
-def runners(profile_name: str, progress: bool = False) -> list[Runner]:
+def runners(profile_name: str, progress: bool = True) -> list[Runner]:
     """One :class:`Runner` per dataset of the profile."""
     return [Runner(profile_name, ds, progress=progress) for ds in get_profile(profile_name).datasets]
 
