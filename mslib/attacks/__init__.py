@@ -223,3 +223,12 @@ def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: s
 
 __all__ = ["ATTACKS", "AttackResult", "REJECT_AWARE", "apgd_restarts", "attack", "check_perturbation",
            "frozen", "register_attack", "run_attack", "sample_noise"]
+
+# ---- stronger adaptive attacks on Multi-Shield (issue 7): one registry entry each -------------------
+from .agreement import agreement_attack, agreement_selective  # noqa: E402
+from .square import square_attack, square_reject  # noqa: E402
+
+register_attack("agreement", agreement_attack, reject_aware=True)
+register_attack("agreement-selective", agreement_selective, reject_aware=True)
+register_attack("square", square_attack)
+register_attack("square-reject", square_reject, reject_aware=True)
