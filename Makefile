@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT := figures/$(PROFILE)
-RESULTS := data/results/$(PROFILE)/.complete
+RESULTS := data/stamps/results-$(PROFILE).done
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
 MSLIB_SRC := $(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 2>/dev/null)
@@ -34,7 +34,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# RobustBench's model zoo only, without its conflicting pins (timm==1.0.9): see docs/robustbench.md
 	$(PY) -m pip install -q --no-deps robustbench==1.1.1
-	$(PY) -m ipykernel install --user --name mslib --display-name "Python (mslib)" >/dev/null
 	touch $@
 
 # Offline profiles read Fashion-MNIST from the Debian package (or $$MSLIB_DATA, or data/fashion_mnist).
@@ -53,14 +52,14 @@ test: $(STAMP) system-deps
 results: $(RESULTS)
 $(RESULTS): $(STAMP) $(MSLIB_SRC) | system-deps
 	$(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD))
-	@[ -n "$(SHARD)" ] || touch $@
+	@[ -n "$(SHARD)" ] || { mkdir -p $(@D) && touch $@; }
 
 figures: $(EXECUTED)
 
 $(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS)
 	@mkdir -p $(OUT)
-	cd notebooks && ../$(PY) -m papermill --cwd . -k mslib -p profile $(PROFILE) -p out_dir ../$(OUT) \
-	  $*.ipynb ../$(OUT)/$*.ipynb.tmp --progress-bar && mv ../$(OUT)/$*.ipynb.tmp ../$(OUT)/$*.ipynb
+	cd notebooks && ../$(PY) -m papermill --cwd . -k python3 -p profile $(PROFILE) -p out_dir ../$(OUT) \
+	  $*.ipynb ../$(OUT)/$*.tmp.ipynb --progress-bar && mv ../$(OUT)/$*.tmp.ipynb ../$(OUT)/$*.ipynb
 
 $(notdir $(basename $(NOTEBOOKS))): %: $(OUT)/%.ipynb
 
