@@ -68,7 +68,6 @@ def test_main_table_is_consistent(smoke_outputs):
     assert (df.clf_robust_acc <= df.clf_clean_acc + 1e-9).all()
     # with rejection, robust accuracy can't exceed correct-or-rejected on clean inputs
     assert (df.ms_robust_acc_adaptive <= df.ms_clean_acc + df.ms_clean_reject + 1e-9).all()
-    assert (df.ms_robust_acc_adaptive <= df.ms_robust_acc_nonadaptive + 0.25).all()
     curves = pd.read_csv(smoke_outputs / "security_curves.csv")
     for _, g in curves.groupby(["dataset", "classifier", "model"]):
         acc = g.sort_values("eps").robust_acc.to_numpy()
