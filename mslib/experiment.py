@@ -297,12 +297,18 @@ def study_eps(profile: Profile) -> list[float]:
 
 
 def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress: bool = True,
-              plan: dict[str, tuple[str, ...]] | None = None) -> bool:
-    """Compute (or resume) every cached result the notebooks read. Returns True when all shards are done."""
+              plan: dict[str, tuple[str, ...]] | None = None, overrides: dict[str, Any] | None = None,
+              compact: bool = True) -> bool:
+    """Compute (or resume) every cached result the notebooks read. Returns True when all shards are done.
+
+    ``overrides`` replace profile fields for every dataset (e.g. ``{"n_samples": 20}`` for a quick run);
+    ``compact=False`` runs the attacks without batch compaction (a separate cache entry; for benchmarks).
+    """
     plan = STUDY_PLAN if plan is None else plan
     complete = True
     for ds in get_profile(profile_name).datasets:
-        runner = Runner(profile_name, ds, progress=progress, shard=shard)
+        prof = get_profile(profile_name, ds, **(overrides or {}))
+        runner = Runner(prof, ds, progress=progress, shard=shard, compact=compact)
         jobs = [(clf, target, attack, eps) for clf in runner.profile.classifiers
                 for target, attacks in plan.items() for attack in attacks for eps in study_eps(runner.profile)]
         bar: Iterable = jobs

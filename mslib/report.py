@@ -24,11 +24,29 @@ def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_table(df: pd.DataFrame, path_stem: str | Path, floatfmt: str = ".3f") -> list[Path]:
-    """Write ``df`` as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex`` (atomically); returns the paths."""
+def with_ci(df: pd.DataFrame, columns: list[str], percent: bool = True) -> pd.DataFrame:
+    """A display copy where each rate column reads ``62.5 [47.0, 75.8]`` (from ``<col>_lo``/``<col>_hi``)."""
+    out = df.copy()
+    k = 100.0 if percent else 1.0
+    for c in columns:
+        if f"{c}_lo" in df.columns:
+            out[c] = [f"{k * v:.1f} [{k * lo:.1f}, {k * hi:.1f}]" for v, lo, hi in
+                      zip(df[c], df[f"{c}_lo"], df[f"{c}_hi"])]
+        else:
+            out[c] = [f"{k * v:.1f}" for v in df[c]]
+    return out[[c for c in out.columns if not (c.endswith("_lo") or c.endswith("_hi"))]]
+
+
+def save_table(df: pd.DataFrame, path_stem: str | Path, floatfmt: str = ".3f",
+               display: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``df`` as ``<stem>.csv`` and ``display`` (default ``df``) as ``<stem>.md`` and ``<stem>.tex``.
+
+    Files are written atomically; returns the paths. The CSV keeps every column at full precision.
+    """
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv = atomic_write(stem.with_suffix(".csv"), lambda p: df.to_csv(p, index=False))
+    df = df if display is None else display
     md_text = _markdown(df, floatfmt)
     md = atomic_write(stem.with_suffix(".md"), lambda p: p.write_text(md_text))
     fmt = "{:" + floatfmt + "}"
