@@ -342,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", default=None, help="i/n: run only shard i of n (merge by running all shards)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    done = run_study(args.profile, parse_shard(args.shard))
+    try:
+        done = run_study(args.profile, parse_shard(args.shard))
+    except FileNotFoundError as e:  # missing data or paper assets: one clear message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{'complete' if done else 'shard finished'}: profile {args.profile} in {time.perf_counter() - t0:.0f} s")
     return 0
 
