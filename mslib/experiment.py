@@ -45,6 +45,48 @@ STUDY_PLAN: dict[str, tuple[str, ...]] = {
 }
 
 
+# ---- the worst-case ensemble against Multi-Shield (issue 7) -------------------------------------------
+ADAPTIVE_CODE_VERSION = "mslib-adaptive-1"  # bump when a change to the ensemble's extra attacks changes results
+# (target, attack) in the order they run. Those in STUDY_PLAN are computed alone (over the whole eps grid);
+# the others only at the requested eps (the profile's) and only on the samples that every earlier attack
+# left unbroken (AutoAttack's scheme), so each of their results holds the worst case so far. A sample is
+# broken when Multi-Shield outputs a wrong class that is not "rejected".
+ENSEMBLE: tuple[tuple[str, str], ...] = (
+    ("clf", "apgd-ce"), ("clf", "apgd-dlr"),               # non-adaptive: transferred from the classifier
+    ("ms", "apgd-ce-reject"), ("ms", "apgd-dlr-reject"),   # the paper's adaptive attacks
+    ("vlm", "apgd-ce"),                                    # transferred from the VLM alone
+    ("ms", "agreement"), ("ms", "agreement-selective"),    # both branches driven to one wrong class
+    ("ms", "square-reject"),                               # gradient-free check for gradient masking
+)
+SQUARE_QUERIES_PER_ITER = 2  # Square's default budget: profile.n_iter × this queries (forward passes only)
+
+
+def attack_options(profile: Profile, attack: str) -> dict[str, Any]:
+    """``run_attack`` keyword arguments of the ensemble's extra attacks, driven by the profile.
+
+    Their cost is kept near that of one APGD run (a VLM forward+backward dominates on CPU): the agreement
+    attack tries ``agreement_targets`` (3) targets with n_iter // 3 iterations each, its selective variant
+    the ``selective_targets`` (1) best target with n_iter // 2, Square ``square_queries``
+    (n_iter × SQUARE_QUERIES_PER_ITER) forward passes. Keys of ``profile.extra`` override these defaults
+    (``agreement_iters``, ``selective_iters`` too).
+    """
+    ex, n = profile.extra, profile.n_iter
+    if attack == "agreement":
+        k = int(ex.get("agreement_targets", 3))
+        return {"n_targets": k, "n_iter": int(ex.get("agreement_iters", max(n // k, 5)))}
+    if attack == "agreement-selective":
+        return {"n_targets": int(ex.get("selective_targets", 1)),
+                "n_iter": int(ex.get("selective_iters", max(n // 2, 5)))}
+    if attack.startswith("square"):
+        return {"n_queries": int(ex.get("square_queries", SQUARE_QUERIES_PER_ITER * n))}
+    return {}
+
+
+def in_study_plan(target: str, attack: str) -> bool:
+    """Whether (target, attack) is computed alone over the eps grid (else only as an ensemble stage)."""
+    return attack in STUDY_PLAN.get(target, ())
+
+
 class ScaledLogits(nn.Module):
     """A VLM's cosine similarities times a CLIP-like logit scale, so CE-based attacks get useful gradients."""
 
@@ -277,6 +319,106 @@ class Runner:
                       "seconds": time.perf_counter() - t0}, folder / f"batch_{b:07d}.pt")
 
 
+    # ---- the worst-case ensemble ---------------------------------------------------------------------
+    def stage_record(self, clf: str, i: int, eps: float) -> dict[str, Any]:
+        """Record of ensemble stage ``i`` (run on the samples that stages 0..i-1 left unbroken)."""
+        target, attack = ENSEMBLE[i]
+        return {**self.attack_record(clf, target, attack, eps), "kind": "ensemble-stage", "eps_chain": [],
+                "tolerance": self.profile.tolerance, "adaptive_code": ADAPTIVE_CODE_VERSION,
+                "options": attack_options(self.profile, attack), "after": [list(st) for st in ENSEMBLE[:i]]}
+
+    def ensemble(self, clf: str, eps: float | None = None) -> list[tuple[str, str, Outputs]] | None:
+        """(target, attack, outputs) for every attack of :data:`ENSEMBLE` at ``eps`` (default: the profile's).
+
+        Outputs of STUDY_PLAN attacks are their stand-alone results; those of the other stages hold the
+        worst case so far (samples broken earlier keep that adversarial example and are not attacked again).
+        The worst case over the ensemble is the per-sample worst status over all of them. With a shard
+        set, computes only that shard's batches and returns None until all shards are done.
+        """
+        eps = self.profile.eps if eps is None else eps
+        out = []
+        for i, (target, attack) in enumerate(ENSEMBLE):
+            o = self.attacked(clf, target, attack, eps) if in_study_plan(target, attack) else self._stage(clf, i, eps)
+            out.append((target, attack, o))
+        return None if any(o is None for _, _, o in out) else out
+
+    def _stage(self, clf: str, i: int, eps: float) -> Outputs | None:
+        p = self.profile
+        target, attack = ENSEMBLE[i]
+        folder = entry_dir("results", self.stage_record(clf, i, eps))
+        todo = self._missing(folder, self._batches())
+        if todo:
+            prev = self._broken_before(clf, i, eps)
+            model = self.target_model(clf, target)
+            bar = todo
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(todo, desc=f"{p.dataset}/{clf} ensemble {attack}@{target} eps={eps:g}", unit="batch",
+                           leave=False)
+            with frozen(model):
+                for b in bar:
+                    self._stage_batch(model, clf, attack, eps, b, prev[b], folder)
+        if self.shard is not None and self._missing(folder, list(range(0, self.images.shape[0], p.batch_size))):
+            return None
+        starts = self._complete_or_raise(folder, f"ensemble stage {attack} on {target} at eps={eps:g}")
+        m = self._merge(folder, starts, ("f", "s", "x_adv", "success"),
+                        ("success_curve", "loss_curve", "n_forward", "seconds"))
+        return Outputs(m["f"], m["s"], m["x_adv"], m["success"], _sum_curves(m["success_curve"]),
+                       _mean_curves(m["loss_curve"], [len(x) for x in torch.split(m["success"], p.batch_size)]),
+                       int(sum(m["n_forward"])), float(sum(m["seconds"])))
+
+    def _broken_before(self, clf: str, i: int, eps: float) -> dict[int, dict[str, torch.Tensor]]:
+        """Per batch (this shard's): which samples stages 0..i-1 broke, and their adversarial examples."""
+        p = self.profile
+        bs, tol, k = p.batch_size, p.tolerance, self.num_classes
+        parts = {b: {"success": torch.zeros(self.labels[b:b + bs].shape[0], dtype=torch.bool),
+                     "x_adv": self.images[b:b + bs].clone()} for b in self._batches()}
+        for j, (target, attack) in enumerate(ENSEMBLE[:i]):
+            if in_study_plan(target, attack):
+                self.attacked(clf, target, attack, eps)
+                rec = self.attack_record(clf, target, attack, eps)
+            else:
+                self._stage(clf, j, eps)
+                rec = self.stage_record(clf, j, eps)
+            folder = entry_dir("results", rec)
+            for b, part in parts.items():
+                t = load_tensors(folder / f"batch_{b:07d}.pt")
+                y = self.labels[b:b + bs]
+                pred = decide(t["f"], t["s"], tol)
+                new = (pred != y) & (pred != k) & ~part["success"]
+                part["x_adv"][new] = t["x_adv"][new]
+                part["success"] |= new
+        return parts
+
+    def _stage_batch(self, model: nn.Module, clf: str, attack: str, eps: float, b: int,
+                     prev: dict[str, torch.Tensor], folder) -> None:
+        p = self.profile
+        x = self.images[b:b + p.batch_size]
+        y = self.labels[b:b + p.batch_size]
+        t0 = time.perf_counter()
+        x_adv, done = prev["x_adv"].clone(), prev["success"].clone()
+        todo = (~done).nonzero().squeeze(1)
+        curve, loss_curve, n_fwd = [int(done.sum())] * (p.n_iter + 1), [0.0] * (p.n_iter + 1), 0
+        if todo.numel():
+            opts = {"n_iter": p.n_iter, **attack_options(p, attack)}
+            res = run_attack(model, x[todo], y[todo], attack, eps, n_restarts=p.n_restarts, seed=p.seed,
+                             batch_size=p.batch_size, indices=self.indices[b:b + p.batch_size][todo],
+                             compact=self.compact, **opts)
+            x_adv[todo] = res.x_adv
+            # the curve counts the attack's own successes (for the VLM transfer: the VLM fooled) on top of
+            # the samples broken earlier
+            curve = [int(done.sum()) + c for c in res.success_curve]
+            loss_curve = [v * todo.numel() / x.shape[0] for v in res.loss_curve]
+            n_fwd = res.n_forward
+        f, s = self._evaluate(clf, x_adv)
+        pred = decide(f, s, p.tolerance)
+        broken = ((pred != y) & (pred != self.num_classes)) | done
+        save_tensors({"x_adv": x_adv, "f": f, "s": s, "success": broken, "success_curve": torch.tensor(curve),
+                      "loss_curve": torch.tensor(loss_curve), "n_forward": n_fwd,
+                      "seconds": time.perf_counter() - t0}, folder / f"batch_{b:07d}.pt")
+
+
 def _sum_curves(curves: list) -> list[float]:
     n = max(len(c) for c in curves)
     out = torch.zeros(n)
@@ -320,6 +462,9 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
             complete &= runner.clean(clf) is not None
         for clf, target, attack, eps in bar:
             complete &= runner.attacked(clf, target, attack, eps) is not None
+        if plan is STUDY_PLAN:  # the default study also runs the worst-case ensemble at the profile's eps
+            for clf in runner.profile.classifiers:
+                complete &= runner.ensemble(clf) is not None
     return complete
 
 

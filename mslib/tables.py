@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .experiment import STUDY_PLAN, Outputs, Runner, study_eps
+from .experiment import ENSEMBLE, STUDY_PLAN, Outputs, Runner, in_study_plan, study_eps
 from .profiles import get_profile
 
 CORRECT, REJECTED, BROKEN = 0, 1, 2
@@ -57,6 +57,7 @@ def main_table(profile_name: str) -> pd.DataFrame:
             clf_st = worst_case(status(o.clf_pred(), y) for o in clf_adv)
             non = _rates(worst_case(_ms_status(o, y, p.tolerance, k) for o in clf_adv))
             ada = _rates(worst_case(_ms_status(o, y, p.tolerance, k) for o in ms_adv))
+            worst = _rates(worst_case(_ms_status(o, y, p.tolerance, k) for _, _, o in r.ensemble(clf)))
             ms_clean = clean.ms_pred(p.tolerance)
             clf_rob = metrics.rate(clf_st == CORRECT)
             row = {
@@ -68,6 +69,7 @@ def main_table(profile_name: str) -> pd.DataFrame:
                 "ms_clean_reject": metrics.rejection_rate(ms_clean, k),
                 "ms_robust_acc_nonadaptive": non["robust"], "ms_reject_nonadaptive": non["reject"],
                 "ms_robust_acc_adaptive": ada["robust"], "ms_reject_adaptive": ada["reject"],
+                "ms_robust_acc_worst": worst["robust"], "ms_reject_worst": worst["reject"],
             }
             rows.append(row)
     df = _with_ci(rows)
@@ -95,6 +97,74 @@ def _with_ci(rows: list[dict]) -> pd.DataFrame:
 def headline(df: pd.DataFrame) -> pd.DataFrame:
     """Average robust-accuracy gain of Multi-Shield over the classifier alone, per dataset."""
     return df.groupby("dataset", sort=False)[["gain_nonadaptive", "gain_adaptive"]].mean().reset_index()
+
+
+ATTACK_DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("clf", "apgd-ce"): "non-adaptive: APGD-CE on the classifier, transferred",
+    ("clf", "apgd-dlr"): "non-adaptive: APGD-DLR on the classifier, transferred",
+    ("ms", "apgd-ce-reject"): "adaptive (paper): APGD, CE on true + reject class",
+    ("ms", "apgd-dlr-reject"): "adaptive (paper): APGD, DLR on true + reject class",
+    ("vlm", "apgd-ce"): "transfer: APGD-CE on the VLM alone",
+    ("ms", "agreement"): "agreement: targeted APGD on both branches (joint loss)",
+    ("ms", "agreement-selective"): "agreement: targeted APGD on the blocking branch (selective)",
+    ("ms", "square-reject"): "gradient-free: Square Attack, rejection-aware margin",
+}
+
+
+def attacks_table(profile_name: str) -> pd.DataFrame:
+    """One row per (dataset, classifier, attack of the worst-case ensemble), then its worst case, at the profile's eps.
+
+    ``robust_acc``/``reject``: Multi-Shield's robust accuracy with rejection and rejection rate (95% CIs) under
+    that attack's examples. ``scope`` says how they were made: ``alone`` (the attack on every sample) or
+    ``after previous`` (AutoAttack's scheme: only the samples that every earlier attack left unbroken were
+    attacked, the others keep the earlier example, so the row already is a worst case over the rows above).
+    ``robust_acc_cumulative``: worst case over this row and every row above it. The ``worst case`` row is
+    the ensemble's: a sample counts as robust only if no attack broke it.
+    """
+    rows = []
+    for r in runners(profile_name):
+        p, y, k = r.profile, r.labels, r.num_classes
+        for clf in p.classifiers:
+            seen = []
+            base = {"dataset": p.dataset, "classifier": clf, "eps": p.eps, "n": len(y)}
+            for target, attack, out in r.ensemble(clf):
+                st = _ms_status(out, y, p.tolerance, k)
+                seen.append(st)
+                rates = _rates(st)
+                rows.append({**base, "attack": f"{attack}@{target}",
+                             "description": ATTACK_DESCRIPTIONS.get((target, attack), attack),
+                             "scope": "alone" if in_study_plan(target, attack) else "after previous",
+                             "robust_acc": rates["robust"], "reject": rates["reject"],
+                             "robust_acc_cumulative": metrics.rate(worst_case(seen) < BROKEN).value,
+                             "n_forward": out.n_forward})
+            w = _rates(worst_case(seen))
+            rows.append({**base, "attack": "worst case", "description": "no attack of the ensemble succeeds",
+                         "scope": "ensemble", "robust_acc": w["robust"], "reject": w["reject"],
+                         "robust_acc_cumulative": w["robust"].value,
+                         "n_forward": sum(o.n_forward for _, _, o in r.ensemble(clf))})
+    return _with_ci(rows)
+
+
+def eps_half_check(profile_name: str) -> pd.DataFrame:
+    """Tramer (2022)'s sanity check: the classifier alone at eps/2 beside Multi-Shield at eps.
+
+    A detector that is robust at eps yields a classifier robust at eps/2 (an inefficient one), so a
+    detector's claimed robust accuracy above what classifiers reach at eps/2 deserves suspicion. Columns:
+    the classifier's robust accuracy at eps/2 (APGD-CE+DLR, worst case) and Multi-Shield's at eps under the
+    paper's adaptive attack and under the worst-case ensemble.
+    """
+    rows = []
+    for r in runners(profile_name):
+        p, y, k = r.profile, r.labels, r.num_classes
+        for clf in p.classifiers:
+            half = worst_case(status(r.attacked(clf, "clf", a, p.eps / 2).clf_pred(), y) for a in STUDY_PLAN["clf"])
+            ada = worst_case(_ms_status(r.attacked(clf, "ms", a, p.eps), y, p.tolerance, k) for a in STUDY_PLAN["ms"])
+            worst = worst_case(_ms_status(o, y, p.tolerance, k) for _, _, o in r.ensemble(clf))
+            rows.append({"dataset": p.dataset, "classifier": clf, "eps": p.eps, "eps_half": p.eps / 2,
+                         "clf_robust_acc_eps_half": metrics.rate(half == CORRECT),
+                         "ms_robust_acc_adaptive": metrics.rate(ada < BROKEN),
+                         "ms_robust_acc_worst": metrics.rate(worst < BROKEN)})
+    return _with_ci(rows)
 
 
 def security_curves(profile_name: str) -> pd.DataFrame:

@@ -1,0 +1,151 @@
+"""Stronger adaptive attacks on small real models: agreement, Square, the worst-case ensemble, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mslib
+from mslib import MultiShield, decide
+from mslib.attacks import run_attack
+from mslib.attacks.agreement import BranchOutputs, candidate_targets, split
+
+
+@pytest.fixture(scope="module")
+def second_model(fashion_small) -> nn.Module:
+    """A linear model squashed to [-1, 1] (like cosine similarities): an attackable stand-in VLM."""
+    x_tr, y_tr, _, _ = fashion_small
+    torch.manual_seed(1)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    opt = torch.optim.Adam(lin.parameters(), 1e-2)
+    for _ in range(3):
+        for i in range(0, 5000, 250):
+            opt.zero_grad()
+            F.cross_entropy(lin(x_tr[i:i + 250]), y_tr[i:i + 250]).backward()
+            opt.step()
+    vlm = nn.Sequential(lin, nn.Tanh()).eval()
+    vlm.num_classes = 10
+    return vlm
+
+
+@pytest.fixture(scope="module")
+def defense(small_classifier, second_model) -> MultiShield:
+    return MultiShield(small_classifier, second_model, tolerance=1e-3)
+
+
+def _correct(defense, x, y):
+    with torch.no_grad():
+        keep = defense.predict(x) == y
+    return x[keep], y[keep]
+
+
+@pytest.mark.parametrize("name", ["agreement", "agreement-selective"])
+def test_agreement_attack_drives_both_branches_to_its_target(defense, fashion_small, name):
+    _, _, x, y = fashion_small
+    x, y = _correct(defense, x[:80], y[:80])
+    with torch.no_grad():
+        f0, s0 = defense.branches(x)
+    target = candidate_targets(f0, s0, y, 1)[:, 0]
+    res = run_attack(defense, x, y, name, eps=0.15, n_iter=20, n_targets=1)
+    assert (res.x_adv - x).abs().max() <= 0.15 + 1e-6
+    with torch.no_grad():
+        f, s = defense.branches(res.x_adv)
+    pred = decide(f, s, defense.tolerance)
+    assert torch.equal(res.success, (pred != y) & (pred != 10))  # success is the defense's own decision
+    assert res.success.float().mean() > 0.5  # both models are attackable at this eps
+    hit = res.success & (f.argmax(1) == target) & (s.max(1).values - s.gather(1, target[:, None])[:, 0] <= 1e-3)
+    assert hit.sum() >= 0.8 * res.success.sum()  # successes are the two branches agreeing on the target
+
+
+def test_agreement_is_at_least_as_strong_as_the_paper_attack_here(defense, fashion_small):
+    _, _, x, y = fashion_small
+    x, y = _correct(defense, x[:80], y[:80])
+    paper = run_attack(defense, x, y, "apgd-ce-reject", eps=0.05, n_iter=20)
+    ours = run_attack(defense, x, y, "agreement", eps=0.05, n_iter=20)
+    assert ours.success.sum() >= paper.success.sum()
+
+
+def test_branch_outputs_adapter_matches_the_defense(defense, fashion_small):
+    _, _, x, _ = fashion_small
+    with torch.no_grad():
+        f, s = split(BranchOutputs(defense)(x[:8]))
+        f2, s2 = defense.branches(x[:8])
+    assert torch.equal(f, f2) and torch.equal(s, s2)
+
+
+def test_square_respects_the_bound_and_is_seeded(defense, fashion_small):
+    _, _, x, y = fashion_small
+    x, y = x[:30], y[:30]
+    kw = dict(eps=0.08, n_queries=60)
+    a = run_attack(defense, x, y, "square-reject", seed=1, batch_size=30, **kw)
+    b = run_attack(defense, x, y, "square-reject", seed=1, batch_size=7, **kw)
+    c = run_attack(defense, x, y, "square-reject", seed=2, batch_size=30, **kw)
+    for r in (a, b, c):
+        assert (r.x_adv - x).abs().max() <= 0.08 + 1e-6
+        assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.success, b.success)  # per-sample noise
+    assert not torch.equal(a.x_adv, c.x_adv)
+    pred = defense.predict(a.x_adv)
+    assert torch.equal(a.success, (pred != y) & (pred != 10))
+
+
+def test_square_breaks_an_undefended_classifier(small_classifier, fashion_small):
+    _, _, x, y = fashion_small
+    x, y = x[:40], y[:40]
+    res = run_attack(small_classifier, x, y, "square", eps=0.2, n_queries=100)
+    with torch.no_grad():
+        acc_clean = (small_classifier(x).argmax(1) == y).float().mean()
+        acc_adv = (small_classifier(res.x_adv).argmax(1) == y).float().mean()
+    assert acc_adv < acc_clean - 0.3  # the random search works without gradients
+    assert res.n_backward == 0
+
+
+def test_worst_case_ensemble_is_never_more_robust_than_any_attack_in_it(defense, small_classifier, second_model,
+                                                                        tmp_path, monkeypatch):
+    from mslib.experiment import ENSEMBLE, Runner
+    from mslib.profiles import get_profile
+    from mslib.tables import BROKEN, status, worst_case
+
+    monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
+    prof = get_profile("smoke", n_samples=30, n_iter=6, eps_grid=(0.0, 0.1), batch_size=16,
+                       extra={"square_queries": 20, "agreement_targets": 2})
+    r = Runner(prof, progress=False)
+    r._classifiers["standard"] = small_classifier  # small models instead of the profile's trained ones
+    r._vlm = second_model
+    out = r.ensemble("standard")
+    assert [(t, a) for t, a, _ in out] == list(ENSEMBLE)
+    st = [status(o.ms_pred(prof.tolerance), r.labels, r.num_classes) for _, _, o in out]
+    worst = worst_case(st)
+    for s in st:
+        assert ((worst < BROKEN).float().mean()) <= ((s < BROKEN).float().mean())
+        assert bool(((s == BROKEN) <= (worst == BROKEN)).all())  # broken by any attack → broken in the worst case
+    # a stage run on survivors keeps every earlier break
+    for i in range(5, len(out)):
+        assert bool(((worst_case(st[:i]) == BROKEN) <= (st[i] == BROKEN)).all())
+    for _, _, o in out:
+        assert (o.x_adv - r.images).abs().max() <= prof.eps + 1e-6
+    # cached: a second call computes nothing new and returns the same outputs
+    again = r.ensemble("standard")
+    assert all(torch.equal(o1.f, o2.f) for (_, _, o1), (_, _, o2) in zip(out, again))
+
+
+def test_bad_input_is_a_clear_error(defense, small_classifier, fashion_small):
+    _, _, x, y = fashion_small
+    x, y = x[:4], y[:4]
+    with pytest.raises(TypeError, match="Multi-Shield"):
+        mslib.attack(small_classifier, x, y, "agreement", 0.1)
+    with pytest.raises(ValueError, match="n_targets"):
+        mslib.attack(defense, x, y, "agreement", 0.1, n_targets=10)
+    with pytest.raises(ValueError, match="n_targets"):
+        mslib.attack(defense, x, y, "agreement-selective", 0.1, n_targets=0)
+    with pytest.raises(ValueError, match="loss"):
+        mslib.attack(defense, x, y, "agreement", 0.1, loss="hinge")
+    with pytest.raises(ValueError, match="n_queries"):
+        mslib.attack(defense, x, y, "square-reject", 0.1, n_queries=0)
+    with pytest.raises(ValueError, match="p_init"):
+        mslib.attack(defense, x, y, "square-reject", 0.1, p_init=2.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        mslib.attack(defense, x * 255, y, "square-reject", 0.1)
+    with pytest.raises(ValueError, match="eps"):
+        mslib.attack(defense, x, y, "agreement", -0.1)
