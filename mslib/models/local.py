@@ -154,6 +154,7 @@ def train_info(kind: str, profile: Any, spec: dict[str, Any]) -> dict[str, Any] 
 
 
 # -------------------------------------------------------------------------------------- CNN training
+@torch.enable_grad()  # a caller may load (and so train) a model inside torch.no_grad()
 def train_cnn(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, spec: dict[str, Any], desc: str = "train") -> None:
     """Train ``model`` in place with ``spec['recipe']`` (``standard`` or ``fgsm-rs``)."""
     recipe = spec["recipe"]
@@ -279,6 +280,7 @@ def _caption_embeddings(model, tokenizer, classnames, templates) -> torch.Tensor
     return torch.stack(rows)
 
 
+@torch.enable_grad()
 def train_lit(model, tokenizer, x: torch.Tensor, y: torch.Tensor, classnames, templates,
               spec: dict[str, Any], preprocess: nn.Module, desc: str = "lit") -> None:
     """Contrastive (InfoNCE, image → text) training of the image tower against frozen caption embeddings.
