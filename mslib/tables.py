@@ -145,6 +145,26 @@ def attacks_table(profile_name: str) -> pd.DataFrame:
     return _with_ci(rows)
 
 
+def attack_curves(profile_name: str) -> pd.DataFrame:
+    """Per (dataset, classifier, attack of the ensemble) and step: the fraction of samples on which the attack
+    had succeeded by that step (in its own terms: a transfer counts its source model fooled; a stage run
+    after previous ones starts from the samples they broke) and the mean loss (the attack's own scale).
+
+    Steps are APGD iterations (one block per target for the agreement attacks) or Square's queries.
+    """
+    rows = []
+    for r in runners(profile_name):
+        p, n = r.profile, len(r.labels)
+        for clf in p.classifiers:
+            for target, attack, out in r.ensemble(clf):
+                loss = list(out.loss_curve or [])
+                for step, c in enumerate(out.success_curve or []):
+                    rows.append({"dataset": p.dataset, "classifier": clf, "attack": f"{attack}@{target}",
+                                 "step": step, "success": c / n,
+                                 "loss": loss[step] if step < len(loss) else float("nan")})
+    return pd.DataFrame(rows)
+
+
 def eps_half_check(profile_name: str) -> pd.DataFrame:
     """Tramer (2022)'s sanity check: the classifier alone at eps/2 beside Multi-Shield at eps.
 
