@@ -97,7 +97,11 @@ def apgd(
     reduced_last_check = torch.ones_like(loss_best)
     k, size_decr, n_iter_min = checkpoint_schedule(n_iter)
     counter3 = 0
-    xs, ys = x, y
+    ys = y
+    # the projection onto the eps-ball ∩ [0, 1] as one clamp with per-pixel bounds (exactly the composition
+    # of the two clamps: the intersection is never empty for x in [0, 1])
+    lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    bshape = (-1, *dims)
 
     def record_success(succ: torch.Tensor, points: torch.Tensor) -> None:
         new = succ & ~out_success[idx]
@@ -113,8 +117,8 @@ def apgd(
         if compact:
             keep = ~out_success[idx]
             if not keep.all():
-                (idx, xs, ys, x_adv, x_adv_old, grad, grad_best, x_best, loss_best, step, loss_best_last_check,
-                 reduced_last_check) = (t[keep] for t in (idx, xs, ys, x_adv, x_adv_old, grad, grad_best, x_best,
+                (idx, lo, hi, ys, x_adv, x_adv_old, grad, grad_best, x_best, loss_best, step, loss_best_last_check,
+                 reduced_last_check) = (t[keep] for t in (idx, lo, hi, ys, x_adv, x_adv_old, grad, grad_best, x_best,
                                                           loss_best, step, loss_best_last_check, reduced_last_check))
                 loss_steps = loss_steps[:, keep]
             if idx.numel() == 0:
@@ -126,10 +130,8 @@ def apgd(
             grad2 = x_adv - x_adv_old
             x_adv_old = x_adv
             a = 0.75 if i > 0 else 1.0
-            lo, hi = xs - eps, xs + eps
-            x1 = torch.clamp(torch.min(torch.max(x_adv + step * torch.sign(grad), lo), hi), 0.0, 1.0)
-            x1 = torch.clamp(torch.min(torch.max(x_adv + (x1 - x_adv) * a + grad2 * (1 - a), lo), hi), 0.0, 1.0)
-            x_adv = x1
+            x1 = torch.clamp(x_adv + step * torch.sign(grad), lo, hi)
+            x_adv = torch.clamp(x_adv + (x1 - x_adv) * a + grad2 * (1 - a), lo, hi)
 
         logits, loss, grad = _loss_and_grad(model, x_adv, ys, loss_fn)
         res.n_forward += idx.numel()
@@ -139,9 +141,10 @@ def apgd(
         with torch.no_grad():
             loss_steps[i] = loss
             improved = loss > loss_best
-            x_best[improved] = x_adv[improved]
-            grad_best[improved] = grad[improved]
-            loss_best[improved] = loss[improved]
+            # one pass each instead of masked gather + scatter (no nonzero(), no host sync on CUDA)
+            x_best = torch.where(improved.view(bshape), x_adv, x_best)
+            grad_best = torch.where(improved.view(bshape), grad, grad_best)
+            loss_best = torch.where(improved, loss, loss_best)
             loss_best_all[idx] = loss_best
             counter3 += 1
             if counter3 == k:

@@ -1,0 +1,509 @@
+"""Speed benchmark of the attack loops: ``make bench PROFILE=tiny`` → a table and figures/<profile>/bench.json.
+
+Side by side, on the same models, images, eps, iterations and seed:
+
+(a) ``mslib`` APGD-CE (with and without batch compaction) against pyautoattack's ``APGDAttack`` on each
+    classifier of the profile. pyautoattack is given mslib's per-sample random start (``x_init``), so both
+    follow the same trajectories and must reach the same robust accuracy;
+(b) the adaptive rejection-aware attack (``apgd-ce-reject``) and, where registered, the agreement attack on
+    ``MultiShield(classifier, vlm)``, with and without compaction;
+(c) the whole main-table workload (``run_study`` with the Runner's ``STUDY_PLAN`` over the profile's eps grid)
+    in a temporary ``MSLIB_CACHE`` (models linked in, results computed), with and without compaction;
+(d) scaling: 1×, 2×, 4× the samples at two batch sizes.
+
+Each row gives wall time, images × iterations per second (nominal work: images × n_iter / wall), robust
+accuracy, the share of wall time spent inside the models' forward passes (forward hooks on the classifier
+and the VLM) and backward passes (time inside ``torch.autograd.grad`` / ``Tensor.backward``), and peak
+memory (peak RSS of the process since the row started, via ``/proc/self/clear_refs``; on CUDA also
+``torch.cuda.max_memory_allocated``). Sizes default to what fits in about 10 minutes on 2 CPU cores and are
+printed with the table.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import mslib  # noqa: E402
+from mslib import MultiShield, get_profile  # noqa: E402
+from mslib.attacks import ATTACKS, frozen, run_attack, sample_noise  # noqa: E402
+from mslib.attacks.apgd import linf_random_start  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------- meters
+class ComputeMeter:
+    """Seconds inside model forward passes (hooks on attached modules) and inside autograd backward calls.
+
+    Forward time is measured with pre/post forward hooks on the leaf models (classifier, VLM), so Multi-Shield's
+    rejection score and the attack loss count as overhead; backward time is the time inside
+    ``torch.autograd.grad`` and ``Tensor.backward`` (the backward of the loss and of the rejection score is a
+    negligible part of it). On CUDA each boundary synchronizes.
+    """
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.cuda = cuda
+        self.fwd = 0.0
+        self.bwd = 0.0
+        self._depth = 0
+        self._t0 = 0.0
+        self._attached: set[int] = set()
+        self._orig_grad = torch.autograd.grad
+        self._orig_backward = torch.Tensor.backward
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def attach(self, module: nn.Module) -> nn.Module:
+        if id(module) in self._attached:
+            return module
+        self._attached.add(id(module))
+
+        def pre(mod, args):
+            if self._depth == 0:
+                self._sync()
+                self._t0 = time.perf_counter()
+            self._depth += 1
+
+        def post(mod, args, out):
+            self._depth -= 1
+            if self._depth == 0:
+                self._sync()
+                self.fwd += time.perf_counter() - self._t0
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+        return module
+
+    def reset(self) -> None:
+        self.fwd = self.bwd = 0.0
+
+    @contextlib.contextmanager
+    def patched(self):
+        meter = self
+
+        def grad(*a, **k):
+            meter._sync()
+            t = time.perf_counter()
+            try:
+                return meter._orig_grad(*a, **k)
+            finally:
+                meter._sync()
+                meter.bwd += time.perf_counter() - t
+
+        def backward(self_, *a, **k):
+            meter._sync()
+            t = time.perf_counter()
+            try:
+                return meter._orig_backward(self_, *a, **k)
+            finally:
+                meter._sync()
+                meter.bwd += time.perf_counter() - t
+
+        torch.autograd.grad = grad
+        torch.Tensor.backward = backward
+        try:
+            yield self
+        finally:
+            torch.autograd.grad = self._orig_grad
+            torch.Tensor.backward = self._orig_backward
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakMemory:
+    """Peak resident memory (MB) since ``reset``; Linux only (falls back to ru_maxrss elsewhere)."""
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.cuda = cuda
+        self.linux = os.path.exists("/proc/self/clear_refs")
+
+    def reset(self) -> None:
+        gc.collect()
+        if self.linux:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+            except OSError:
+                self.linux = False
+        self.start_mb = self.current_mb()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def current_mb(self) -> float:
+        if self.linux:
+            return _rss_kb("VmRSS") / 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def peak_mb(self) -> float:
+        if self.linux:
+            return _rss_kb("VmHWM") / 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def cuda_peak_mb(self) -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
+
+
+# ------------------------------------------------------------------------------------------------ rows
+class Bench:
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.meter = ComputeMeter(self.cuda)
+        self.mem = PeakMemory(self.cuda)
+        self.rows: list[dict[str, Any]] = []
+
+    def run(self, section: str, attack: str, model: str, variant: str, n_images: int, n_iter: int,
+            batch_size: int, fn: Callable[[], dict[str, Any]], work: float | None = None) -> dict[str, Any]:
+        """Time ``fn()`` (which returns at least ``robust_acc``) and append a row."""
+        self.mem.reset()
+        self.meter.reset()
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with self.meter.patched():
+            out = fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        work = n_images * n_iter if work is None else work
+        row = {
+            "section": section, "attack": attack, "model": model, "variant": variant, "n_images": n_images,
+            "n_iter": n_iter, "batch_size": batch_size, "wall_s": wall, "img_iter_per_s": work / wall,
+            "model_fwd_s": self.meter.fwd, "model_bwd_s": self.meter.bwd,
+            "model_compute_share": (self.meter.fwd + self.meter.bwd) / wall,
+            "peak_rss_mb": self.mem.peak_mb(), "rss_growth_mb": self.mem.peak_mb() - self.mem.start_mb,
+            "cuda_peak_mb": self.mem.cuda_peak_mb(), **out,
+        }
+        self.rows.append(row)
+        print(_fmt_row(row), flush=True)
+        return row
+
+
+COLUMNS = [("section", "{}", 8), ("attack", "{}", 16), ("model", "{}", 12), ("variant", "{}", 14),
+           ("n_images", "{}", 5), ("n_iter", "{}", 4), ("batch_size", "{}", 4), ("wall_s", "{:.1f}", 7),
+           ("img_iter_per_s", "{:.0f}", 7), ("robust_acc", "{:.3f}", 6), ("model_compute_share", "{:.3f}", 6),
+           ("peak_rss_mb", "{:.0f}", 6), ("rss_growth_mb", "{:.0f}", 6)]
+HEADERS = {"n_images": "N", "n_iter": "it", "batch_size": "bs", "img_iter_per_s": "img·it/s",
+           "robust_acc": "robust", "model_compute_share": "model%", "peak_rss_mb": "RSS MB",
+           "rss_growth_mb": "+RSS"}
+
+
+def _fmt_row(row: dict[str, Any]) -> str:
+    cells = []
+    for key, fmt, w in COLUMNS:
+        v = row.get(key)
+        cells.append((fmt.format(v) if v is not None else "-").rjust(w) if key not in ("section", "attack", "model",
+                     "variant") else str(v).ljust(w))
+    return " | ".join(cells)
+
+
+def _header() -> str:
+    return " | ".join((HEADERS.get(k, k)).rjust(w) if k not in ("section", "attack", "model", "variant")
+                      else HEADERS.get(k, k).ljust(w) for k, _, w in COLUMNS)
+
+
+# -------------------------------------------------------------------------------------------- sections
+def seeded_pyautoattack(model: nn.Module, eps: float, n_iter: int, seed: int, device: str):
+    """pyautoattack's APGDAttack, started from a given point (mslib's per-sample random start)."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    class SeededAPGD(APGDAttack):
+        x_init: torch.Tensor | None = None
+
+        def attack_single_run(self, x, y, x_init=None):  # perturb() never forwards x_init; do it here
+            return super().attack_single_run(x, y, x_init=self.x_init)
+
+    return SeededAPGD(model, norm="Linf", eps=eps, n_iter=n_iter, seed=seed, loss="ce", device=device)
+
+
+def _correct_subset(model, x, y, idx, n, device):
+    with torch.inference_mode():
+        pred = torch.cat([model(x[i:i + 500].to(device)).argmax(1).cpu() for i in range(0, len(x), 500)])
+    keep = (pred == y).nonzero().squeeze(1)[:n]
+    return x[keep], y[keep], idx[keep]
+
+
+def section_apgd_vs_pyautoattack(b: Bench, profile, x, y, idx, n, n_iter, bs, summary) -> None:
+    from mslib.models import load_classifier
+
+    device, eps, seed = profile.device, profile.eps, profile.seed
+    speed, share = {}, {}
+    for name in profile.classifiers:
+        clf = b.meter.attach(load_classifier(profile, name).to(device).eval())
+        xc, yc, ic = _correct_subset(clf, x, y, idx, n, device)
+        rows = {}
+        for variant, compact in (("compact", True), ("uncompacted", False)):
+            def ours(compact=compact):
+                r = run_attack(clf, xc, yc, "apgd-ce", eps, n_iter=n_iter, seed=seed, batch_size=bs, indices=ic,
+                               compact=compact)
+                return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
+            rows[variant] = b.run("a", "apgd-ce", name, f"mslib {variant}", len(xc), n_iter, bs, ours)
+
+        def theirs():
+            aa = seeded_pyautoattack(clf, eps, n_iter, seed, device)
+            adv = []
+            with frozen(clf):
+                for s in range(0, len(xc), bs):
+                    xb, yb = xc[s:s + bs].to(device), yc[s:s + bs].to(device)
+                    noise = sample_noise(xb.shape, ic[s:s + bs], seed, 0, device=device, dtype=xb.dtype)
+                    aa.x_init = linf_random_start(xb, eps, noise)
+                    adv.append(aa.perturb(xb, yb).cpu())
+            with torch.inference_mode():
+                x_adv = torch.cat(adv)
+                acc = (clf(x_adv.to(device)).argmax(1).cpu() == yc).float().mean().item()
+            return {"robust_acc": acc}
+        rows["aa"] = b.run("a", "apgd-ce", name, "pyautoattack", len(xc), n_iter, bs, theirs)
+        _check_equal(summary, f"apgd-ce/{name}", [rows["compact"], rows["uncompacted"], rows["aa"]])
+        speed[name] = rows["aa"]["wall_s"] / rows["compact"]["wall_s"]
+        summary["speedup_vs_uncompacted"][f"apgd-ce/{name}"] = rows["uncompacted"]["wall_s"] / rows["compact"]["wall_s"]
+        summary["speedup_vs_uncompacted_rows"] = summary.get("speedup_vs_uncompacted_rows", 0)
+    tot_aa = sum(r["wall_s"] for r in b.rows if r["section"] == "a" and r["variant"] == "pyautoattack")
+    tot_ours = sum(r["wall_s"] for r in b.rows if r["section"] == "a" and r["variant"] == "mslib compact")
+    summary["speedup_vs_pyautoattack"] = {**speed, "all": tot_aa / tot_ours}
+
+
+def section_multishield(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, attacks) -> None:
+    from mslib.models import load_classifier, load_vlm
+
+    device = profile.device
+    vlm = b.meter.attach(load_vlm(profile).to(device).eval())
+    xs, ys, ids = x[:n], y[:n], idx[:n]
+    for name in profile.classifiers:
+        clf = b.meter.attach(load_classifier(profile, name).to(device).eval())
+        ms = MultiShield(clf, vlm, tolerance=profile.tolerance)
+        for attack in attacks:
+            rows = []
+            for variant, compact in (("compact", True), ("uncompacted", False)):
+                def go(compact=compact, attack=attack):
+                    r = run_attack(ms, xs, ys, attack, profile.eps, n_iter=n_iter, seed=profile.seed,
+                                   batch_size=bs, indices=ids, compact=compact)
+                    return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
+                rows.append(b.run("b", attack, f"ms+{name}", variant, len(xs), n_iter, bs, go))
+            _check_equal(summary, f"{attack}/ms+{name}", rows)
+            summary["speedup_vs_uncompacted"][f"{attack}/ms+{name}"] = rows[1]["wall_s"] / rows[0]["wall_s"]
+
+
+@contextlib.contextmanager
+def temporary_cache():
+    """A fresh MSLIB_CACHE whose models (and datasets) are links to the real ones, so results really compute."""
+    from mslib.cache import data_root
+
+    real = data_root()
+    tmp = Path(tempfile.mkdtemp(prefix="mslib-bench-"))
+    for entry in real.iterdir() if real.exists() else []:
+        if entry.name != "results":
+            (tmp / entry.name).symlink_to(entry.resolve())
+    old = os.environ.get("MSLIB_CACHE")
+    os.environ["MSLIB_CACHE"] = str(tmp)
+    try:
+        yield tmp
+    finally:
+        if old is None:
+            os.environ.pop("MSLIB_CACHE", None)
+        else:
+            os.environ["MSLIB_CACHE"] = old
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hooked_loaders(meter: ComputeMeter):
+    """Patch mslib.models' loaders so every model the Runner loads is timed."""
+    import mslib.models as models
+
+    orig_c, orig_v = models.load_classifier, models.load_vlm
+    models.load_classifier = lambda *a, **k: meter.attach(orig_c(*a, **k))
+    models.load_vlm = lambda *a, **k: meter.attach(orig_v(*a, **k))
+    return lambda: (setattr(models, "load_classifier", orig_c), setattr(models, "load_vlm", orig_v))
+
+
+def section_workload(b: Bench, profile, n, n_iter, summary) -> None:
+    from mslib.experiment import STUDY_PLAN, Runner, run_study, study_eps
+
+    overrides = {"n_samples": n, "n_iter": n_iter}
+    p = get_profile(profile.name, profile.dataset, **overrides)
+    jobs = [(c, t, a, e) for c in p.classifiers for t, atts in STUDY_PLAN.items() for a in atts for e in study_eps(p)]
+    restore = _hooked_loaders(b.meter)
+    rows, accs = [], {}
+    try:
+        for variant, compact in (("uncompacted", False), ("compact", True)):
+            with temporary_cache():
+                def go(compact=compact, variant=variant):
+                    run_study(profile.name, progress=False, overrides=overrides, compact=compact)
+                    runner = Runner(p, progress=False, compact=compact)
+                    accs[variant] = [1 - runner.attacked(c, t, a, e).success.float().mean().item() for c, t, a, e in jobs]
+                    return {"robust_acc": sum(accs[variant]) / len(jobs), "jobs": len(jobs)}
+                rows.append(b.run("c", "main-table", "all", variant, n, n_iter, p.batch_size, go,
+                                  work=n * n_iter * len(jobs)))
+    finally:
+        restore()
+    diff = max(abs(u - v) for u, v in zip(accs["uncompacted"], accs["compact"]))
+    summary["checks"]["workload"] = {"max_abs_robust_acc_diff": diff, "ok": diff <= 0.005}
+    if diff > 0.005:
+        print(f"!! main-table workload: robust accuracy differs between variants by up to {diff:.4f}")
+    summary["speedup_vs_uncompacted"]["main-table"] = rows[0]["wall_s"] / rows[1]["wall_s"]
+
+
+def section_scaling(b: Bench, profile, x, y, idx, n, n_iter, batch_sizes, attack, clf_name, summary) -> None:
+    from mslib.models import load_classifier, load_vlm
+
+    device = profile.device
+    clf = b.meter.attach(load_classifier(profile, clf_name).to(device).eval())
+    model = clf
+    if attack in mslib.attacks.REJECT_AWARE:
+        model = MultiShield(clf, b.meter.attach(load_vlm(profile).to(device).eval()), tolerance=profile.tolerance)
+    lin = {}
+    for bs in batch_sizes:
+        times = {}
+        for mult in (1, 2, 4):
+            m = n * mult
+            def go(m=m, bs=bs):
+                r = run_attack(model, x[:m], y[:m], attack, profile.eps, n_iter=n_iter, seed=profile.seed,
+                               batch_size=bs, indices=idx[:m])
+                return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
+            row = b.run("d", attack, clf_name if model is clf else f"ms+{clf_name}", f"scale {mult}x", m, n_iter, bs, go)
+            times[mult] = row["wall_s"]
+        lin[f"bs{bs}"] = {"seconds": times, "t4x_over_4_t1x": times[4] / (4 * times[1]),
+                          "t2x_over_2_t1x": times[2] / (2 * times[1])}
+    summary["linearity"] = lin
+
+
+def _check_equal(summary, label, rows) -> None:
+    accs = [r["robust_acc"] for r in rows]
+    diff = max(accs) - min(accs)
+    summary["checks"][label] = {"robust_acc": accs, "max_abs_diff": diff, "ok": diff <= 0.005}
+    if diff > 0.005:
+        print(f"!! {label}: robust accuracy differs across variants: {accs}")
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--device", default=None, help="override the profile's device (cpu, cuda)")
+    ap.add_argument("--sections", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--n-apgd", type=int, default=250, help="(a) clean-correct images per classifier")
+    ap.add_argument("--iter-apgd", type=int, default=None, help="(a) iterations (default: the profile's)")
+    ap.add_argument("--n-ms", type=int, default=48, help="(b) images per Multi-Shield attack")
+    ap.add_argument("--iter-ms", type=int, default=20, help="(b) iterations")
+    ap.add_argument("--n-workload", type=int, default=32, help="(c) images in the main-table workload")
+    ap.add_argument("--iter-workload", type=int, default=10, help="(c) iterations")
+    ap.add_argument("--n-scale", type=int, default=24, help="(d) images at 1x")
+    ap.add_argument("--iter-scale", type=int, default=10, help="(d) iterations")
+    ap.add_argument("--scale-attack", default="apgd-ce-reject")
+    ap.add_argument("--batch-sizes", default=None, help="(d) two batch sizes, e.g. 24,48 (default n/2,n)")
+    ap.add_argument("--batch-size", type=int, default=None, help="(a, b) batch size (default: the profile's)")
+    ap.add_argument("--agreement", default="auto", choices=["auto", "yes", "no"],
+                    help="(b) include the agreement attack when registered")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="JSON path (default figures/<profile>/bench.json)")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    profile = get_profile(args.profile)
+    if args.device:
+        profile = profile.replace(device=args.device)
+    device = profile.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"profile {profile.name} asks for {device}, which is not available here: benchmarking on cpu")
+        profile = profile.replace(device="cpu")
+        device = "cpu"
+    sections = set(args.sections.split(","))
+    iter_apgd = args.iter_apgd or profile.n_iter
+    bs = args.batch_size or profile.batch_size
+    bss = ([int(v) for v in args.batch_sizes.split(",")] if args.batch_sizes
+           else [max(1, args.n_scale // 2), args.n_scale])
+    ms_attacks = ["apgd-ce-reject"]
+    if args.agreement == "yes" or (args.agreement == "auto" and "agreement" in ATTACKS):
+        ms_attacks.append("agreement")
+
+    from mslib.data import load_eval_set
+
+    n_need = max(args.n_apgd * 2, args.n_ms, args.n_scale * 4)
+    x, y, _, idx = load_eval_set(profile.replace(n_samples=max(n_need, profile.n_samples)), with_indices=True)
+
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    env = {"profile": profile.name, "dataset": profile.dataset, "device": device, "gpu": gpu,
+           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "load_avg_start": os.getloadavg(),
+           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "eps": profile.eps, "seed": profile.seed}
+    settings = {"a": {"n": args.n_apgd, "n_iter": iter_apgd, "batch_size": bs},
+                "b": {"n": args.n_ms, "n_iter": args.iter_ms, "batch_size": bs, "attacks": ms_attacks},
+                "c": {"n": args.n_workload, "n_iter": args.iter_workload, "batch_size": profile.batch_size},
+                "d": {"n": args.n_scale, "n_iter": args.iter_scale, "batch_sizes": bss, "attack": args.scale_attack}}
+    print(f"bench: profile {profile.name}/{profile.dataset} on {gpu or device} ({env['threads']} threads), "
+          f"eps {profile.eps:g}, seed {profile.seed}, load avg {env['load_avg_start'][0]:.2f}")
+    for s in sorted(sections):
+        print(f"  ({s}) " + ", ".join(f"{k}={v}" for k, v in settings[s].items()))
+    print(_header(), flush=True)
+
+    b = Bench(device)
+    summary: dict[str, Any] = {"checks": {}, "speedup_vs_uncompacted": {}}
+    t0 = time.perf_counter()
+    if "a" in sections:
+        section_apgd_vs_pyautoattack(b, profile, x, y, idx, args.n_apgd, iter_apgd, bs, summary)
+    if "b" in sections:
+        section_multishield(b, profile, x, y, idx, args.n_ms, args.iter_ms, bs, summary, ms_attacks)
+    if "c" in sections:
+        section_workload(b, profile, args.n_workload, args.iter_workload, summary)
+    if "d" in sections:
+        section_scaling(b, profile, x, y, idx, args.n_scale, args.iter_scale, bss, args.scale_attack,
+                        profile.classifiers[-1], summary)
+    env["total_s"] = time.perf_counter() - t0
+    env["load_avg_end"] = os.getloadavg()
+
+    shares = {}
+    for r in b.rows:
+        key = f"{r['attack']} {r['variant']}"
+        shares[key] = min(shares.get(key, 1.0), r["model_compute_share"])
+    ips = {}
+    for r in b.rows:
+        ips.setdefault(f"{r['section']}:{r['attack']}:{r['model']}:{r['variant']}", r["img_iter_per_s"])
+    summary.pop("speedup_vs_uncompacted_rows", None)
+    result = {**env, "settings": settings, "model_compute_share": {**shares, "min": min(shares.values())},
+              "speedup_vs_pyautoattack": summary.get("speedup_vs_pyautoattack"),
+              "speedup_vs_uncompacted": summary["speedup_vs_uncompacted"], "img_iter_per_s": ips,
+              "linearity": summary.get("linearity"), "checks": summary["checks"],
+              "all_checks_ok": all(c["ok"] for c in summary["checks"].values()), "rows": b.rows}
+    out = Path(args.out) if args.out else REPO / "figures" / profile.name / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print()
+    print(f"model compute share (min over rows): " + ", ".join(f"{k} {v:.3f}" for k, v in shares.items()))
+    if result["speedup_vs_pyautoattack"]:
+        print("speedup vs pyautoattack: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["speedup_vs_pyautoattack"].items()))
+    print("speedup vs uncompacted: " + ", ".join(f"{k} {v:.2f}x" for k, v in summary["speedup_vs_uncompacted"].items()))
+    if result["linearity"]:
+        print("linearity (t(4x) / 4 t(1x)): " + ", ".join(f"{k} {v['t4x_over_4_t1x']:.2f}" for k, v in result["linearity"].items()))
+    print(f"robust accuracy agrees across compared variants: {result['all_checks_ok']}")
+    print(f"total {env['total_s']:.0f} s, load avg {env['load_avg_start'][0]:.2f} -> {env['load_avg_end'][0]:.2f}; wrote {out}")
+    return 0 if result["all_checks_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
