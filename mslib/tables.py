@@ -242,19 +242,19 @@ def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@torch.inference_mode()
 def zero_shot_table(profile_name: str, text_norms: tuple[str, ...] = ("standard", "original")) -> pd.DataFrame:
     """Zero-shot accuracy of the VLM per dataset and prompt template (each alone, then all averaged)."""
     rows = []
     for r in runners(profile_name):
         p = r.profile
-        vlm = r.vlm()
+        vlm = r.vlm()  # load (maybe train) before inference mode
         x, y = r.images.to(p.device), r.labels.to(p.device)
         prompts = [(t, (t,)) for t in p.templates] + [(f"ensemble of {len(p.templates)}", tuple(p.templates))]
         for label, templates in prompts:
             for norm in text_norms:
-                zs = vlm.with_prompts(r.class_names, templates, text_norm=norm)
-                pred = torch.cat([zs(x[i:i + p.batch_size]).argmax(1) for i in range(0, len(y), p.batch_size)])
+                with torch.inference_mode():
+                    zs = vlm.with_prompts(r.class_names, templates, text_norm=norm)
+                    pred = torch.cat([zs(x[i:i + p.batch_size]).argmax(1) for i in range(0, len(y), p.batch_size)])
                 acc = metrics.clean_accuracy(pred.cpu(), y.cpu())
                 rows.append({"dataset": p.dataset, "vlm": p.vlm, "template": label, "text_norm": norm,
                              "accuracy": acc.value, "lo": acc.low, "hi": acc.high, "n": acc.n})
