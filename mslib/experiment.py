@@ -254,6 +254,23 @@ class Runner:
 
         With a shard set, computes only that shard's batches and returns None until all shards are done.
         """
+        bs = self.profile.batch_size
+        if not self.ensure(clf, target, attack, eps) and self.shard is not None:
+            return None
+        folder = entry_dir("results", self.attack_record(clf, target, attack, eps))
+        starts = self._complete_or_raise(folder, f"{attack} on {target} at eps={eps:g}")
+        m = self._merge(folder, starts, ("f", "s", "x_adv", "success"),
+                        ("success_curve", "loss_curve", "n_forward", "seconds"))
+        return Outputs(m["f"], m["s"], m["x_adv"], m["success"], _sum_curves(m["success_curve"]),
+                       _mean_curves(m["loss_curve"], [len(x) for x in torch.split(m["success"], bs)]),
+                       int(sum(m["n_forward"])), float(sum(m["seconds"])))
+
+    def ensure(self, clf: str, target: str, attack: str, eps: float) -> bool:
+        """Compute this shard's missing batches of a result (not loading the others); True when all are done.
+
+        Memory stays bounded by the batch size: each batch (and its smaller-eps counterpart) is read, attacked
+        and written on its own.
+        """
         if attack not in ATTACKS:
             raise ValueError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
         if target not in TARGETS:
@@ -261,12 +278,14 @@ class Runner:
         if attack in REJECT_AWARE and target != "ms":
             raise ValueError(f"{attack} needs a rejecting model: use target='ms'")
         p = self.profile
-        bs = p.batch_size
         folder = entry_dir("results", self.attack_record(clf, target, attack, eps))
         todo = self._missing(folder, self._batches())
-        chain = self.eps_chain(eps)
-        prev = self._attacked_parts(clf, target, attack, chain[-1]) if (chain and todo) else None
         if todo:
+            chain = self.eps_chain(eps)
+            prev = None
+            if chain:  # the smaller eps first (this shard's batches), read back one batch at a time
+                self.ensure(clf, target, attack, chain[-1])
+                prev = entry_dir("results", self.attack_record(clf, target, attack, chain[-1]))
             model = self.target_model(clf, target)
             bar = todo
             if self.progress:
@@ -276,32 +295,21 @@ class Runner:
             with frozen(model):
                 for b in bar:
                     self._attack_batch(model, clf, attack, eps, b, prev, folder)
-        if self.shard is not None and self._missing(folder, list(range(0, self.images.shape[0], bs))):
-            return None
-        starts = self._complete_or_raise(folder, f"{attack} on {target} at eps={eps:g}")
-        m = self._merge(folder, starts, ("f", "s", "x_adv", "success"),
-                        ("success_curve", "loss_curve", "n_forward", "seconds"))
-        return Outputs(m["f"], m["s"], m["x_adv"], m["success"], _sum_curves(m["success_curve"]),
-                       _mean_curves(m["loss_curve"], [len(x) for x in torch.split(m["success"], bs)]),
-                       int(sum(m["n_forward"])), float(sum(m["seconds"])))
-
-    def _attacked_parts(self, clf: str, target: str, attack: str, eps: float) -> dict[int, dict[str, Any]]:
-        """Per-batch results at a smaller eps, computing (this shard's part of) them if needed."""
-        self.attacked(clf, target, attack, eps)
-        folder = entry_dir("results", self.attack_record(clf, target, attack, eps))
-        return {b: load_tensors(folder / f"batch_{b:07d}.pt") for b in self._batches()}
+        return not self._missing(folder, list(range(0, self.images.shape[0], p.batch_size)))
 
     def _attack_batch(self, model: nn.Module, clf: str, attack: str, eps: float, b: int,
-                      prev: dict[int, dict[str, Any]] | None, folder) -> None:
+                      prev_folder, folder) -> None:
         p = self.profile
         x = self.images[b:b + p.batch_size]
         y = self.labels[b:b + p.batch_size]
         t0 = time.perf_counter()
         x_adv = x.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool)
-        if prev is not None:  # broken at a smaller eps: reuse, do not attack again
-            done = prev[b]["success"].clone()
-            x_adv[done] = prev[b]["x_adv"][done]
+        prev = None
+        if prev_folder is not None:  # broken at a smaller eps: reuse, do not attack again
+            prev = load_tensors(prev_folder / f"batch_{b:07d}.pt")
+            done = prev["success"].clone()
+            x_adv[done] = prev["x_adv"][done]
         todo = (~done).nonzero().squeeze(1)
         curve, loss_curve, n_fwd = [int(done.sum())] * (p.n_iter + 1), [0.0] * (p.n_iter + 1), 0
         if todo.numel():
@@ -313,7 +321,12 @@ class Runner:
             curve = [int(done.sum()) - int(res.success.sum()) + c for c in res.success_curve]
             loss_curve = [v * todo.numel() / x.shape[0] for v in res.loss_curve]
             n_fwd = res.n_forward
-        f, s = self._evaluate(clf, x_adv)
+        if prev is not None and todo.numel() < x.shape[0]:  # outputs on reused examples are known already
+            f, s = prev["f"].clone(), prev["s"].clone()
+            if todo.numel():
+                f[todo], s[todo] = self._evaluate(clf, x_adv[todo])
+        else:
+            f, s = self._evaluate(clf, x_adv)
         save_tensors({"x_adv": x_adv, "f": f, "s": s, "success": done, "success_curve": torch.tensor(curve),
                       "loss_curve": torch.tensor(loss_curve), "n_forward": n_fwd,
                       "seconds": time.perf_counter() - t0}, folder / f"batch_{b:07d}.pt")
@@ -460,8 +473,8 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
             bar = tqdm(jobs, desc=f"{profile_name}/{ds}", unit="attack")
         for clf in runner.profile.classifiers:
             complete &= runner.clean(clf) is not None
-        for clf, target, attack, eps in bar:
-            complete &= runner.attacked(clf, target, attack, eps) is not None
+        for clf, target, attack, eps in bar:  # compute only; nothing is merged into memory here
+            complete &= runner.ensure(clf, target, attack, eps)
         if plan is STUDY_PLAN:  # the default study also runs the worst-case ensemble at the profile's eps
             for clf in runner.profile.classifiers:
                 complete &= runner.ensemble(clf) is not None
