@@ -1,6 +1,10 @@
 # Multi-Shield study package. `make figures` (PROFILE=tiny by default) and `make test` bootstrap what they need.
 PROFILE ?= tiny
 SHARD ?=
+# SHARDS=n runs the study as n submitit jobs (LAUNCHER=local|slurm, LAUNCH_ARGS='--param slurm_partition=gpu ...')
+SHARDS ?=
+LAUNCHER ?= local
+LAUNCH_ARGS ?=
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,6 +25,7 @@ help:
 	@echo "make figures [PROFILE=tiny|smoke|paper]  run every notebook into $(OUT)/"
 	@echo "make test                                run the test suite"
 	@echo "make results [SHARD=i/n]                 compute (or resume) the cached attack results"
+	@echo "make results SHARDS=n [LAUNCHER=local|slurm]  the same as n submitit jobs, then merge"
 	@echo "make <notebook-name>                     one notebook, e.g. make 02_main_table"
 	@echo "make fetch PROFILE=paper                 download the paper's assets (needs internet)"
 	@echo "make bench                               speed benchmark -> $(OUT)/bench.json"
@@ -51,7 +56,8 @@ test: $(STAMP) system-deps
 # ---- results and figures ---------------------------------------------------------------------------
 results: $(RESULTS)
 $(RESULTS): $(STAMP) $(MSLIB_SRC) | system-deps
-	$(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD))
+	$(if $(SHARDS),$(PY) -m mslib.launch --profile $(PROFILE) --shards $(SHARDS) --executor $(LAUNCHER) $(LAUNCH_ARGS),\
+	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)))
 	@[ -n "$(SHARD)" ] || { mkdir -p $(@D) && touch $@; }
 
 figures: $(EXECUTED)
@@ -70,7 +76,7 @@ fetch: $(STAMP)
 	$(PY) -m mslib.fetch --profile $(PROFILE)
 
 bench: $(STAMP) system-deps
-	$(PY) benchmarks/bench.py --profile $(PROFILE)
+	$(PY) benchmarks/bench.py --profile $(PROFILE) $(BENCH_ARGS)
 
 clean:
 	rm -rf figures/*/
