@@ -58,25 +58,26 @@ ENSEMBLE: tuple[tuple[str, str], ...] = (
     ("ms", "agreement"), ("ms", "agreement-selective"),    # both branches driven to one wrong class
     ("ms", "square-reject"),                               # gradient-free check for gradient masking
 )
-SQUARE_QUERIES_PER_ITER = 2  # Square's default budget: profile.n_iter × this queries (forward passes only)
+SQUARE_QUERIES_PER_ITER = 1  # Square's default budget: profile.n_iter × this queries (forward passes only)
 
 
 def attack_options(profile: Profile, attack: str) -> dict[str, Any]:
     """``run_attack`` keyword arguments of the ensemble's extra attacks, driven by the profile.
 
-    Their cost is kept near that of one APGD run (a VLM forward+backward dominates on CPU): the agreement
-    attack tries ``agreement_targets`` (3) targets with n_iter // 3 iterations each, its selective variant
-    the ``selective_targets`` (1) best target with n_iter // 2, Square ``square_queries``
+    On CPU a VLM forward+backward dominates the cost and every sample that survives the ensemble pays each
+    attack's full budget, so the defaults stay near one APGD run in all: the agreement attack tries
+    ``agreement_targets`` (3) targets with ``agreement_iters`` (n_iter // 5) iterations each, its selective
+    variant ``selective_targets`` (1) with ``selective_iters`` (n_iter // 5), Square ``square_queries``
     (n_iter × SQUARE_QUERIES_PER_ITER) forward passes. Keys of ``profile.extra`` override these defaults
-    (``agreement_iters``, ``selective_iters`` too).
+    (a GPU run should raise them, e.g. Square to AutoAttack's 5000 queries).
     """
     ex, n = profile.extra, profile.n_iter
     if attack == "agreement":
-        k = int(ex.get("agreement_targets", 3))
-        return {"n_targets": k, "n_iter": int(ex.get("agreement_iters", max(n // k, 5)))}
+        return {"n_targets": int(ex.get("agreement_targets", 3)),
+                "n_iter": int(ex.get("agreement_iters", max(n // 5, 5)))}
     if attack == "agreement-selective":
         return {"n_targets": int(ex.get("selective_targets", 1)),
-                "n_iter": int(ex.get("selective_iters", max(n // 2, 5)))}
+                "n_iter": int(ex.get("selective_iters", max(n // 5, 5)))}
     if attack.startswith("square"):
         return {"n_queries": int(ex.get("square_queries", SQUARE_QUERIES_PER_ITER * n))}
     return {}
