@@ -350,19 +350,51 @@ class Runner:
         set, computes only that shard's batches and returns None until all shards are done.
         """
         eps = self.profile.eps if eps is None else eps
+        if not self.ensure_ensemble(clf, eps) and self.shard is not None:
+            return None
         out = []
         for i, (target, attack) in enumerate(ENSEMBLE):
-            o = self.attacked(clf, target, attack, eps) if in_study_plan(target, attack) else self._stage(clf, i, eps)
-            out.append((target, attack, o))
-        return None if any(o is None for _, _, o in out) else out
+            if in_study_plan(target, attack):
+                out.append((target, attack, self.attacked(clf, target, attack, eps)))
+                continue
+            folder = entry_dir("results", self.stage_record(clf, i, eps))
+            starts = self._complete_or_raise(folder, f"ensemble stage {attack} on {target} at eps={eps:g}")
+            m = self._merge(folder, starts, ("f", "s", "x_adv", "success"),
+                            ("success_curve", "loss_curve", "n_forward", "seconds"))
+            sizes = [len(x) for x in torch.split(m["success"], self.profile.batch_size)]
+            out.append((target, attack, Outputs(m["f"], m["s"], m["x_adv"], m["success"],
+                                                _sum_curves(m["success_curve"]), _mean_curves(m["loss_curve"], sizes),
+                                                int(sum(m["n_forward"])), float(sum(m["seconds"])))))
+        return out
 
-    def _stage(self, clf: str, i: int, eps: float) -> Outputs | None:
+    def ensure_ensemble(self, clf: str, eps: float | None = None) -> bool:
+        """Compute this shard's missing batches of every ensemble stage (nothing merged); True when all are done."""
+        eps = self.profile.eps if eps is None else eps
+        done = True
+        for i, (target, attack) in enumerate(ENSEMBLE):
+            done &= (self.ensure(clf, target, attack, eps) if in_study_plan(target, attack)
+                     else self._ensure_stage(clf, i, eps))
+        return done
+
+    def _stage_folder(self, clf: str, j: int, eps: float):
+        target, attack = ENSEMBLE[j]
+        rec = self.attack_record(clf, target, attack, eps) if in_study_plan(target, attack) \
+            else self.stage_record(clf, j, eps)
+        return entry_dir("results", rec)
+
+    def _ensure_stage(self, clf: str, i: int, eps: float) -> bool:
+        """Stage ``i`` for this shard's batches, read and written one batch at a time (stages < i first)."""
         p = self.profile
         target, attack = ENSEMBLE[i]
         folder = entry_dir("results", self.stage_record(clf, i, eps))
         todo = self._missing(folder, self._batches())
         if todo:
-            prev = self._broken_before(clf, i, eps)
+            for j, (t_j, a_j) in enumerate(ENSEMBLE[:i]):  # earlier stages first (this shard's batches)
+                if in_study_plan(t_j, a_j):
+                    self.ensure(clf, t_j, a_j, eps)
+                else:
+                    self._ensure_stage(clf, j, eps)
+            before = [self._stage_folder(clf, j, eps) for j in range(i)]
             model = self.target_model(clf, target)
             bar = todo
             if self.progress:
@@ -372,38 +404,25 @@ class Runner:
                            leave=False)
             with frozen(model):
                 for b in bar:
-                    self._stage_batch(model, clf, attack, eps, b, prev[b], folder)
-        if self.shard is not None and self._missing(folder, list(range(0, self.images.shape[0], p.batch_size))):
-            return None
-        starts = self._complete_or_raise(folder, f"ensemble stage {attack} on {target} at eps={eps:g}")
-        m = self._merge(folder, starts, ("f", "s", "x_adv", "success"),
-                        ("success_curve", "loss_curve", "n_forward", "seconds"))
-        return Outputs(m["f"], m["s"], m["x_adv"], m["success"], _sum_curves(m["success_curve"]),
-                       _mean_curves(m["loss_curve"], [len(x) for x in torch.split(m["success"], p.batch_size)]),
-                       int(sum(m["n_forward"])), float(sum(m["seconds"])))
+                    self._stage_batch(model, clf, attack, eps, b, self._broken_before(b, before), folder)
+        return not self._missing(folder, list(range(0, self.images.shape[0], p.batch_size)))
 
-    def _broken_before(self, clf: str, i: int, eps: float) -> dict[int, dict[str, torch.Tensor]]:
-        """Per batch (this shard's): which samples stages 0..i-1 broke, and their adversarial examples."""
+    def _broken_before(self, b: int, folders: list) -> dict[str, torch.Tensor]:
+        """Batch ``b``: which samples the earlier stages (result folders) broke, with their examples and outputs."""
         p = self.profile
-        bs, tol, k = p.batch_size, p.tolerance, self.num_classes
-        parts = {b: {"success": torch.zeros(self.labels[b:b + bs].shape[0], dtype=torch.bool),
-                     "x_adv": self.images[b:b + bs].clone()} for b in self._batches()}
-        for j, (target, attack) in enumerate(ENSEMBLE[:i]):
-            if in_study_plan(target, attack):
-                self.attacked(clf, target, attack, eps)
-                rec = self.attack_record(clf, target, attack, eps)
-            else:
-                self._stage(clf, j, eps)
-                rec = self.stage_record(clf, j, eps)
-            folder = entry_dir("results", rec)
-            for b, part in parts.items():
-                t = load_tensors(folder / f"batch_{b:07d}.pt")
-                y = self.labels[b:b + bs]
-                pred = decide(t["f"], t["s"], tol)
-                new = (pred != y) & (pred != k) & ~part["success"]
-                part["x_adv"][new] = t["x_adv"][new]
-                part["success"] |= new
-        return parts
+        y = self.labels[b:b + p.batch_size]
+        part = {"success": torch.zeros(y.shape[0], dtype=torch.bool), "x_adv": self.images[b:b + p.batch_size].clone(),
+                "f": None, "s": None}
+        for folder in folders:
+            t = load_tensors(folder / f"batch_{b:07d}.pt")
+            if part["f"] is None:
+                part["f"], part["s"] = t["f"].clone(), t["s"].clone()
+            pred = decide(t["f"], t["s"], p.tolerance)
+            new = (pred != y) & (pred != self.num_classes) & ~part["success"]
+            for key in ("x_adv", "f", "s"):
+                part[key][new] = t[key][new]
+            part["success"] |= new
+        return part
 
     def _stage_batch(self, model: nn.Module, clf: str, attack: str, eps: float, b: int,
                      prev: dict[str, torch.Tensor], folder) -> None:
@@ -425,7 +444,12 @@ class Runner:
             curve = [int(done.sum()) + c for c in res.success_curve]
             loss_curve = [v * todo.numel() / x.shape[0] for v in res.loss_curve]
             n_fwd = res.n_forward
-        f, s = self._evaluate(clf, x_adv)
+        if prev["f"] is not None and todo.numel() < x.shape[0]:  # outputs on kept examples are known already
+            f, s = prev["f"].clone(), prev["s"].clone()
+            if todo.numel():
+                f[todo], s[todo] = self._evaluate(clf, x_adv[todo])
+        else:
+            f, s = self._evaluate(clf, x_adv)
         pred = decide(f, s, p.tolerance)
         broken = ((pred != y) & (pred != self.num_classes)) | done
         save_tensors({"x_adv": x_adv, "f": f, "s": s, "success": broken, "success_curve": torch.tensor(curve),
@@ -478,7 +502,7 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
             complete &= runner.ensure(clf, target, attack, eps)
         if plan is STUDY_PLAN:  # the default study also runs the worst-case ensemble at the profile's eps
             for clf in runner.profile.classifiers:
-                complete &= runner.ensemble(clf) is not None
+                complete &= runner.ensure_ensemble(clf)
     return complete
 
 
