@@ -72,6 +72,18 @@ def test_training_is_deterministic_for_a_seed(monkeypatch, tmp_path):
     assert torch.equal(outs[0], outs[1])
 
 
+def test_loading_inside_inference_mode(monkeypatch, tmp_path):
+    monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
+    p = _tiny_budget(mslib.get_profile("smoke"))
+    x, y, _ = mslib.load_eval_set(p)
+    for _ in ("cold: trains", "warm: loads"):
+        with torch.inference_mode():
+            m = mslib.load_classifier(p, "standard")
+        xr = x.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(m(xr), y).backward()
+        assert xr.grad is not None and xr.grad.abs().sum() > 0
+
+
 def test_bad_specs(monkeypatch, tmp_path):
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
     p = mslib.get_profile("smoke")

@@ -18,6 +18,7 @@ seed: initialization runs under a forked, seeded global RNG and shuffling/random
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -84,6 +85,20 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def _normal_mode(fn):
+    """Run a loader outside ``torch.inference_mode``/``no_grad`` even when its caller is inside one.
+
+    A cold cache trains inside the loader, and a model built under inference mode would hold inference
+    tensors that attacks cannot differentiate through later.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _check_spec(spec: dict[str, Any], known: set[str], required: tuple[str, ...], what: str) -> None:
@@ -191,6 +206,7 @@ def train_cnn(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, spec: dict[str,
     model.eval()
 
 
+@_normal_mode
 def load_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> nn.Module:
     """The classifier ``name`` of ``profile`` (source ``local-cnn``): trained once, then loaded from cache."""
     _check_spec(spec, _CNN_KEYS, ("arch", "recipe", "epochs", "lr", "batch_size", "seed"), "local-cnn")
@@ -325,6 +341,7 @@ def _zero_shot(model, tokenizer, classnames, templates) -> ZeroShotClassifier:
     return build_zero_shot_classifier(model, tokenizer, classnames, templates)
 
 
+@_normal_mode
 def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClassifier:
     """The profile's LiT vision-language model as a :class:`ZeroShotClassifier` (trained once, then cached).
 
