@@ -88,6 +88,51 @@ def in_study_plan(target: str, attack: str) -> bool:
     return attack in STUDY_PLAN.get(target, ())
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+class Autocast(nn.Module):
+    """Runs ``module`` under CUDA autocast (bf16) and returns float32 outputs, so attack math stays float32."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.module, "num_classes", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=self.dtype):
+            return self.module(x).float()
+
+
+def speed_settings(profile: Profile) -> dict[str, Any]:
+    """The profile's CUDA speed settings that are in effect (empty on CPU or when off), for result records."""
+    if profile.precision not in PRECISIONS:
+        raise ValueError(f"profile precision must be one of {PRECISIONS}, got {profile.precision!r}")
+    if not str(profile.device).startswith("cuda"):
+        return {}
+    out: dict[str, Any] = {}
+    if profile.precision != "fp32":
+        out["precision"] = profile.precision
+    if profile.channels_last:
+        out["channels_last"] = True
+    return out
+
+
+def prepare_model(model: nn.Module, profile: Profile) -> nn.Module:
+    """Move a loaded model to the profile's device and apply its CUDA speed settings (channels_last, bf16)."""
+    settings = speed_settings(profile)
+    model = model.to(profile.device)
+    if settings.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    if settings.get("precision") == "bf16":
+        model = Autocast(model)
+    return model
+
+
 class ScaledLogits(nn.Module):
     """A VLM's cosine similarities times a CLIP-like logit scale, so CE-based attacks get useful gradients."""
 
@@ -157,14 +202,14 @@ class Runner:
         if name not in self._classifiers:
             from .models import load_classifier
 
-            self._classifiers[name] = load_classifier(self.profile, name).to(self.profile.device)
+            self._classifiers[name] = prepare_model(load_classifier(self.profile, name), self.profile)
         return self._classifiers[name]
 
     def vlm(self) -> nn.Module:
         if self._vlm is None:
             from .models import load_vlm
 
-            self._vlm = load_vlm(self.profile).to(self.profile.device)
+            self._vlm = prepare_model(load_vlm(self.profile), self.profile)
         return self._vlm
 
     def defense(self, clf: str, tolerance: float | None = None) -> MultiShield:
@@ -189,7 +234,7 @@ class Runner:
             "n_samples": len(idx), "indices_sha256": hashlib.sha256(str(idx).encode()).hexdigest(),
             "classifier": {"name": clf, "spec": p.classifier_specs[clf]},
             "vlm": {"name": p.vlm, "spec": p.vlm_spec, "templates": list(p.templates)},
-            "batch_size": p.batch_size,
+            "batch_size": p.batch_size, **speed_settings(p),
         }
 
     def eps_chain(self, eps: float) -> list[float]:

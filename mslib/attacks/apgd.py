@@ -130,7 +130,8 @@ def apgd(
             grad2 = x_adv - x_adv_old
             x_adv_old = x_adv
             a = 0.75 if i > 0 else 1.0
-            x1 = torch.clamp(x_adv + step * torch.sign(grad), lo, hi)
+            # step · sign(grad) is exact, so the fused multiply-add rounds exactly as x + step · sign(grad)
+            x1 = torch.clamp(torch.addcmul(x_adv, step, torch.sign(grad)), lo, hi)
             x_adv = torch.clamp(x_adv + (x1 - x_adv) * a + grad2 * (1 - a), lo, hi)
 
         logits, loss, grad = _loss_and_grad(model, x_adv, ys, loss_fn)
@@ -141,10 +142,12 @@ def apgd(
         with torch.no_grad():
             loss_steps[i] = loss
             improved = loss > loss_best
-            # one pass each instead of masked gather + scatter (no nonzero(), no host sync on CUDA)
-            x_best = torch.where(improved.view(bshape), x_adv, x_best)
-            grad_best = torch.where(improved.view(bshape), grad, grad_best)
-            loss_best = torch.where(improved, loss, loss_best)
+            if improved.all():  # common while the loss climbs: take the new tensors, no copy (never mutated)
+                x_best, grad_best, loss_best = x_adv, grad, loss
+            elif improved.any():  # one pass each instead of masked gather + scatter
+                x_best = torch.where(improved.view(bshape), x_adv, x_best)
+                grad_best = torch.where(improved.view(bshape), grad, grad_best)
+                loss_best = torch.where(improved, loss, loss_best)
             loss_best_all[idx] = loss_best
             counter3 += 1
             if counter3 == k:
