@@ -34,6 +34,14 @@ DATASETS: dict[str, str] = {
     "oxford_pets": "mslib.paper_data:load_oxford_pets",
 }
 
+# Datasets whose labels can be read without decoding images: name -> "module:function" with signature
+# (name, split, options) -> (labels, class_names). load_eval_set then decodes only the drawn subset
+# (ImageNet's validation split would be ~30 GB as float32), passing it as options["indices"].
+LABEL_READERS: dict[str, str] = {
+    name: "mslib.paper_data:load_labels"
+    for name in ("cifar10", "imagenet", "caltech101", "stl10", "food101", "oxford_pets")
+}
+
 SPLITS = ("train", "test")
 
 # Prompt-friendly names (lower case, usable in "a photo of a {}.") for the official class order.
@@ -226,9 +234,20 @@ def load_eval_set(profile: Any, with_indices: bool = False):
     from .profiles import get_profile
 
     profile = get_profile(profile)
-    images, labels, names = load_split(profile.dataset, "test", profile.data_options)
-    idx = stratified_indices(labels, int(profile.n_samples), int(profile.seed))
-    out = (images[idx].contiguous(), labels[idx].contiguous(), names)
+    if profile.dataset in LABEL_READERS:  # draw the subset from the labels, then decode only it
+        module, func = LABEL_READERS[profile.dataset].split(":")
+        labels, names = getattr(importlib.import_module(module), func)(profile.dataset, "test",
+                                                                       dict(profile.data_options))
+        idx = stratified_indices(labels, int(profile.n_samples), int(profile.seed))
+        images, sub_labels, names = load_split(profile.dataset, "test",
+                                               {**profile.data_options, "indices": idx.tolist()})
+        if not torch.equal(sub_labels, labels[idx]):
+            raise RuntimeError(f"{profile.dataset}: labels of the decoded subset differ from the label file")
+        out = (images.contiguous(), sub_labels.contiguous(), names)
+    else:
+        images, labels, names = load_split(profile.dataset, "test", profile.data_options)
+        idx = stratified_indices(labels, int(profile.n_samples), int(profile.seed))
+        out = (images[idx].contiguous(), labels[idx].contiguous(), names)
     return (*out, idx) if with_indices else out
 
 

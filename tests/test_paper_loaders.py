@@ -433,3 +433,26 @@ def test_missing_assets_lists_exactly_what_is_missing(roots, monkeypatch):
     assert set(hashes) == {"models/hf/openai--clip-vit-base-patch32/config.json",
                            "models/hf/openai--clip-vit-base-patch32/model.safetensors"}
     assert asset_hashes("paper", "imagenet") == {}
+
+
+def test_eval_set_decodes_only_the_drawn_subset(roots, monkeypatch):
+    """load_eval_set draws indices from the labels, then decodes just those images (no full split in RAM)."""
+    import mslib.paper_data as pd_mod
+    from mslib.data import load_eval_set, stratified_indices
+
+    data, labels = write_cifar10(roots, n_test=40)
+    seen = []
+    real = pd_mod.load_cifar10
+
+    def spy(split, options):
+        seen.append(options.get("indices"))
+        return real(split, options)
+
+    monkeypatch.setattr(pd_mod, "load_cifar10", spy)
+    x, y, names, idx = load_eval_set(_paper("cifar10", n_samples=10), with_indices=True)
+    assert seen and seen[0] is not None and len(seen[0]) == 10
+    assert idx.tolist() == stratified_indices(torch.tensor(labels), 10, 0).tolist()
+    assert x.shape == (10, 3, 32, 32) and y.tolist() == [labels[i] for i in idx.tolist()]
+    first = torch.tensor(data[idx[0]].reshape(3, 32, 32), dtype=torch.float32) / 255
+    assert torch.allclose(x[0], first, atol=1e-6)
+    assert names == CIFAR_NAMES
