@@ -410,6 +410,67 @@ def section_scaling(b: Bench, profile, x, y, idx, n, n_iter, batch_sizes, attack
     summary["linearity"] = lin
 
 
+def load_baseline_apgd(rev: str):
+    """mslib's ``apgd`` function as of git revision ``rev`` (for before/after rows on the same machine state)."""
+    import subprocess
+    import types
+
+    src = subprocess.run(["git", "show", f"{rev}:mslib/attacks/apgd.py"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.replace("from .losses import", "from mslib.attacks.losses import")
+    mod = types.ModuleType(f"mslib_bench_baseline_apgd_{abs(hash(rev))}")
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up
+    exec(compile(src, f"{rev}:mslib/attacks/apgd.py", "exec"), mod.__dict__)
+    return mod.apgd
+
+
+@contextlib.contextmanager
+def using_apgd(fn):
+    """Run the APGD-based attacks with ``fn`` as the inner APGD loop."""
+    import mslib.attacks as pkg
+
+    old = pkg.__dict__["apgd"]
+    pkg.__dict__["apgd"] = fn
+    try:
+        yield
+    finally:
+        pkg.__dict__["apgd"] = old
+
+
+def section_before_after(b: Bench, profile, x, y, idx, n_clf, n_ms, n_iter, bs, rev, repeats, summary) -> None:
+    """The APGD loop at ``rev`` and now, alternating ``repeats`` times (best of each): a fair A/B on a noisy host."""
+    from mslib.models import load_classifier, load_vlm
+    from mslib.attacks.apgd import apgd as current
+
+    baseline = load_baseline_apgd(rev)
+    device = profile.device
+    vlm = prepare_model(b.meter.attach(load_vlm(profile).eval()), profile)
+    out = {}
+    for name in profile.classifiers:
+        clf = prepare_model(b.meter.attach(load_classifier(profile, name).eval()), profile)
+        cases = [("apgd-ce", name, clf, n_clf), ("apgd-ce-reject", f"ms+{name}", MultiShield(clf, vlm, profile.tolerance), n_ms)]
+        for attack, label, model, n in cases:
+            _warm(model, x, y, attack, device)
+            best: dict[str, dict] = {}
+            for _ in range(repeats):
+                for variant, fn in (("before", baseline), ("after", current)):
+                    def go(fn=fn, model=model, attack=attack, n=n):
+                        with using_apgd(fn):
+                            r = run_attack(model, x[:n], y[:n], attack, profile.eps, n_iter=n_iter, seed=profile.seed,
+                                           batch_size=bs, indices=idx[:n])
+                        return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
+                    row = b.run("e", attack, label, f"{variant} ({rev})" if variant == "before" else "after", n,
+                                n_iter, bs, go)
+                    if variant not in best or row["wall_s"] < best[variant]["wall_s"]:
+                        best[variant] = row
+            _check_equal(summary, f"before-after/{attack}/{label}", [best["before"], best["after"]])
+            out[f"{attack}/{label}"] = {
+                "before_s": best["before"]["wall_s"], "after_s": best["after"]["wall_s"],
+                "speedup": best["before"]["wall_s"] / best["after"]["wall_s"],
+                "model_share_before": best["before"]["model_compute_share"],
+                "model_share_after": best["after"]["model_compute_share"]}
+    summary["before_after"] = {"baseline_rev": rev, "repeats": repeats, **out}
+
+
 def _check_equal(summary, label, rows) -> None:
     accs = [r["robust_acc"] for r in rows]
     diff = max(accs) - min(accs)
@@ -423,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--device", default=None, help="override the profile's device (cpu, cuda)")
-    ap.add_argument("--sections", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--sections", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e (e needs --baseline-rev)")
     ap.add_argument("--n-apgd", type=int, default=250, help="(a) clean-correct images per classifier")
     ap.add_argument("--iter-apgd", type=int, default=None, help="(a) iterations (default: the profile's)")
     ap.add_argument("--n-ms", type=int, default=32, help="(b) images per Multi-Shield attack")
@@ -438,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agreement", default="auto", choices=["auto", "yes", "no"],
                     help="(b) include the agreement attack when registered")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--baseline-rev", default=None,
+                    help="(e) git revision whose APGD loop to compare with the current one, alternating runs")
+    ap.add_argument("--repeats", type=int, default=3, help="(e) alternating repeats (best of each)")
+    ap.add_argument("--n-ab", type=int, default=100, help="(e) images (classifier; a quarter on Multi-Shield)")
+    ap.add_argument("--iter-ab", type=int, default=25, help="(e) iterations")
     ap.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="CUDA only: bf16 autocast")
     ap.add_argument("--channels-last", action="store_true", help="CUDA only: NHWC conv weights")
     ap.add_argument("--out", default=None, help="JSON path (default figures/<profile>/bench.json)")
@@ -479,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"a": {"n": args.n_apgd, "n_iter": iter_apgd, "batch_size": bs},
                 "b": {"n": args.n_ms, "n_iter": args.iter_ms, "batch_size": bs, "attacks": ms_attacks},
                 "c": {"n": args.n_workload, "n_iter": args.iter_workload, "batch_size": profile.batch_size},
-                "d": {"n": args.n_scale, "n_iter": args.iter_scale, "batch_sizes": bss, "attack": args.scale_attack}}
+                "d": {"n": args.n_scale, "n_iter": args.iter_scale, "batch_sizes": bss, "attack": args.scale_attack},
+                "e": {"baseline_rev": args.baseline_rev, "repeats": args.repeats, "n_clf": args.n_ab,
+                      "n_ms": max(4, args.n_ab // 4), "n_iter": args.iter_ab}}
     print(f"bench: profile {profile.name}/{profile.dataset} on {gpu or device} ({env['threads']} threads), "
           f"eps {profile.eps:g}, seed {profile.seed}, load avg {env['load_avg_start'][0]:.2f}")
     for s in sorted(sections):
@@ -495,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
         section_multishield(b, profile, x, y, idx, args.n_ms, args.iter_ms, bs, summary, ms_attacks)
     if "c" in sections:
         section_workload(b, profile, args.n_workload, args.iter_workload, summary)
+    if "e" in sections and args.baseline_rev:
+        section_before_after(b, profile, x, y, idx, args.n_ab, max(4, args.n_ab // 4), args.iter_ab, bs,
+                             args.baseline_rev, args.repeats, summary)
     if "d" in sections:
         section_scaling(b, profile, x, y, idx, args.n_scale, args.iter_scale, bss, args.scale_attack,
                         profile.classifiers[-1], summary)
@@ -512,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {**env, "settings": settings, "model_compute_share": {**shares, "min": min(shares.values())},
               "speedup_vs_pyautoattack": summary.get("speedup_vs_pyautoattack"),
               "speedup_vs_uncompacted": summary["speedup_vs_uncompacted"], "img_iter_per_s": ips,
-              "linearity": summary.get("linearity"), "checks": summary["checks"],
+              "linearity": summary.get("linearity"), "before_after": summary.get("before_after"),
+              "checks": summary["checks"],
               "all_checks_ok": all(c["ok"] for c in summary["checks"].values()), "rows": b.rows}
     out = Path(args.out) if args.out else REPO / "figures" / profile.name / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -525,6 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     print("speedup vs uncompacted: " + ", ".join(f"{k} {v:.2f}x" for k, v in summary["speedup_vs_uncompacted"].items()))
     if result["linearity"]:
         print("linearity (t(4x) / 4 t(1x)): " + ", ".join(f"{k} {v['t4x_over_4_t1x']:.2f}" for k, v in result["linearity"].items()))
+    if result["before_after"]:
+        print(f"APGD loop before ({args.baseline_rev}) / after, best of {args.repeats}: " + ", ".join(
+            f"{k} {v['speedup']:.2f}x (model share {v['model_share_before']:.2f} -> {v['model_share_after']:.2f})"
+            for k, v in result["before_after"].items() if isinstance(v, dict)))
     print(f"robust accuracy agrees across compared variants: {result['all_checks_ok']}")
     print(f"total {env['total_s']:.0f} s, load avg {env['load_avg_start'][0]:.2f} -> {env['load_avg_end'][0]:.2f}; wrote {out}")
     return 0 if result["all_checks_ok"] else 1
