@@ -186,7 +186,8 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
 
     def run(self, section: str, attack: str, model: str, variant: str, n_images: int, n_iter: int,
-            batch_size: int, fn: Callable[[], dict[str, Any]], work: float | None = None) -> dict[str, Any]:
+            batch_size: int, fn: Callable[[], dict[str, Any]], work: float | None = None,
+            record: bool = True) -> dict[str, Any]:
         """Time ``fn()`` (which returns at least ``robust_acc``) and append a row."""
         self.mem.reset()
         self.meter.reset()
@@ -207,9 +208,29 @@ class Bench:
             "peak_rss_mb": self.mem.peak_mb(), "rss_growth_mb": self.mem.peak_mb() - self.mem.start_mb,
             "cuda_peak_mb": self.mem.cuda_peak_mb(), **out,
         }
-        self.rows.append(row)
-        print(_fmt_row(row), flush=True)
+        if record:
+            self.rows.append(row)
+            print(_fmt_row(row), flush=True)
         return row
+
+    def best_of(self, repeats: int, specs: list[tuple]) -> list[dict[str, Any]]:
+        """Run the variants in ``specs`` (``run`` arguments) alternately ``repeats`` times; keep each one's fastest.
+
+        Alternating puts the compared variants under the same load on a shared machine.
+        """
+        best: list[dict[str, Any] | None] = [None] * len(specs)
+        walls: list[list[float]] = [[] for _ in specs]
+        for _ in range(max(1, repeats)):
+            for j, spec in enumerate(specs):
+                row = self.run(*spec, record=False)
+                walls[j].append(row["wall_s"])
+                if best[j] is None or row["wall_s"] < best[j]["wall_s"]:
+                    best[j] = row
+        for j, row in enumerate(best):
+            row["all_wall_s"] = walls[j]
+            self.rows.append(row)
+            print(_fmt_row(row), flush=True)
+        return best  # type: ignore[return-value]
 
 
 COLUMNS = [("section", "{}", 8), ("attack", "{}", 16), ("model", "{}", 12), ("variant", "{}", 14),
@@ -261,7 +282,7 @@ def _correct_subset(model, x, y, idx, n, device):
     return x[keep], y[keep], idx[keep]
 
 
-def section_apgd_vs_pyautoattack(b: Bench, profile, x, y, idx, n, n_iter, bs, summary) -> None:
+def section_apgd_vs_pyautoattack(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, repeats=1) -> None:
     from mslib.models import load_classifier
 
     device, eps, seed = profile.device, profile.eps, profile.seed
@@ -270,13 +291,10 @@ def section_apgd_vs_pyautoattack(b: Bench, profile, x, y, idx, n, n_iter, bs, su
         clf = prepare_model(b.meter.attach(load_classifier(profile, name).eval()), profile)
         xc, yc, ic = _correct_subset(clf, x, y, idx, n, device)
         _warm(clf, xc, yc, "apgd-ce", device)
-        rows = {}
-        for variant, compact in (("compact", True), ("uncompacted", False)):
-            def ours(compact=compact):
-                r = run_attack(clf, xc, yc, "apgd-ce", eps, n_iter=n_iter, seed=seed, batch_size=bs, indices=ic,
-                               compact=compact)
-                return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
-            rows[variant] = b.run("a", "apgd-ce", name, f"mslib {variant}", len(xc), n_iter, bs, ours)
+        def ours(compact):
+            r = run_attack(clf, xc, yc, "apgd-ce", eps, n_iter=n_iter, seed=seed, batch_size=bs, indices=ic,
+                           compact=compact)
+            return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
 
         def theirs():
             aa = seeded_pyautoattack(clf, eps, n_iter, seed, device)
@@ -291,7 +309,11 @@ def section_apgd_vs_pyautoattack(b: Bench, profile, x, y, idx, n, n_iter, bs, su
                 x_adv = torch.cat(adv)
                 acc = (clf(x_adv.to(device)).argmax(1).cpu() == yc).float().mean().item()
             return {"robust_acc": acc}
-        rows["aa"] = b.run("a", "apgd-ce", name, "pyautoattack", len(xc), n_iter, bs, theirs)
+        spec = ("a", "apgd-ce", name)
+        got = b.best_of(repeats, [(*spec, "mslib compact", len(xc), n_iter, bs, lambda: ours(True)),
+                                  (*spec, "mslib uncompacted", len(xc), n_iter, bs, lambda: ours(False)),
+                                  (*spec, "pyautoattack", len(xc), n_iter, bs, theirs)])
+        rows = dict(zip(("compact", "uncompacted", "aa"), got))
         _check_equal(summary, f"apgd-ce/{name}", [rows["compact"], rows["uncompacted"], rows["aa"]])
         speed[name] = rows["aa"]["wall_s"] / rows["compact"]["wall_s"]
         summary["speedup_vs_uncompacted"][f"apgd-ce/{name}"] = rows["uncompacted"]["wall_s"] / rows["compact"]["wall_s"]
@@ -301,7 +323,7 @@ def section_apgd_vs_pyautoattack(b: Bench, profile, x, y, idx, n, n_iter, bs, su
     summary["speedup_vs_pyautoattack"] = {**speed, "all": tot_aa / tot_ours}
 
 
-def section_multishield(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, attacks) -> None:
+def section_multishield(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, attacks, repeats=1) -> None:
     from mslib.models import load_classifier, load_vlm
 
     device = profile.device
@@ -312,13 +334,12 @@ def section_multishield(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, at
         ms = MultiShield(clf, vlm, tolerance=profile.tolerance)
         for attack in attacks:
             _warm(ms, xs, ys, attack, device)
-            rows = []
-            for variant, compact in (("compact", True), ("uncompacted", False)):
-                def go(compact=compact, attack=attack):
-                    r = run_attack(ms, xs, ys, attack, profile.eps, n_iter=n_iter, seed=profile.seed,
-                                   batch_size=bs, indices=ids, compact=compact)
-                    return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
-                rows.append(b.run("b", attack, f"ms+{name}", variant, len(xs), n_iter, bs, go))
+            def go(compact, attack=attack):
+                r = run_attack(ms, xs, ys, attack, profile.eps, n_iter=n_iter, seed=profile.seed,
+                               batch_size=bs, indices=ids, compact=compact)
+                return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
+            rows = b.best_of(repeats, [("b", attack, f"ms+{name}", v, len(xs), n_iter, bs, (lambda c=c: go(c)))
+                                       for v, c in (("compact", True), ("uncompacted", False))])
             _check_equal(summary, f"{attack}/ms+{name}", rows)
             summary["speedup_vs_uncompacted"][f"{attack}/ms+{name}"] = rows[1]["wall_s"] / rows[0]["wall_s"]
 
@@ -358,8 +379,7 @@ def _hooked_loaders(meter: ComputeMeter):
 def section_workload(b: Bench, profile, n, n_iter, summary) -> None:
     from mslib.experiment import STUDY_PLAN, Runner, run_study, study_eps
 
-    overrides = {"n_samples": n, "n_iter": n_iter, "device": profile.device, "precision": profile.precision,
-                 "channels_last": profile.channels_last}
+    overrides = {"n_samples": n, "n_iter": n_iter, "device": profile.device, **speed_settings(profile)}
     p = get_profile(profile.name, profile.dataset, **overrides)
     jobs = [(c, t, a, e) for c in p.classifiers for t, atts in STUDY_PLAN.items() for a in atts for e in study_eps(p)]
     restore = _hooked_loaders(b.meter)
@@ -384,7 +404,8 @@ def section_workload(b: Bench, profile, n, n_iter, summary) -> None:
     summary["speedup_vs_uncompacted"]["main-table"] = rows[0]["wall_s"] / rows[1]["wall_s"]
 
 
-def section_scaling(b: Bench, profile, x, y, idx, n, n_iter, batch_sizes, attack, clf_name, summary) -> None:
+def section_scaling(b: Bench, profile, x, y, idx, n, n_iter, batch_sizes, attack, clf_name, summary,
+                    repeats=1) -> None:
     from mslib.models import load_classifier, load_vlm
 
     device = profile.device
@@ -395,16 +416,15 @@ def section_scaling(b: Bench, profile, x, y, idx, n, n_iter, batch_sizes, attack
                             tolerance=profile.tolerance)
     lin = {}
     _warm(model, x, y, attack, device)
+    label = clf_name if model is clf else f"ms+{clf_name}"
     for bs in batch_sizes:
-        times = {}
-        for mult in (1, 2, 4):
-            m = n * mult
-            def go(m=m, bs=bs):
-                r = run_attack(model, x[:m], y[:m], attack, profile.eps, n_iter=n_iter, seed=profile.seed,
-                               batch_size=bs, indices=idx[:m])
-                return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
-            row = b.run("d", attack, clf_name if model is clf else f"ms+{clf_name}", f"scale {mult}x", m, n_iter, bs, go)
-            times[mult] = row["wall_s"]
+        def go(m, bs=bs):
+            r = run_attack(model, x[:m], y[:m], attack, profile.eps, n_iter=n_iter, seed=profile.seed,
+                           batch_size=bs, indices=idx[:m])
+            return {"robust_acc": 1 - r.success.float().mean().item(), "n_forward": r.n_forward}
+        rows = b.best_of(repeats, [("d", attack, label, f"scale {mult}x", n * mult, n_iter, bs,
+                                    (lambda m=n * mult: go(m))) for mult in (1, 2, 4)])
+        times = {mult: row["wall_s"] for mult, row in zip((1, 2, 4), rows)}
         lin[f"bs{bs}"] = {"seconds": times, "t4x_over_4_t1x": times[4] / (4 * times[1]),
                           "t2x_over_2_t1x": times[2] / (2 * times[1])}
     summary["linearity"] = lin
@@ -501,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--baseline-rev", default=None,
                     help="(e) git revision whose APGD loop to compare with the current one, alternating runs")
-    ap.add_argument("--repeats", type=int, default=3, help="(e) alternating repeats (best of each)")
+    ap.add_argument("--repeats", type=int, default=3, help="(a, b, d, e) alternating repeats (best of each)")
     ap.add_argument("--n-ab", type=int, default=100, help="(e) images (classifier; a quarter on Multi-Shield)")
     ap.add_argument("--iter-ab", type=int, default=25, help="(e) iterations")
     ap.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="CUDA only: bf16 autocast")
@@ -558,9 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"checks": {}, "speedup_vs_uncompacted": {}}
     t0 = time.perf_counter()
     if "a" in sections:
-        section_apgd_vs_pyautoattack(b, profile, x, y, idx, args.n_apgd, iter_apgd, bs, summary)
+        section_apgd_vs_pyautoattack(b, profile, x, y, idx, args.n_apgd, iter_apgd, bs, summary, args.repeats)
     if "b" in sections:
-        section_multishield(b, profile, x, y, idx, args.n_ms, args.iter_ms, bs, summary, ms_attacks)
+        section_multishield(b, profile, x, y, idx, args.n_ms, args.iter_ms, bs, summary, ms_attacks, args.repeats)
     if "c" in sections:
         section_workload(b, profile, args.n_workload, args.iter_workload, summary)
     if "e" in sections and args.baseline_rev:
@@ -568,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.baseline_rev, args.repeats, summary)
     if "d" in sections:
         section_scaling(b, profile, x, y, idx, args.n_scale, args.iter_scale, bss, args.scale_attack,
-                        profile.classifiers[-1], summary)
+                        profile.classifiers[-1], summary, args.repeats)
     env["total_s"] = time.perf_counter() - t0
     env["load_avg_end"] = os.getloadavg()
 

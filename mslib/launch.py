@@ -38,6 +38,27 @@ def shard_job(profile_name: str, shard: tuple[int, int], overrides: dict[str, An
     return run_study(profile_name, shard=shard, progress=False, overrides=overrides)
 
 
+def prepare_job(profile_name: str, overrides: dict[str, Any] | None = None, cache: str | None = None) -> list[str]:
+    """Load (training or fine-tuning once, where a profile trains its own) every model of every dataset.
+
+    Run as one job before the shards, so n shards never train the same model side by side.
+    """
+    if cache:
+        os.environ["MSLIB_CACHE"] = cache
+    from .models import load_classifier, load_vlm
+    from .profiles import get_profile
+
+    loaded = []
+    for ds in get_profile(profile_name).datasets:
+        p = get_profile(profile_name, ds, **(overrides or {}))
+        for name in p.classifiers:
+            load_classifier(p, name)
+            loaded.append(f"{ds}/{name}")
+        load_vlm(p)
+        loaded.append(f"{ds}/{p.vlm}")
+    return loaded
+
+
 def make_executor(kind: str, folder: str | os.PathLike, **params: Any):
     """A submitit executor: ``local`` (LocalExecutor), ``slurm`` (AutoExecutor on Slurm) or ``debug`` (in-process)."""
     import submitit
@@ -52,13 +73,14 @@ def make_executor(kind: str, folder: str | os.PathLike, **params: Any):
 
 def run_sharded(profile_name: str, n_shards: int, executor: str = "local", folder: str | os.PathLike | None = None,
                 overrides: dict[str, Any] | None = None, threads: int | None = None, wait: bool = True,
-                merge: bool = True, progress: bool = False, **params: Any) -> bool | list:
+                merge: bool = True, progress: bool = False, prepare: bool = True, **params: Any) -> bool | list:
     """Run ``profile_name``'s study as ``n_shards`` submitit jobs, wait, then merge the cached shards.
 
     ``params`` go to submitit's ``update_parameters`` (e.g. ``slurm_partition``, ``gpus_per_node``,
     ``cpus_per_task``, ``timeout_min``, ``slurm_array_parallelism``). With the local executor each job gets
     ``threads`` torch threads (default: the cores divided among the shards) and, where GPUs are visible, its
-    own GPU (round-robin). ``wait=False`` returns the submitted jobs at once. Returns True when the merged
+    own GPU (round-robin). ``prepare`` first runs one job that loads (trains once) every model, so the shards
+    only read checkpoints. ``wait=False`` returns the submitted shard jobs at once. Returns True when the merged
     study is complete.
     """
     from .cache import data_root
@@ -80,6 +102,10 @@ def run_sharded(profile_name: str, n_shards: int, executor: str = "local", folde
             n_gpus = torch.cuda.device_count()
         except Exception:  # noqa: BLE001 - no torch CUDA: CPU shards
             n_gpus = 0
+    if prepare:
+        job = ex.submit(prepare_job, profile_name, overrides, cache)
+        print(f"models of profile {profile_name}: job {job.job_id}", flush=True)
+        job.result()
     jobs = []
     for i in range(n_shards):
         if n_gpus:
