@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--baseline-rev", default=None,
                     help="(e) git revision whose APGD loop to compare with the current one, alternating runs")
-    ap.add_argument("--repeats", type=int, default=3, help="(a, b, d, e) alternating repeats (best of each)")
+    ap.add_argument("--repeats", type=int, default=1, help="(a, b, d, e) alternating repeats (best of each)")
     ap.add_argument("--n-ab", type=int, default=100, help="(e) images (classifier; a quarter on Multi-Shield)")
     ap.add_argument("--iter-ab", type=int, default=25, help="(e) iterations")
     ap.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="CUDA only: bf16 autocast")
