@@ -70,19 +70,7 @@ def apgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
             break
         noise = sample_noise(x.shape, indices[todo.cpu()], seed, r, device=x.device, dtype=x.dtype)
         res = apgd(model, x[todo], y[todo], eps, loss_fn, success_fn, noise, n_iter=n_iter, rho=rho, compact=compact)
-        better = res.success | (res.loss_best > total.loss_best[todo])
-        total.x_adv[todo[better]] = res.x_adv[better]
-        total.loss_best[todo] = torch.maximum(total.loss_best[todo], res.loss_best)
-        total.success[todo] = res.success
-        base = int(total.success.sum()) - int(res.success.sum())
-        if not total.success_curve:
-            total.success_curve = [base + s for s in res.success_curve]
-            total.loss_curve = list(res.loss_curve)
-        else:
-            total.success_curve += [base + s for s in res.success_curve]
-            total.loss_curve += list(res.loss_curve)
-        total.n_forward += res.n_forward
-        total.n_backward += res.n_backward
+        total.absorb(todo, res)
     if not total.success_curve:
         total.success_curve = [int(total.success.sum())] * (n_iter + 1)
         total.loss_curve = [0.0] * (n_iter + 1)

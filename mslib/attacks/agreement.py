@@ -141,16 +141,7 @@ def agreement_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
             noise = sample_noise(x.shape, indices[todo.cpu()], seed, j * n_restarts + r, device=x.device,
                                  dtype=x.dtype)
             res = apgd(adapter, x[todo], yt, eps, loss_fn, success_fn, noise, n_iter=n_iter, compact=compact)
-            first = total.loss_best[todo] == -float("inf")
-            better = res.success | first | (res.loss_best > total.loss_best[todo])
-            total.x_adv[todo[better]] = res.x_adv[better]
-            total.loss_best[todo] = torch.maximum(total.loss_best[todo], res.loss_best)
-            total.success[todo] = res.success
-            base = int(total.success.sum()) - int(res.success.sum())
-            total.success_curve += [base + c for c in res.success_curve]
-            total.loss_curve += list(res.loss_curve)
-            total.n_forward += res.n_forward
-            total.n_backward += res.n_backward
+            total.absorb(todo, res)
     if not total.success_curve:
         total.success_curve = [int(total.success.sum())] * (n_iter + 1)
         total.loss_curve = [0.0] * (n_iter + 1)

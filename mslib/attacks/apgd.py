@@ -33,6 +33,19 @@ class APGDResult:
     n_forward: int = 0
     n_backward: int = 0
 
+    def absorb(self, todo: torch.Tensor, res: "APGDResult") -> None:
+        """Merge a run on the samples ``todo`` (e.g. a restart) into this result: successes and better
+        points replace the current ones, curves are appended (offset by the successes so far), costs add."""
+        better = res.success | (res.loss_best > self.loss_best[todo]) | torch.isinf(self.loss_best[todo])
+        self.x_adv[todo[better]] = res.x_adv[better]
+        self.loss_best[todo] = torch.maximum(self.loss_best[todo], res.loss_best)
+        self.success[todo] = res.success
+        base = int(self.success.sum()) - int(res.success.sum())
+        self.success_curve += [base + c for c in res.success_curve]
+        self.loss_curve += list(res.loss_curve)
+        self.n_forward += res.n_forward
+        self.n_backward += res.n_backward
+
 
 def checkpoint_schedule(n_iter: int) -> tuple[int, int, int]:
     """AutoAttack's (first interval, decrement, minimum interval) in iterations."""
