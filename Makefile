@@ -17,7 +17,7 @@ MSLIB_SRC := $(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all figures test lab clean distclean venv system-deps results fetch bench help $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all figures test lab clean distclean venv system-deps results fetch bench help thumbnails $(notdir $(basename $(NOTEBOOKS)))
 
 all: figures
 
@@ -84,3 +84,9 @@ clean:
 distclean: clean
 	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 	rm -rf $(VENV)
+
+# Refresh the README's thumbnails from the tiny profile's figures (committed under docs/img/).
+thumbnails: $(EXECUTED)
+	$(PY) -c "import sys; from PIL import Image; from pathlib import Path; \
+	[Image.open(p).convert('RGB').resize((640, max(1, round(640 * Image.open(p).height / Image.open(p).width)))).save(Path('docs/img') / p.name) \
+	 for p in map(Path, sys.argv[1:])]" $(wildcard $(OUT)/*.png)
