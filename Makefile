@@ -88,5 +88,5 @@ distclean: clean
 # Refresh the README's thumbnails from the tiny profile's figures (committed under docs/img/).
 thumbnails: $(EXECUTED)
 	$(PY) -c "import sys; from PIL import Image; from pathlib import Path; \
-	[Image.open(p).convert('RGB').resize((640, max(1, round(640 * Image.open(p).height / Image.open(p).width)))).save(Path('docs/img') / p.name) \
+	[Image.open(p).convert('RGB').resize((640, max(1, round(640 * Image.open(p).height / Image.open(p).width))), Image.LANCZOS).save(Path('docs/img') / p.name, optimize=True) \
 	 for p in map(Path, sys.argv[1:])]" $(wildcard $(OUT)/*.png)
