@@ -139,6 +139,17 @@ def _lr_at(step: int, total: int, peak: float, warmup: float = 0.15) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
 
 
+def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, bar, b: int) -> None:
+    """One training step at learning rate ``lr``, showing the loss on the progress bar every 20 batches."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if b % 20 == 0:
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` (logits or similarities) on ``images``."""
@@ -194,15 +205,9 @@ def train_cnn(model: SmallCNN, x: torch.Tensor, y: torch.Tensor, spec: dict[str,
                 grad, = torch.autograd.grad(loss, delta)
                 delta = (delta.detach() + 1.25 * eps * grad.sign()).clamp(-eps, eps)
                 xb = (xb + delta).clamp(0, 1)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, lr)
             loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _optimizer_step(opt, loss, _lr_at(step, total, lr), bar, b)
             step += 1
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
 
@@ -325,14 +330,8 @@ def train_lit(model, tokenizer, x: torch.Tensor, y: torch.Tensor, classnames, te
             img = F.normalize(model.visual(preprocess(xb)), dim=-1)
             logits = model.logit_scale.exp().clamp(max=100) * img @ text.t()
             loss = F.cross_entropy(logits, yb)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, float(spec["lr"]), float(spec.get("warmup", 0.1)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _optimizer_step(opt, loss, _lr_at(step, total, float(spec["lr"]), float(spec.get("warmup", 0.1))), bar, b)
             step += 1
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
 
