@@ -286,7 +286,7 @@ def section_apgd_vs_pyautoattack(b: Bench, profile, x, y, idx, n, n_iter, bs, su
     from mslib.models import load_classifier
 
     device, eps, seed = profile.device, profile.eps, profile.seed
-    speed, share = {}, {}
+    speed = {}
     for name in profile.classifiers:
         clf = prepare_model(b.meter.attach(load_classifier(profile, name).eval()), profile)
         xc, yc, ic = _correct_subset(clf, x, y, idx, n, device)
@@ -611,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
     print()
-    print(f"model compute share (min over rows): " + ", ".join(f"{k} {v:.3f}" for k, v in shares.items()))
+    print("model compute share (min over rows): " + ", ".join(f"{k} {v:.3f}" for k, v in shares.items()))
     if result["speedup_vs_pyautoattack"]:
         print("speedup vs pyautoattack: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["speedup_vs_pyautoattack"].items()))
     print("speedup vs uncompacted: " + ", ".join(f"{k} {v:.2f}x" for k, v in summary["speedup_vs_uncompacted"].items()))

@@ -23,11 +23,13 @@ __all__ = [
     "Profile",
     "ZeroShotClassifier",
     "attack",
+    "attacks",
     "build_zero_shot_classifier",
     "decide",
     "get_profile",
     "load_classifier",
     "load_eval_set",
     "load_vlm",
+    "metrics",
     "rejection_logits",
 ]

@@ -181,7 +181,6 @@ def asset_hashes(profile_name: str, dataset: str | None = None) -> dict[str, str
 
 
 def _asset_of_dataset(asset: Asset, profile: Any) -> bool:
-    from . import paper_data
     from .models.paper import hub_folder
 
     if asset.kind == "dataset":

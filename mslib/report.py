@@ -68,9 +68,6 @@ def save_figure(fig, path_stem: str | Path, dpi: int = 150) -> list[Path]:
 
 def paper_style() -> None:
     """Seaborn/matplotlib defaults for the study's figures."""
-    import matplotlib
-
-    matplotlib.use(matplotlib.get_backend())
     import seaborn as sns
 
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .experiment import ENSEMBLE, STUDY_PLAN, Outputs, Runner, in_study_plan, study_eps
+from .experiment import STUDY_PLAN, Outputs, Runner, in_study_plan, study_eps
 from .profiles import get_profile
 
 CORRECT, REJECTED, BROKEN = 0, 1, 2
@@ -45,6 +45,21 @@ def _ms_status(out: Outputs, labels: torch.Tensor, tol: float, k: int) -> torch.
     return status(out.ms_pred(tol), labels, k)
 
 
+def _ms_worst(outs: Iterable[Outputs], labels: torch.Tensor, tol: float, k: int) -> torch.Tensor:
+    """Multi-Shield's per-sample worst outcome over several attacks' outputs."""
+    return worst_case(_ms_status(o, labels, tol, k) for o in outs)
+
+
+def _planned(r: Runner, clf: str, target: str, eps: float) -> list[Outputs]:
+    """Outputs of the study plan's attacks on ``target`` at ``eps``."""
+    return [r.attacked(clf, target, a, eps) for a in STUDY_PLAN[target]]
+
+
+def _clf_worst(r: Runner, clf: str, eps: float) -> torch.Tensor:
+    """The classifier's per-sample worst outcome under APGD-CE and APGD-DLR at ``eps``."""
+    return worst_case(status(o.clf_pred(), r.labels) for o in _planned(r, clf, "clf", eps))
+
+
 def main_table(profile_name: str) -> pd.DataFrame:
     """One row per (dataset, classifier): the paper's main results (rates as fractions) with 95% CIs."""
     rows = []
@@ -52,12 +67,11 @@ def main_table(profile_name: str) -> pd.DataFrame:
         p, y, k = r.profile, r.labels, r.num_classes
         for clf in p.classifiers:
             clean = r.clean(clf)
-            clf_adv = [r.attacked(clf, "clf", a, p.eps) for a in STUDY_PLAN["clf"]]
-            ms_adv = [r.attacked(clf, "ms", a, p.eps) for a in STUDY_PLAN["ms"]]
+            clf_adv, ms_adv = _planned(r, clf, "clf", p.eps), _planned(r, clf, "ms", p.eps)
             clf_st = worst_case(status(o.clf_pred(), y) for o in clf_adv)
-            non = _rates(worst_case(_ms_status(o, y, p.tolerance, k) for o in clf_adv))
-            ada = _rates(worst_case(_ms_status(o, y, p.tolerance, k) for o in ms_adv))
-            worst = _rates(worst_case(_ms_status(o, y, p.tolerance, k) for _, _, o in r.ensemble(clf)))
+            non = _rates(_ms_worst(clf_adv, y, p.tolerance, k))
+            ada = _rates(_ms_worst(ms_adv, y, p.tolerance, k))
+            worst = _rates(_ms_worst((o for _, _, o in r.ensemble(clf)), y, p.tolerance, k))
             ms_clean = clean.ms_pred(p.tolerance)
             clf_rob = metrics.rate(clf_st == CORRECT)
             row = {
@@ -127,7 +141,8 @@ def attacks_table(profile_name: str) -> pd.DataFrame:
         for clf in p.classifiers:
             seen = []
             base = {"dataset": p.dataset, "classifier": clf, "eps": p.eps, "n": len(y)}
-            for target, attack, out in r.ensemble(clf):
+            stages = r.ensemble(clf)
+            for target, attack, out in stages:
                 st = _ms_status(out, y, p.tolerance, k)
                 seen.append(st)
                 rates = _rates(st)
@@ -141,7 +156,7 @@ def attacks_table(profile_name: str) -> pd.DataFrame:
             rows.append({**base, "attack": "worst case", "description": "no attack of the ensemble succeeds",
                          "scope": "ensemble", "robust_acc": w["robust"], "reject": w["reject"],
                          "robust_acc_cumulative": w["robust"].value,
-                         "n_forward": sum(o.n_forward for _, _, o in r.ensemble(clf))})
+                         "n_forward": sum(o.n_forward for _, _, o in stages)})
     return _with_ci(rows)
 
 
@@ -177,9 +192,9 @@ def eps_half_check(profile_name: str) -> pd.DataFrame:
     for r in runners(profile_name):
         p, y, k = r.profile, r.labels, r.num_classes
         for clf in p.classifiers:
-            half = worst_case(status(r.attacked(clf, "clf", a, p.eps / 2).clf_pred(), y) for a in STUDY_PLAN["clf"])
-            ada = worst_case(_ms_status(r.attacked(clf, "ms", a, p.eps), y, p.tolerance, k) for a in STUDY_PLAN["ms"])
-            worst = worst_case(_ms_status(o, y, p.tolerance, k) for _, _, o in r.ensemble(clf))
+            half = _clf_worst(r, clf, p.eps / 2)
+            ada = _ms_worst(_planned(r, clf, "ms", p.eps), y, p.tolerance, k)
+            worst = _ms_worst((o for _, _, o in r.ensemble(clf)), y, p.tolerance, k)
             rows.append({"dataset": p.dataset, "classifier": clf, "eps": p.eps, "eps_half": p.eps / 2,
                          "clf_robust_acc_eps_half": metrics.rate(half == CORRECT),
                          "ms_robust_acc_adaptive": metrics.rate(ada < BROKEN),
@@ -195,12 +210,9 @@ def security_curves(profile_name: str) -> pd.DataFrame:
         for clf in p.classifiers:
             clean = r.clean(clf)
             curves = {
-                "classifier (APGD-CE+DLR)": lambda e: worst_case(
-                    status(r.attacked(clf, "clf", a, e).clf_pred(), y) for a in STUDY_PLAN["clf"]),
-                "Multi-Shield, non-adaptive": lambda e: worst_case(
-                    _ms_status(r.attacked(clf, "clf", a, e), y, p.tolerance, k) for a in STUDY_PLAN["clf"]),
-                "Multi-Shield, adaptive": lambda e: worst_case(
-                    _ms_status(r.attacked(clf, "ms", a, e), y, p.tolerance, k) for a in STUDY_PLAN["ms"]),
+                "classifier (APGD-CE+DLR)": lambda e: _clf_worst(r, clf, e),
+                "Multi-Shield, non-adaptive": lambda e: _ms_worst(_planned(r, clf, "clf", e), y, p.tolerance, k),
+                "Multi-Shield, adaptive": lambda e: _ms_worst(_planned(r, clf, "ms", e), y, p.tolerance, k),
             }
             clean_st = {"classifier (APGD-CE+DLR)": status(clean.clf_pred(), y),
                         "Multi-Shield, non-adaptive": _ms_status(clean, y, p.tolerance, k),
@@ -227,12 +239,11 @@ def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
         grid = sorted(set(p.tolerance_grid) | {p.tolerance})
         for clf in p.classifiers:
             clean = r.clean(clf)
-            clf_adv = [r.attacked(clf, "clf", a, p.eps) for a in STUDY_PLAN["clf"]]
-            ms_adv = [r.attacked(clf, "ms", a, p.eps) for a in STUDY_PLAN["ms"]]
+            clf_adv, ms_adv = _planned(r, clf, "clf", p.eps), _planned(r, clf, "ms", p.eps)
             for tol in grid:
                 ms_clean = clean.ms_pred(tol)
-                non = _rates(worst_case(_ms_status(o, y, tol, k) for o in clf_adv))
-                ada = _rates(worst_case(_ms_status(o, y, tol, k) for o in ms_adv))
+                non = _rates(_ms_worst(clf_adv, y, tol, k))
+                ada = _rates(_ms_worst(ms_adv, y, tol, k))
                 rows.append({"dataset": p.dataset, "classifier": clf, "tolerance": tol, "eps": p.eps,
                              "clean_acc": metrics.clean_accuracy(ms_clean, y).value,
                              "clean_reject": metrics.rejection_rate(ms_clean, k).value,

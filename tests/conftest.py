@@ -51,3 +51,20 @@ def small_classifier(fashion_small) -> nn.Module:
             F.cross_entropy(model(x[i:i + 100]), y[i:i + 100]).backward()
             opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def stand_in_vlm(fashion_small) -> nn.Module:
+    """A linear model squashed to [-1, 1] (like cosine similarities): an attackable stand-in VLM."""
+    x, y, _, _ = fashion_small
+    torch.manual_seed(1)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    opt = torch.optim.Adam(lin.parameters(), 1e-2)
+    for _ in range(3):
+        for i in range(0, 5000, 250):
+            opt.zero_grad()
+            F.cross_entropy(lin(x[i:i + 250]), y[i:i + 250]).backward()
+            opt.step()
+    vlm = nn.Sequential(lin, nn.Tanh()).eval()
+    vlm.num_classes = 10
+    return vlm

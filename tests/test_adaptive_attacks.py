@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import mslib
 from mslib import MultiShield, decide
@@ -13,25 +11,8 @@ from mslib.attacks.agreement import BranchOutputs, candidate_targets, split
 
 
 @pytest.fixture(scope="module")
-def second_model(fashion_small) -> nn.Module:
-    """A linear model squashed to [-1, 1] (like cosine similarities): an attackable stand-in VLM."""
-    x_tr, y_tr, _, _ = fashion_small
-    torch.manual_seed(1)
-    lin = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    opt = torch.optim.Adam(lin.parameters(), 1e-2)
-    for _ in range(3):
-        for i in range(0, 5000, 250):
-            opt.zero_grad()
-            F.cross_entropy(lin(x_tr[i:i + 250]), y_tr[i:i + 250]).backward()
-            opt.step()
-    vlm = nn.Sequential(lin, nn.Tanh()).eval()
-    vlm.num_classes = 10
-    return vlm
-
-
-@pytest.fixture(scope="module")
-def defense(small_classifier, second_model) -> MultiShield:
-    return MultiShield(small_classifier, second_model, tolerance=1e-3)
+def defense(small_classifier, stand_in_vlm) -> MultiShield:
+    return MultiShield(small_classifier, stand_in_vlm, tolerance=1e-3)
 
 
 def _correct(defense, x, y):
@@ -101,7 +82,7 @@ def test_square_breaks_an_undefended_classifier(small_classifier, fashion_small)
     assert res.n_backward == 0
 
 
-def test_worst_case_ensemble_is_never_more_robust_than_any_attack_in_it(defense, small_classifier, second_model,
+def test_worst_case_ensemble_is_never_more_robust_than_any_attack_in_it(defense, small_classifier, stand_in_vlm,
                                                                         tmp_path, monkeypatch):
     from mslib.experiment import ENSEMBLE, Runner
     from mslib.profiles import get_profile
@@ -112,7 +93,7 @@ def test_worst_case_ensemble_is_never_more_robust_than_any_attack_in_it(defense,
                        extra={"square_queries": 20, "agreement_targets": 2})
     r = Runner(prof, progress=False)
     r._classifiers["standard"] = small_classifier  # small models instead of the profile's trained ones
-    r._vlm = second_model
+    r._vlm = stand_in_vlm
     out = r.ensemble("standard")
     assert [(t, a) for t, a, _ in out] == list(ENSEMBLE)
     st = [status(o.ms_pred(prof.tolerance), r.labels, r.num_classes) for _, _, o in out]

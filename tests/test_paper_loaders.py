@@ -181,7 +181,7 @@ def test_caltech101_split_is_fixed_disjoint_and_complete(roots):
 
 
 def test_food101_and_oxford_pets_layouts(roots):
-    classes = write_food101(roots)
+    write_food101(roots)
     x, y, names = load_split("food101", "test", {"image_size": 64})
     assert x.shape == (4, 3, 64, 64) and y.tolist() == [0, 0, 1, 1] and names == ["apple pie", "baby back ribs"]
     assert float(x[2, 0].mean()) > 0.7 and float(x[0, 0].mean()) < 0.1  # class 1 is red, class 0 is not

@@ -12,7 +12,6 @@ variants need.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -202,4 +201,4 @@ def n_iter_checkpoints(n_iter: int) -> list[int]:
         k = max(k - dec, kmin)
 
 
-__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints", "math"]
+__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints"]

@@ -31,12 +31,12 @@ import time
 import types
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..cache import data_root, entry_dir, file_sha256, load_tensors, save_tensors
+from ..cache import data_root, entry_dir, load_tensors, save_tensors
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_text_embeddings, build_zero_shot_classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
