@@ -4,12 +4,19 @@ Every cached artefact is identified by a JSON-able *record* (profile values, che
 and parameters, eps, seed, sample indices, code version). Its key is the SHA-256 of the canonical JSON;
 the record is written beside the artefact so a person can read what a file is. Writes go to a temporary
 file in the same folder and are renamed into place, so a crash never leaves a half-written file.
+
+Every tensor file the cache writes carries the SHA-256 of its payload in a one-line header, and every read
+verifies it: a truncated, zeroed or garbled file raises :class:`DamagedFileError` naming the file, so it is
+recomputed, never used. Folders written by other libraries (safetensors model folders) carry a
+``checksums.json`` written last, checked the same way by :func:`verify_checksums`.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -72,14 +79,81 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+MAGIC = b"MSLIB-SHA256 "  # header: MAGIC + 64 hex digits of the payload's SHA-256 + newline, then the payload
+_HEADER_LEN = len(MAGIC) + 64 + 1
+
+
+class DamagedFileError(ValueError):
+    """A cache file that is unreadable, truncated or whose content does not match its checksum."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"damaged cache file {self.path}: {reason}")
+
+
 def save_tensors(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Atomically ``torch.save`` a dict of tensors / plain values."""
-    return atomic_write(path, lambda p: torch.save(obj, p))
+    """Atomically write a dict of tensors / plain values (``torch.save``) behind a checksum header."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    header = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            f.write(header)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, write)
 
 
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a file written by :func:`save_tensors` safely (``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Read a file written by :func:`save_tensors`: verify its checksum, then ``torch.load(weights_only=True)``.
+
+    Raises :class:`DamagedFileError` (naming the file) when it is missing its header, truncated, garbled or
+    not loadable, and ``FileNotFoundError`` when it does not exist.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < _HEADER_LEN or not data.startswith(MAGIC) or data[_HEADER_LEN - 1:_HEADER_LEN] != b"\n":
+        raise DamagedFileError(path, f"no checksum header ({len(data)} bytes; truncated, zeroed or not an mslib file)")
+    expected = data[len(MAGIC):_HEADER_LEN - 1].decode("ascii", "replace")
+    payload = memoryview(data)[_HEADER_LEN:]
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise DamagedFileError(path, f"checksum mismatch (expected {expected[:16]}…, got {actual[:16]}…)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as e:  # a valid checksum over bytes torch cannot read: written by something else
+        raise DamagedFileError(path, f"not loadable ({type(e).__name__}: {e})") from e
+
+
+def report_damaged(err: DamagedFileError, action: str = "recomputing it") -> None:
+    """Say on stderr that a damaged cache file was found and what happens instead (it is never used)."""
+    print(f"mslib: {err}; {action}", file=sys.stderr, flush=True)
+
+
+def write_checksums(folder: str | os.PathLike, names: list[str]) -> Path:
+    """Record the SHA-256 of ``folder/<name>`` for each name in ``folder/checksums.json`` (written last)."""
+    folder = Path(folder)
+    return write_json({n: file_sha256(folder / n) for n in sorted(names)}, folder / "checksums.json")
+
+
+def verify_checksums(folder: str | os.PathLike) -> None:
+    """Raise :class:`DamagedFileError` unless every file listed in ``folder/checksums.json`` matches it."""
+    folder = Path(folder)
+    index = folder / "checksums.json"
+    try:
+        expected = read_json(index)
+    except (OSError, ValueError) as e:
+        raise DamagedFileError(index, f"missing or unreadable ({type(e).__name__})") from e
+    for name, sha in expected.items():
+        f = folder / name
+        if not f.is_file():
+            raise DamagedFileError(f, "missing (listed in checksums.json)")
+        if file_sha256(f) != sha:
+            raise DamagedFileError(f, "checksum mismatch against checksums.json")
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
@@ -93,9 +167,16 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def entry_dir(kind: str, record: Any) -> Path:
-    """Folder ``data/<kind>/<key>/`` for a record, with ``record.json`` written beside the artefacts."""
+    """Folder ``data/<kind>/<key>/`` for a record, with ``record.json`` written beside the artefacts.
+
+    The record is (re)written when it is missing or does not read back as the record (e.g. damaged).
+    """
     d = data_root() / kind / record_key(record)
     rec = d / "record.json"
-    if not rec.exists():
+    try:
+        ok = canonical_json(read_json(rec)) == canonical_json(record)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
         write_json(record, rec)
     return d

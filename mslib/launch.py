@@ -35,7 +35,7 @@ def shard_job(profile_name: str, shard: tuple[int, int], overrides: dict[str, An
         torch.set_num_threads(threads)
     from .experiment import run_study
 
-    return run_study(profile_name, shard=shard, progress=False, overrides=overrides)
+    return run_study(profile_name, shard=shard, progress=False, overrides=overrides).done
 
 
 def prepare_job(profile_name: str, overrides: dict[str, Any] | None = None, cache: str | None = None) -> list[str]:
@@ -123,7 +123,7 @@ def run_sharded(profile_name: str, n_shards: int, executor: str = "local", folde
         return True
     from .experiment import run_study
 
-    return run_study(profile_name, progress=progress, overrides=overrides)
+    return run_study(profile_name, progress=progress, overrides=overrides).done
 
 
 def _parse_params(items: Sequence[str]) -> dict[str, Any]:

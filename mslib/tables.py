@@ -1,7 +1,7 @@
-"""The study's tables as DataFrames, read from the cached results of :mod:`mslib.experiment`.
+"""The study's tables as DataFrames, read from the results store (:mod:`mslib.store`); nothing here computes.
 
 Each function takes a profile name (all its datasets) and returns one tidy DataFrame; notebooks plot
-and save them. Worst case over several attacks is taken per sample: a sample counts as robust only if no
+and save them. A result that is not computed raises :class:`mslib.store.ResultsNotReadyError`. Worst case over several attacks is taken per sample: a sample counts as robust only if no
 attack broke it (Multi-Shield broken = a wrong class that is not "rejected").
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .experiment import STUDY_PLAN, Outputs, Runner, in_study_plan, study_eps
-from .profiles import get_profile
+from .plan import Job, study_eps
+from .store import DatasetResults, Outputs, Store
 
 CORRECT, REJECTED, BROKEN = 0, 1, 2
 
@@ -36,11 +36,6 @@ def _rates(st: torch.Tensor) -> dict[str, metrics.Rate]:
     return {"robust": metrics.rate(st < BROKEN), "reject": metrics.rate(st == REJECTED)}
 
 
-def runners(profile_name: str, progress: bool = True) -> list[Runner]:
-    """One :class:`Runner` per dataset of the profile."""
-    return [Runner(profile_name, ds, progress=progress) for ds in get_profile(profile_name).datasets]
-
-
 def _ms_status(out: Outputs, labels: torch.Tensor, tol: float, k: int) -> torch.Tensor:
     return status(out.ms_pred(tol), labels, k)
 
@@ -50,45 +45,49 @@ def _ms_worst(outs: Iterable[Outputs], labels: torch.Tensor, tol: float, k: int)
     return worst_case(_ms_status(o, labels, tol, k) for o in outs)
 
 
-def _planned(r: Runner, clf: str, target: str, eps: float) -> list[Outputs]:
-    """Outputs of the study plan's attacks on ``target`` at ``eps``."""
-    return [r.attacked(clf, target, a, eps) for a in STUDY_PLAN[target]]
+def _outs(store: Store, jobs: Iterable[Job]) -> list[Outputs]:
+    return [store.outputs(j) for j in jobs]
 
 
-def _clf_worst(r: Runner, clf: str, eps: float) -> torch.Tensor:
+def _clf_worst(store: Store, d: DatasetResults, clf: str, eps: float) -> torch.Tensor:
     """The classifier's per-sample worst outcome under APGD-CE and APGD-DLR at ``eps``."""
-    return worst_case(status(o.clf_pred(), r.labels) for o in _planned(r, clf, "clf", eps))
+    return worst_case(status(o.clf_pred(), d.labels) for o in _outs(store, d.plan.nonadaptive[clf, eps]))
 
 
 def main_table(profile_name: str) -> pd.DataFrame:
-    """One row per (dataset, classifier): the paper's main results (rates as fractions) with 95% CIs."""
+    """One row per (dataset, classifier): the paper's main results (rates as fractions) with 95% CIs.
+
+    Non-adaptive: APGD-CE and APGD-DLR on the classifier, transferred; adaptive: the paper's rejection-aware
+    CE then DLR on Multi-Shield; worst: per sample, over every attack of the ensemble.
+    """
+    store = Store(profile_name)
     rows = []
-    for r in runners(profile_name):
-        p, y, k = r.profile, r.labels, r.num_classes
+    for d in store.datasets:
+        p, y, k = d.profile, d.labels, d.num_classes
         for clf in p.classifiers:
-            clean = r.clean(clf)
-            clf_adv, ms_adv = _planned(r, clf, "clf", p.eps), _planned(r, clf, "ms", p.eps)
+            clean = store.outputs(d.plan.clean[clf])
+            clf_adv = _outs(store, d.plan.nonadaptive[clf, p.eps])
+            ms_adv = _outs(store, d.plan.adaptive[clf, p.eps])
             clf_st = worst_case(status(o.clf_pred(), y) for o in clf_adv)
             non = _rates(_ms_worst(clf_adv, y, p.tolerance, k))
             ada = _rates(_ms_worst(ms_adv, y, p.tolerance, k))
-            worst = _rates(_ms_worst((o for _, _, o in r.ensemble(clf)), y, p.tolerance, k))
+            worst = _rates(_ms_worst(_outs(store, d.plan.ensemble[clf]), y, p.tolerance, k))
             ms_clean = clean.ms_pred(p.tolerance)
-            clf_rob = metrics.rate(clf_st == CORRECT)
-            row = {
+            rows.append({
                 "dataset": p.dataset, "classifier": clf, "eps": p.eps, "n": len(y),
                 "clf_clean_acc": metrics.clean_accuracy(clean.clf_pred(), y),
-                "clf_robust_acc": clf_rob,
+                "clf_robust_acc": metrics.rate(clf_st == CORRECT),
                 "vlm_clean_acc": metrics.clean_accuracy(clean.vlm_pred(), y),
                 "ms_clean_acc": metrics.clean_accuracy(ms_clean, y),
                 "ms_clean_reject": metrics.rejection_rate(ms_clean, k),
                 "ms_robust_acc_nonadaptive": non["robust"], "ms_reject_nonadaptive": non["reject"],
                 "ms_robust_acc_adaptive": ada["robust"], "ms_reject_adaptive": ada["reject"],
                 "ms_robust_acc_worst": worst["robust"], "ms_reject_worst": worst["reject"],
-            }
-            rows.append(row)
+            })
     df = _with_ci(rows)
     df["gain_adaptive"] = df["ms_robust_acc_adaptive"] - df["clf_robust_acc"]
     df["gain_nonadaptive"] = df["ms_robust_acc_nonadaptive"] - df["clf_robust_acc"]
+    df["gain_worst"] = df["ms_robust_acc_worst"] - df["clf_robust_acc"]
     return df
 
 
@@ -110,14 +109,16 @@ def _with_ci(rows: list[dict]) -> pd.DataFrame:
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
     """Average robust-accuracy gain of Multi-Shield over the classifier alone, per dataset."""
-    return df.groupby("dataset", sort=False)[["gain_nonadaptive", "gain_adaptive"]].mean().reset_index()
+    cols = [c for c in ("gain_worst", "gain_adaptive", "gain_nonadaptive") if c in df.columns]
+    return df.groupby("dataset", sort=False)[cols].mean().reset_index()
 
 
 ATTACK_DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("clf", "apgd-ce"): "non-adaptive: APGD-CE on the classifier, transferred",
     ("clf", "apgd-dlr"): "non-adaptive: APGD-DLR on the classifier, transferred",
     ("ms", "apgd-ce-reject"): "adaptive (paper): APGD, CE on true + reject class",
-    ("ms", "apgd-dlr-reject"): "adaptive (paper): APGD, DLR on true + reject class",
+    ("ms", "apgd-dlr-reject"): "adaptive (paper): APGD, DLR on true + reject class, after CE",
+    ("ms", "apgd-dlr-reject-excl"): "adaptive (stronger): APGD, DLR against the best class that is neither",
     ("vlm", "apgd-ce"): "transfer: APGD-CE on the VLM alone",
     ("ms", "agreement"): "agreement: targeted APGD on both branches (joint loss)",
     ("ms", "agreement-selective"): "agreement: targeted APGD on the blocking branch (selective)",
@@ -125,38 +126,49 @@ ATTACK_DESCRIPTIONS: dict[tuple[str, str], str] = {
 }
 
 
+def _scope(i: int, stages: tuple[Job, ...]) -> str:
+    """How stage ``i`` was run: on every sample, after every earlier stage, or reusing its own chain."""
+    job = stages[i]
+    if not job.after:
+        return "alone"
+    return "after previous" if job.after == stages[:i] else "chained (smaller ε; DLR after CE)"
+
+
 def attacks_table(profile_name: str) -> pd.DataFrame:
     """One row per (dataset, classifier, attack of the worst-case ensemble), then its worst case, at the profile's eps.
 
     ``robust_acc``/``reject``: Multi-Shield's robust accuracy with rejection and rejection rate (95% CIs) under
-    that attack's examples. ``scope`` says how they were made: ``alone`` (the attack on every sample) or
-    ``after previous`` (AutoAttack's scheme: only the samples that every earlier attack left unbroken were
-    attacked, the others keep the earlier example, so the row already is a worst case over the rows above).
-    ``robust_acc_cumulative``: worst case over this row and every row above it. The ``worst case`` row is
-    the ensemble's: a sample counts as robust only if no attack broke it.
+    that attack's examples. ``scope`` says how they were made: ``alone`` (the attack on every sample),
+    ``chained`` (the paper's adaptive attacks: samples broken at a smaller eps are kept, and DLR runs on what
+    CE left unbroken) or ``after previous`` (AutoAttack's scheme:
+    only the samples that every earlier attack left unbroken were attacked, the others keep the earlier
+    example, so the row already is a worst case over the rows above). ``robust_acc_cumulative``: worst case
+    over this row and every row above it. The ``worst case`` row is the ensemble's: a sample counts as robust
+    only if no attack broke it.
     """
+    store = Store(profile_name)
     rows = []
-    for r in runners(profile_name):
-        p, y, k = r.profile, r.labels, r.num_classes
+    for d in store.datasets:
+        p, y, k = d.profile, d.labels, d.num_classes
         for clf in p.classifiers:
-            seen = []
+            seen, n_fwd = [], 0
             base = {"dataset": p.dataset, "classifier": clf, "eps": p.eps, "n": len(y)}
-            stages = r.ensemble(clf)
-            for target, attack, out in stages:
+            stages = d.plan.ensemble[clf]
+            for i, job in enumerate(stages):
+                out = store.outputs(job, curves=True)
                 st = _ms_status(out, y, p.tolerance, k)
                 seen.append(st)
+                n_fwd += out.n_forward
                 rates = _rates(st)
-                rows.append({**base, "attack": f"{attack}@{target}",
-                             "description": ATTACK_DESCRIPTIONS.get((target, attack), attack),
-                             "scope": "alone" if in_study_plan(target, attack) else "after previous",
-                             "robust_acc": rates["robust"], "reject": rates["reject"],
+                rows.append({**base, "attack": f"{job.attack}@{job.target}",
+                             "description": ATTACK_DESCRIPTIONS.get((job.target, job.attack), job.attack),
+                             "scope": _scope(i, stages), "robust_acc": rates["robust"], "reject": rates["reject"],
                              "robust_acc_cumulative": metrics.rate(worst_case(seen) < BROKEN).value,
                              "n_forward": out.n_forward})
             w = _rates(worst_case(seen))
             rows.append({**base, "attack": "worst case", "description": "no attack of the ensemble succeeds",
                          "scope": "ensemble", "robust_acc": w["robust"], "reject": w["reject"],
-                         "robust_acc_cumulative": w["robust"].value,
-                         "n_forward": sum(o.n_forward for _, _, o in stages)})
+                         "robust_acc_cumulative": w["robust"].value, "n_forward": n_fwd})
     return _with_ci(rows)
 
 
@@ -167,14 +179,16 @@ def attack_curves(profile_name: str) -> pd.DataFrame:
 
     Steps are APGD iterations (one block per target for the agreement attacks) or Square's queries.
     """
+    store = Store(profile_name)
     rows = []
-    for r in runners(profile_name):
-        p, n = r.profile, len(r.labels)
+    for d in store.datasets:
+        p, n = d.profile, len(d.labels)
         for clf in p.classifiers:
-            for target, attack, out in r.ensemble(clf):
+            for job in d.plan.ensemble[clf]:
+                out = store.outputs(job, curves=True)
                 loss = list(out.loss_curve or [])
                 for step, c in enumerate(out.success_curve or []):
-                    rows.append({"dataset": p.dataset, "classifier": clf, "attack": f"{attack}@{target}",
+                    rows.append({"dataset": p.dataset, "classifier": clf, "attack": f"{job.attack}@{job.target}",
                                  "step": step, "success": c / n,
                                  "loss": loss[step] if step < len(loss) else float("nan")})
     return pd.DataFrame(rows)
@@ -188,13 +202,14 @@ def eps_half_check(profile_name: str) -> pd.DataFrame:
     the classifier's robust accuracy at eps/2 (APGD-CE+DLR, worst case) and Multi-Shield's at eps under the
     paper's adaptive attack and under the worst-case ensemble.
     """
+    store = Store(profile_name)
     rows = []
-    for r in runners(profile_name):
-        p, y, k = r.profile, r.labels, r.num_classes
+    for d in store.datasets:
+        p, y, k = d.profile, d.labels, d.num_classes
         for clf in p.classifiers:
-            half = _clf_worst(r, clf, p.eps / 2)
-            ada = _ms_worst(_planned(r, clf, "ms", p.eps), y, p.tolerance, k)
-            worst = _ms_worst((o for _, _, o in r.ensemble(clf)), y, p.tolerance, k)
+            half = _clf_worst(store, d, clf, p.eps / 2)
+            ada = _ms_worst(_outs(store, d.plan.adaptive[clf, p.eps]), y, p.tolerance, k)
+            worst = _ms_worst(_outs(store, d.plan.ensemble[clf]), y, p.tolerance, k)
             rows.append({"dataset": p.dataset, "classifier": clf, "eps": p.eps, "eps_half": p.eps / 2,
                          "clf_robust_acc_eps_half": metrics.rate(half == CORRECT),
                          "ms_robust_acc_adaptive": metrics.rate(ada < BROKEN),
@@ -204,15 +219,17 @@ def eps_half_check(profile_name: str) -> pd.DataFrame:
 
 def security_curves(profile_name: str) -> pd.DataFrame:
     """Robust accuracy vs eps (0 included) for the classifier and for Multi-Shield under each attack."""
+    store = Store(profile_name)
     rows = []
-    for r in runners(profile_name):
-        p, y, k = r.profile, r.labels, r.num_classes
+    for d in store.datasets:
+        p, y, k = d.profile, d.labels, d.num_classes
         for clf in p.classifiers:
-            clean = r.clean(clf)
+            clean = store.outputs(d.plan.clean[clf])
             curves = {
-                "classifier (APGD-CE+DLR)": lambda e: _clf_worst(r, clf, e),
-                "Multi-Shield, non-adaptive": lambda e: _ms_worst(_planned(r, clf, "clf", e), y, p.tolerance, k),
-                "Multi-Shield, adaptive": lambda e: _ms_worst(_planned(r, clf, "ms", e), y, p.tolerance, k),
+                "classifier (APGD-CE+DLR)": lambda e: _clf_worst(store, d, clf, e),
+                "Multi-Shield, non-adaptive": lambda e: _ms_worst(_outs(store, d.plan.nonadaptive[clf, e]), y,
+                                                                  p.tolerance, k),
+                "Multi-Shield, adaptive": lambda e: _ms_worst(_outs(store, d.plan.adaptive[clf, e]), y, p.tolerance, k),
             }
             clean_st = {"classifier (APGD-CE+DLR)": status(clean.clf_pred(), y),
                         "Multi-Shield, non-adaptive": _ms_status(clean, y, p.tolerance, k),
@@ -233,13 +250,15 @@ def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
     The cached logits/similarities are re-thresholded at each tolerance; the adaptive examples were crafted
     against Multi-Shield at the profile's tolerance (the column ``crafted_at`` says so).
     """
+    store = Store(profile_name)
     rows = []
-    for r in runners(profile_name):
-        p, y, k = r.profile, r.labels, r.num_classes
+    for d in store.datasets:
+        p, y, k = d.profile, d.labels, d.num_classes
         grid = sorted(set(p.tolerance_grid) | {p.tolerance})
         for clf in p.classifiers:
-            clean = r.clean(clf)
-            clf_adv, ms_adv = _planned(r, clf, "clf", p.eps), _planned(r, clf, "ms", p.eps)
+            clean = store.outputs(d.plan.clean[clf])
+            clf_adv = _outs(store, d.plan.nonadaptive[clf, p.eps])
+            ms_adv = _outs(store, d.plan.adaptive[clf, p.eps])
             for tol in grid:
                 ms_clean = clean.ms_pred(tol)
                 non = _rates(_ms_worst(clf_adv, y, tol, k))
@@ -253,22 +272,19 @@ def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def zero_shot_table(profile_name: str, text_norms: tuple[str, ...] = ("standard", "original")) -> pd.DataFrame:
-    """Zero-shot accuracy of the VLM per dataset and prompt template (each alone, then all averaged)."""
+def zero_shot_table(profile_name: str) -> pd.DataFrame:
+    """Zero-shot accuracy of the VLM per dataset and prompt template (each alone, then all averaged) and text
+    normalization."""
+    store = Store(profile_name)
     rows = []
-    for r in runners(profile_name):
-        p = r.profile
-        vlm = r.vlm()  # load (maybe train) before inference mode
-        x, y = r.images.to(p.device), r.labels.to(p.device)
-        prompts = [(t, (t,)) for t in p.templates] + [(f"ensemble of {len(p.templates)}", tuple(p.templates))]
-        for label, templates in prompts:
-            for norm in text_norms:
-                with torch.inference_mode():
-                    zs = vlm.with_prompts(r.class_names, templates, text_norm=norm)
-                    pred = torch.cat([zs(x[i:i + p.batch_size]).argmax(1) for i in range(0, len(y), p.batch_size)])
-                acc = metrics.clean_accuracy(pred.cpu(), y.cpu())
-                rows.append({"dataset": p.dataset, "vlm": p.vlm, "template": label, "text_norm": norm,
-                             "accuracy": acc.value, "lo": acc.low, "hi": acc.high, "n": acc.n})
+    for d in store.datasets:
+        p = d.profile
+        for job in d.plan.zero_shot:
+            pred = store.load(job, ("s",))["s"].argmax(1)
+            acc = metrics.clean_accuracy(pred, d.labels)
+            rows.append({"dataset": p.dataset, "vlm": p.vlm, "template": job.option("label"),
+                         "text_norm": job.option("text_norm"), "accuracy": acc.value, "lo": acc.low,
+                         "hi": acc.high, "n": acc.n})
     return pd.DataFrame(rows)
 
 
@@ -276,24 +292,37 @@ def gallery(profile_name: str, clf: str | None = None, n: int = 8, attack: str =
             ) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, list[str]]:
     """Clean and adversarial images (first dataset) with each model's decision, for the workflow figure.
 
-    Returns (table, clean images, adversarial images, class names); the table has one row per image with
-    the classifier's, the VLM's and Multi-Shield's predictions on the clean and adversarial image.
+    ``attack``: one of the paper's attacks at the profile's eps (``apgd-ce-reject``/``apgd-dlr-reject`` on
+    Multi-Shield, ``apgd-ce``/``apgd-dlr`` on the classifier). Returns (table, clean images, adversarial
+    images, class names); the table has one row per image with the classifier's, the VLM's and
+    Multi-Shield's predictions on the clean and adversarial image.
     """
-    r = runners(profile_name)[0]
-    p, y, k = r.profile, r.labels, r.num_classes
+    store = Store(profile_name)
+    d = store.datasets[0]
+    p, y, k = d.profile, d.labels, d.num_classes
     clf = clf or p.classifiers[0]
-    clean = r.clean(clf)
-    target = "ms" if attack.endswith("-reject") else "clf"
-    adv = r.attacked(clf, target, attack, p.eps)
+    if clf not in p.classifiers:
+        raise ValueError(f"unknown classifier {clf!r}; profile {profile_name!r} has {list(p.classifiers)}")
+    jobs = {j.attack: j for j in (*d.plan.adaptive[clf, p.eps], *d.plan.nonadaptive[clf, p.eps])}
+    if attack not in jobs:
+        raise ValueError(f"gallery attack must be one of {sorted(jobs)}, got {attack!r}")
+    clean = store.outputs(d.plan.clean[clf])
+    adv_job = jobs[attack]
+    adv = store.outputs(adv_job)
     # a mix: some the attack broke, some Multi-Shield rejected, some it got right
     st = _ms_status(adv, y, p.tolerance, k)
-    pick = torch.cat([(st == s).nonzero().squeeze(1)[: max(1, n // 3)] for s in (BROKEN, REJECTED, CORRECT)])[:n]
-    names = list(r.class_names) + ["REJECTED"]
+    per = -(-n // 3)
+    pick = torch.cat([(st == s).nonzero().squeeze(1)[:per] for s in (BROKEN, REJECTED, CORRECT)])
+    rest = torch.tensor([i for i in range(len(y)) if i not in set(pick.tolist())], dtype=torch.long)
+    pick = torch.cat([pick, rest])[:n]  # fill up when one outcome has fewer than its share
+    names = list(d.class_names) + ["REJECTED"]
     rows = []
     for i in pick.tolist():
-        rows.append({"index": int(r.indices[i]), "true": names[int(y[i])],
+        rows.append({"index": int(d.indices[i]), "true": names[int(y[i])],
                      "clf_clean": names[int(clean.clf_pred()[i])], "vlm_clean": names[int(clean.vlm_pred()[i])],
                      "ms_clean": names[int(clean.ms_pred(p.tolerance)[i])],
                      "clf_adv": names[int(adv.clf_pred()[i])], "vlm_adv": names[int(adv.vlm_pred()[i])],
                      "ms_adv": names[int(adv.ms_pred(p.tolerance)[i])]})
-    return pd.DataFrame(rows), r.images[pick], adv.x_adv[pick], names
+    x_clean = store.load(d.plan.clean[clf], ("x",))["x"][pick]
+    x_adv = store.load(adv_job, ("x",))["x"][pick]
+    return pd.DataFrame(rows), x_clean, x_adv, names

@@ -84,19 +84,32 @@ def test_square_breaks_an_undefended_classifier(small_classifier, fashion_small)
 
 def test_worst_case_ensemble_is_never_more_robust_than_any_attack_in_it(defense, small_classifier, stand_in_vlm,
                                                                         tmp_path, monkeypatch):
-    from mslib.experiment import ENSEMBLE, Runner
+    from mslib.experiment import Workspace, execute, write_index
+    from mslib.plan import ENSEMBLE
     from mslib.profiles import get_profile
+    from mslib.store import Store
     from mslib.tables import BROKEN, status, worst_case
 
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
-    prof = get_profile("smoke", n_samples=30, n_iter=6, eps_grid=(0.0, 0.1), batch_size=16,
+    prof = get_profile("smoke", n_samples=30, n_iter=6, eps_grid=(0.0, 0.1), batch_size=16, classifiers=("standard",),
                        extra={"square_queries": 20, "agreement_targets": 2})
-    r = Runner(prof, progress=False)
-    r._classifiers["standard"] = small_classifier  # small models instead of the profile's trained ones
-    r._vlm = stand_in_vlm
-    out = r.ensemble("standard")
-    assert [(t, a) for t, a, _ in out] == list(ENSEMBLE)
-    st = [status(o.ms_pred(prof.tolerance), r.labels, r.num_classes) for _, _, o in out]
+    ws = Workspace(prof)
+    for name, model in (("standard", small_classifier), ("vlm", stand_in_vlm)):  # small stand-in models
+        model.identity = {"stand-in": name}
+        ws._models[name] = model
+    plan = ws.plan()
+    stages = plan.ensemble["standard"]
+    assert [(j.target, j.attack) for j in stages] == list(ENSEMBLE)
+    summary = execute(ws, plan.jobs(), progress=False)
+    assert summary.done and summary.reused == 0
+    write_index("smoke", {"n_samples": 30, "n_iter": 6, "eps_grid": (0.0, 0.1), "batch_size": 16,
+                          "classifiers": ("standard",), "extra": {"square_queries": 20, "agreement_targets": 2}},
+                True, [ws], [plan])
+    store = Store("smoke")  # the store rebuilds exactly this plan from its index
+    assert [j.key for j in store.datasets[0].plan.jobs()] == [j.key for j in plan.jobs()]
+    out = [store.load(j, ("f", "s", "x")) for j in stages]
+    y, k = ws.labels, len(ws.class_names)
+    st = [status(decide(o["f"], o["s"], prof.tolerance), y, k) for o in out]
     worst = worst_case(st)
     for s in st:
         assert ((worst < BROKEN).float().mean()) <= ((s < BROKEN).float().mean())
@@ -104,11 +117,11 @@ def test_worst_case_ensemble_is_never_more_robust_than_any_attack_in_it(defense,
     # a stage run on survivors keeps every earlier break
     for i in range(5, len(out)):
         assert bool(((worst_case(st[:i]) == BROKEN) <= (st[i] == BROKEN)).all())
-    for _, _, o in out:
-        assert (o.x_adv - r.images).abs().max() <= prof.eps + 1e-6
-    # cached: a second call computes nothing new and returns the same outputs
-    again = r.ensemble("standard")
-    assert all(torch.equal(o1.f, o2.f) for (_, _, o1), (_, _, o2) in zip(out, again))
+    for o in out:
+        assert (o["x"] - ws.images).abs().max() <= prof.eps + 1e-6
+    # cached: a second run computes nothing
+    again = execute(ws, plan.jobs(), progress=False)
+    assert again.computed == 0 and again.reused == summary.computed
 
 
 def test_bad_input_is_a_clear_error(defense, small_classifier, fashion_small):

@@ -4,6 +4,11 @@ Every model returned here is an ``nn.Module`` in eval mode that takes images in 
 resizes inside ``forward``. ``load_classifier(profile, name)`` returns logits (N, K); ``load_vlm(profile)``
 returns a :class:`ZeroShotClassifier` (cosine similarities, N×K) over the profile's classes and prompts.
 Loaders train or fetch from the cache under ``data/`` as needed.
+
+Each loaded model carries ``identity``: its source, spec, the loader's code version and the SHA-256 of every
+checkpoint file it was built from (each loader names those files in ``checkpoint_files``). Results are keyed
+by it, so another checkpoint in place, or a bumped code version, makes every result that used the model
+stale.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import importlib
 from typing import Any, Callable
 
 from torch import nn
+
+from ..cache import file_sha256
 
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_text_embeddings, build_zero_shot_classifier
 
@@ -34,6 +41,24 @@ def _resolve(table: dict[str, str], source: str, what: str) -> Callable[..., nn.
     return getattr(importlib.import_module(module), func)
 
 
+def model_identity(model: nn.Module, source: str, spec: dict[str, Any], loader: Callable[..., nn.Module]
+                   ) -> dict[str, Any]:
+    """What makes a loaded model this model: source, spec, the loader module's ``CODE_VERSION`` and the
+    SHA-256 of each file in ``model.checkpoint_files`` (in order)."""
+    files = getattr(model, "checkpoint_files", None)
+    if not files:
+        raise RuntimeError(f"the {source!r} loader did not name the checkpoint files of its model")
+    code = getattr(importlib.import_module(loader.__module__), "CODE_VERSION", None)
+    return {"source": source, "spec": dict(spec), "code": code, "sha256": [file_sha256(f) for f in files]}
+
+
+def _load(table: dict[str, str], profile: Any, name: str, spec: dict[str, Any], what: str) -> nn.Module:
+    loader = _resolve(table, spec["source"], what)
+    model = loader(profile, name, spec)
+    model.identity = model_identity(model, spec["source"], spec, loader)
+    return model.eval()
+
+
 def load_classifier(profile: Any, name: str) -> nn.Module:
     """The classifier ``name`` of ``profile`` (images in [0, 1] → logits), ready in eval mode."""
     from ..profiles import get_profile
@@ -41,9 +66,7 @@ def load_classifier(profile: Any, name: str) -> nn.Module:
     profile = get_profile(profile)
     if name not in profile.classifier_specs:
         raise ValueError(f"profile {profile.name!r} has no classifier {name!r}; it has {list(profile.classifiers)}")
-    spec = profile.classifier_specs[name]
-    model = _resolve(CLASSIFIER_SOURCES, spec["source"], "classifier")(profile, name, spec)
-    return model.eval()
+    return _load(CLASSIFIER_SOURCES, profile, name, profile.classifier_specs[name], "classifier")
 
 
 def load_vlm(profile: Any) -> ZeroShotClassifier:
@@ -51,9 +74,7 @@ def load_vlm(profile: Any) -> ZeroShotClassifier:
     from ..profiles import get_profile
 
     profile = get_profile(profile)
-    spec = profile.vlm_spec
-    model = _resolve(VLM_SOURCES, spec["source"], "VLM")(profile, profile.vlm, spec)
-    return model.eval()
+    return _load(VLM_SOURCES, profile, profile.vlm, profile.vlm_spec, "VLM")
 
 
 __all__ = [
@@ -65,4 +86,5 @@ __all__ = [
     "build_zero_shot_classifier",
     "load_classifier",
     "load_vlm",
+    "model_identity",
 ]

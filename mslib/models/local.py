@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import entry_dir, load_tensors, read_json, save_tensors, write_json
+from ..cache import (DamagedFileError, entry_dir, load_tensors, read_json, report_damaged, save_tensors,
+                     verify_checksums, write_checksums, write_json)
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_zero_shot_classifier
 
 # Bump when a change here changes what a recipe produces (invalidates cached checkpoints).
-CODE_VERSION = "local-models-2"
+CODE_VERSION = "local-models-3"  # 3: checksummed checkpoints
 
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
@@ -223,11 +224,17 @@ def load_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> nn.M
         raise ValueError("the fgsm-rs recipe needs spec['eps'] > 0 (the training perturbation budget)")
     folder = model_dir("cnn", profile, spec)
     ckpt = folder / "model.pt"
+    state = None
     if ckpt.is_file():
-        state = load_tensors(ckpt)
+        try:
+            state = load_tensors(ckpt)
+        except DamagedFileError as e:  # never use it: retrain (training is deterministic for the recipe)
+            report_damaged(e, "retraining it")
+    if state is not None:
         with _seeded(0):
             model = ARCHS[spec["arch"]](num_classes=int(state["num_classes"]))
         model.load_state_dict(state["state_dict"])
+        model.checkpoint_files = [ckpt]
         return model.eval()
 
     from ..data import load_split
@@ -245,6 +252,7 @@ def load_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> nn.M
                 "train_seconds": round(seconds, 1), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "checkpoint_bytes": ckpt.stat().st_size}, folder / "train_info.json")
+    model.checkpoint_files = [ckpt]
     return model.eval()
 
 
@@ -348,7 +356,7 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
     ``open_clip_model.safetensors``) and always loaded back through
     :func:`~mslib.models.openclip_factory.create_open_clip`.
     """
-    from .openclip_factory import WEIGHTS_NAME, create_open_clip, save_open_clip
+    from .openclip_factory import CONFIG_NAME, WEIGHTS_NAME, create_open_clip, save_open_clip
 
     _check_spec(spec, _LIT_KEYS, ("text_tower", "image_size", "patch_size", "width", "layers", "embed_dim",
                                   "epochs", "lr", "batch_size", "seed"), "lit")
@@ -358,7 +366,14 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
         raise ValueError("lit spec: image_size must be a multiple of patch_size")
     folder = model_dir("lit", profile, spec)
     templates = list(profile.templates)
-    if not (folder / WEIGHTS_NAME).is_file():
+    trained = (folder / WEIGHTS_NAME).is_file()
+    if trained:
+        try:
+            verify_checksums(folder)
+        except DamagedFileError as e:  # never use it: retrain (training is deterministic for the recipe)
+            report_damaged(e, "retraining the model")
+            trained = False
+    if not trained:
         from ..data import load_split
 
         x, y, names = _train_data(profile, spec)
@@ -369,6 +384,7 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
         train_lit(model, tokenizer, x, y, names, templates, spec, preprocess, desc=name)
         seconds = time.perf_counter() - t0
         save_open_clip(model, folder, model_cfg, preprocess_cfg)
+        write_checksums(folder, [CONFIG_NAME, WEIGHTS_NAME])  # last: marks the folder complete
         loaded, tok = create_open_clip(folder)
         xt, yt, _ = load_split(profile.dataset, "test", profile.data_options)
         acc = evaluate(_zero_shot(loaded, tok, names, templates), xt, yt, batch_size=500)
@@ -379,7 +395,9 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
                     "checkpoint_bytes": (folder / WEIGHTS_NAME).stat().st_size}, folder / "train_info.json")
     model, tokenizer = create_open_clip(folder)
     names = _class_names(profile)
-    return _zero_shot(model, tokenizer, names, templates).eval()
+    zs = _zero_shot(model, tokenizer, names, templates).eval()
+    zs.checkpoint_files = [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
+    return zs
 
 
 def _class_names(profile: Any) -> list[str]:

@@ -44,6 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FETCH_COMMAND = "python -m mslib.fetch --profile paper"
+CODE_VERSION = "paper-models-1"  # bump when a change here changes what a loaded model computes
 
 
 # =============================================================================================== helpers
@@ -105,6 +106,11 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     except Exception as e:  # UnpicklingError for a disallowed global, RuntimeError for a broken zip
         raise ValueError(f"cannot load {path} safely with weights_only=True: {e}. The file may be corrupt (fetch "
                          f"it again) or hold pickled objects beyond tensors, which mslib refuses to execute.") from e
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Every file under a model folder (sorted), for the model's identity."""
+    return sorted(f for f in Path(folder).rglob("*") if f.is_file())
 
 
 class ResizeInput(nn.Module):
@@ -331,6 +337,10 @@ def load_robustbench_classifier(profile: Any, name: str, spec: dict[str, Any]) -
                                    spec.get("threat_model", "Linf"), spec.get("model_dir"))
     size = spec.get("input_size")
     wrapped = ResizeInput(model, size, spec.get("resize_mode", "squash"), spec.get("interpolation", "bilinear"))
+    wrapped.checkpoint_files = robustbench_checkpoint_paths(
+        spec.get("model", name), spec.get("dataset", "cifar10"), spec.get("threat_model", "Linf"),
+        spec.get("model_dir"), robustbench_entry(spec.get("model", name), spec.get("dataset", "cifar10"),
+                                                 spec.get("threat_model", "Linf"))["n_files"])
     return wrapped.to(_device(profile)).eval()
 
 
@@ -436,6 +446,7 @@ def load_torchvision_finetuned(profile: Any, name: str, spec: dict[str, Any]) ->
     net.load_state_dict(ckpt["state_dict"], strict=True)
     model = NormalizedClassifier(net, _ft_preprocess(spec))
     model.checkpoint_path = str(path)
+    model.checkpoint_files = [path]
     return model.to(_device(profile)).eval()
 
 
@@ -507,7 +518,9 @@ def load_hf_clip_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotC
     prep = ImagePreprocess(int(spec.get("image_size", cfg.image_size)), spec.get("mean", CLIP_MEAN),
                            spec.get("std", CLIP_STD), resize_mode=spec.get("resize_mode", "squash"),
                            interpolation=spec.get("interpolation", "bilinear"))
-    return ZeroShotClassifier(HFCLIPImageEncoder(clip), emb, prep).to(device).eval()
+    zs = ZeroShotClassifier(HFCLIPImageEncoder(clip), emb, prep).to(device).eval()
+    zs.checkpoint_files = _folder_files(folder(spec["vision"])) + _folder_files(folder(spec["text"]))
+    return zs
 
 
 # ============================================================================================= open_clip
@@ -525,9 +538,11 @@ def load_open_clip_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroSho
         raise _missing(f"open_clip model {ref}", model_dir)
     device = _device(profile)
     model, tokenizer = create_open_clip(model_dir, device=device)
-    return build_zero_shot_classifier(model, tokenizer, _profile_class_names(profile), profile.templates,
-                                      device=device, text_norm=spec.get("text_norm", "standard"),
-                                      resize_mode=spec.get("resize_mode", "squash"))
+    zs = build_zero_shot_classifier(model, tokenizer, _profile_class_names(profile), profile.templates,
+                                    device=device, text_norm=spec.get("text_norm", "standard"),
+                                    resize_mode=spec.get("resize_mode", "squash"))
+    zs.checkpoint_files = _folder_files(model_dir)
+    return zs
 
 
 __all__ = [

@@ -1,0 +1,207 @@
+"""The study as a plan: frozen :class:`Job` descriptions of cached results, built from a profile in one place.
+
+A job names one result: its kind (``clean`` outputs, an ``attack``, ``zero-shot`` predictions), the
+classifier, the target attacked (``clf``: the classifier alone, the non-adaptive attack; ``ms``:
+Multi-Shield's K+1 logits, the adaptive attacks; ``vlm``: the VLM alone), the attack with its options, eps,
+and its *context*: the evaluation samples (their indices) and the identity of every model involved (source,
+spec, code version and checkpoint SHA-256s, see :func:`mslib.models.model_identity`). ``after`` lists the
+jobs it builds on: a sample that Multi-Shield gets wrong without rejecting under one of them keeps that
+example and is not attacked again. Two plans use that one mechanism:
+
+* the eps chain of the adaptive attacks: the same attack at the next smaller eps (an example inside the
+  smaller ball lies inside the larger one, and the model scored is the model attacked, so reuse is exact
+  and the security curves are monotone). Transfer attacks (target ``clf``) are attacked fresh at every eps:
+  an example that fooled the classifier at a smaller eps need not be the one that breaks Multi-Shield.
+* the worst-case ensemble (AutoAttack's scheme): each extra attack runs only on the samples that every
+  earlier stage left unbroken.
+
+A job's key hashes its record (everything above, the keys of its ``after`` jobs, and the code version),
+so a different checkpoint, sample or option is a different result. The plan is pure: it only needs the
+profile and the identities, so the read-only store rebuilds exactly the executor's plan from its index.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .cache import canonical_json, record_key
+from .profiles import Profile
+
+# Bump when a change to the attacks or to the executor changes what a result holds.
+CODE_VERSION = "mslib-results-2"
+TARGETS = ("clf", "ms", "vlm")
+
+# The paper's evaluation: APGD-CE and APGD-DLR on the classifier, transferred (non-adaptive), and the
+# rejection-aware CE then DLR losses on Multi-Shield, DLR only on the points CE left unbroken (adaptive).
+NONADAPTIVE = ("apgd-ce", "apgd-dlr")
+PAPER_ADAPTIVE = ("apgd-ce-reject", "apgd-dlr-reject")
+
+# The worst-case ensemble against Multi-Shield at the profile's eps, in the order the stages run. The first
+# four are the paper's jobs above (each on every sample); each later stage attacks only what all earlier
+# ones left unbroken, so its result already is the worst case so far.
+ENSEMBLE: tuple[tuple[str, str], ...] = (
+    ("clf", "apgd-ce"), ("clf", "apgd-dlr"),                # non-adaptive: transferred from the classifier
+    ("ms", "apgd-ce-reject"), ("ms", "apgd-dlr-reject"),    # the paper's adaptive attacks
+    ("ms", "apgd-dlr-reject-excl"),                         # DLR whose "best other" excludes y and reject
+    ("vlm", "apgd-ce"),                                     # transferred from the VLM alone
+    ("ms", "agreement"), ("ms", "agreement-selective"),     # both branches driven to one wrong class
+    ("ms", "square-reject"),                                # gradient-free check for gradient masking
+)
+SQUARE_QUERIES_PER_ITER = 1  # Square's default budget: profile.n_iter × this queries (forward passes only)
+TEXT_NORMS = ("standard", "original")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cached result. ``context`` is the canonical JSON of the samples and model identities."""
+
+    kind: str  # "clean" | "attack" | "zero-shot"
+    dataset: str
+    context: str
+    classifier: str = ""
+    target: str = ""
+    attack: str = ""
+    eps: float = 0.0
+    options: tuple[tuple[str, Any], ...] = ()
+    tolerance: float | None = None
+    after: tuple["Job", ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able record whose hash is the key (``after`` by key)."""
+        return {"code": CODE_VERSION, "kind": self.kind, "dataset": self.dataset, "classifier": self.classifier,
+                "target": self.target, "attack": self.attack, "eps": self.eps, "options": dict(self.options),
+                "tolerance": self.tolerance, "after": [a.key for a in self.after],
+                "context": json.loads(self.context)}
+
+    @functools.cached_property
+    def key(self) -> str:
+        return record_key(self.record())
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name, e.g. ``fashion_mnist/standard apgd-ce-reject@ms eps=0.1``."""
+        if self.kind == "clean":
+            return f"{self.dataset}/{self.classifier} clean outputs"
+        if self.kind == "zero-shot":
+            return f"{self.dataset} zero-shot {self.option('label')} ({self.option('text_norm')})"
+        return f"{self.dataset}/{self.classifier} {self.attack}@{self.target} eps={self.eps:g}"
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """Every job one (profile, dataset) needs, organized the way the tables read them."""
+
+    profile: Profile
+    clean: dict[str, Job]
+    nonadaptive: dict[tuple[str, float], tuple[Job, ...]]  # (classifier, eps) -> APGD-CE, APGD-DLR on clf
+    adaptive: dict[tuple[str, float], tuple[Job, ...]]  # (classifier, eps) -> the paper's CE, DLR on ms
+    ensemble: dict[str, tuple[Job, ...]]  # classifier -> the ensemble's stages at profile.eps, in order
+    zero_shot: tuple[Job, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def jobs(self) -> list[Job]:
+        """Every job once, each after the jobs it builds on."""
+        out: dict[str, Job] = {}
+
+        def visit(job: Job) -> None:
+            if job.key in out:
+                return
+            for a in job.after:
+                visit(a)
+            out[job.key] = job
+
+        for group in (self.clean.values(), *self.nonadaptive.values(), *self.adaptive.values(),
+                      *self.ensemble.values(), self.zero_shot):
+            for job in group:
+                visit(job)
+        return list(out.values())
+
+
+def study_eps(profile: Profile) -> list[float]:
+    """Every positive eps the study attacks at: the grid and the profile's eps."""
+    return sorted({e for e in profile.eps_grid if e > 0} | {profile.eps})
+
+
+def nonadaptive_eps(profile: Profile) -> list[float]:
+    """The study's eps values and eps/2 (for Tramer's check: the classifier alone at half the budget)."""
+    return sorted(set(study_eps(profile)) | {profile.eps / 2})
+
+
+def attack_options(profile: Profile, attack: str, compact: bool = True) -> tuple[tuple[str, Any], ...]:
+    """``run_attack`` keyword options of ``attack`` under ``profile`` (sorted pairs, part of the job's key).
+
+    On CPU a VLM forward+backward dominates the cost and every sample that survives the ensemble pays each
+    extra attack's full budget, so their defaults stay near one APGD run in all: the agreement attack tries
+    ``agreement_targets`` (3) targets with ``agreement_iters`` (n_iter // 5) iterations each, its selective
+    variant ``selective_targets`` (1) with ``selective_iters`` (n_iter // 5), Square ``square_queries``
+    (n_iter × SQUARE_QUERIES_PER_ITER) forward passes. Keys of ``profile.extra`` override these defaults
+    (a GPU run should raise them, e.g. Square to AutoAttack's 5000 queries).
+    """
+    ex, n = profile.extra, profile.n_iter
+    opts: dict[str, Any] = {"n_iter": n, "n_restarts": profile.n_restarts, "seed": profile.seed,
+                            "compact": compact}
+    if attack == "agreement":
+        opts.update(n_targets=int(ex.get("agreement_targets", 3)), n_iter=int(ex.get("agreement_iters", max(n // 5, 5))))
+    elif attack == "agreement-selective":
+        opts.update(n_targets=int(ex.get("selective_targets", 1)), n_iter=int(ex.get("selective_iters", max(n // 5, 5))))
+    elif attack.startswith("square"):
+        opts.update(n_queries=int(ex.get("square_queries", SQUARE_QUERIES_PER_ITER * n)))
+    return tuple(sorted(opts.items()))
+
+
+def context(profile: Profile, indices: Iterable[int], models: dict[str, dict[str, Any]],
+            speed: dict[str, Any] | None = None) -> str:
+    """Canonical JSON of what, besides the attack, a result depends on: the samples and the models."""
+    return canonical_json({"profile": profile.name, "dataset": profile.dataset, "data_options": profile.data_options,
+                           "indices": [int(i) for i in indices], "models": models, "batch_size": profile.batch_size,
+                           "device": str(profile.device).split(":")[0], **(speed or {})})
+
+
+def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str, dict[str, Any]],
+                 speed: dict[str, Any] | None = None, compact: bool = True, ensemble: bool = True) -> DatasetPlan:
+    """The plan of one (profile, dataset).
+
+    ``identities``: model identity per classifier name and ``"vlm"`` (from the loaded models, or from the
+    store's index); ``speed``: CUDA speed settings in effect (recorded); ``compact``: APGD batch compaction
+    (an option of every attack job); ``ensemble=False`` leaves the worst-case ensemble out (benchmarks).
+    """
+    p, idx = profile, [int(i) for i in indices]
+    vlm_id = identities["vlm"]
+    ctx = {clf: context(p, idx, {"classifier": identities[clf], "vlm": vlm_id}, speed) for clf in p.classifiers}
+
+    def attack_job(clf: str, target: str, attack: str, eps: float, after: tuple[Job, ...] = ()) -> Job:
+        return Job("attack", p.dataset, ctx[clf], clf, target, attack, float(eps), attack_options(p, attack, compact),
+                   p.tolerance, after)
+
+    clean = {clf: Job("clean", p.dataset, ctx[clf], clf) for clf in p.classifiers}
+    nonadaptive = {(clf, e): tuple(attack_job(clf, "clf", a, e) for a in NONADAPTIVE)
+                   for clf in p.classifiers for e in nonadaptive_eps(p)}
+    adaptive: dict[tuple[str, float], tuple[Job, ...]] = {}
+    for clf in p.classifiers:
+        prev: tuple[Job, ...] | None = None
+        for e in study_eps(p):
+            ce = attack_job(clf, "ms", PAPER_ADAPTIVE[0], e, () if prev is None else (prev[0],))
+            dlr = attack_job(clf, "ms", PAPER_ADAPTIVE[1], e, (ce,) if prev is None else (ce, prev[1]))
+            adaptive[clf, e] = prev = (ce, dlr)
+    stages: dict[str, tuple[Job, ...]] = {}
+    if ensemble:
+        for clf in p.classifiers:
+            done: list[Job] = [*nonadaptive[clf, p.eps], *adaptive[clf, p.eps]]
+            for target, attack in ENSEMBLE[len(done):]:
+                done.append(attack_job(clf, target, attack, p.eps, tuple(done)))
+            stages[clf] = tuple(done)
+    zs_ctx = context(p, idx, {"vlm": vlm_id}, speed)
+    prompts = [(t, (t,)) for t in p.templates] + [(f"ensemble of {len(p.templates)}", tuple(p.templates))]
+    zero_shot = tuple(Job("zero-shot", p.dataset, zs_ctx, options=(("label", label), ("templates", templates),
+                                                                   ("text_norm", norm)))
+                      for label, templates in prompts for norm in TEXT_NORMS)
+    return DatasetPlan(p, clean, nonadaptive, adaptive, stages, zero_shot)
+
+
+__all__ = ["CODE_VERSION", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE", "PAPER_ADAPTIVE", "TARGETS",
+           "attack_options", "context", "dataset_plan", "nonadaptive_eps", "study_eps"]

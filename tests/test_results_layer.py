@@ -1,0 +1,256 @@
+"""The results layer: results keyed by the models that made them, damaged files never used, tables that
+only read, and kill -9 at any point changes nothing."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mslib import tables
+from mslib.cache import DamagedFileError, load_tensors, read_json, save_tensors
+from mslib.experiment import ms_broken, run_study
+from mslib.plan import dataset_plan
+from mslib.store import ResultsNotReadyError, Store
+
+from results_helpers import OVERRIDES, fresh_cache, smoke_models  # noqa: F401
+
+TABLES = ("main_table", "attacks_table", "security_curves", "tolerance_tradeoff", "eps_half_check",
+          "zero_shot_table")
+
+
+def _tables(cache: Path) -> dict[str, str]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        return {name: getattr(tables, name)("smoke").to_csv(index=False) for name in TABLES}
+
+
+def _copy_results(src: Path, dst: Path) -> None:
+    shutil.copytree(src / "results", dst / "results")
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, smoke_models):
+    cache = fresh_cache(tmp_path_factory.mktemp("results") / "clean")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        summary = run_study("smoke", progress=False, overrides=OVERRIDES)
+        store = Store("smoke")
+    assert summary.done and summary.computed > 0 and summary.reused == 0
+    return cache, _tables(cache), store
+
+
+def _run(cache: Path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        return run_study("smoke", progress=False, overrides=OVERRIDES)
+
+
+def test_a_rerun_with_nothing_changed_computes_nothing(clean_run):
+    cache, before, store = clean_run
+    summary = _run(cache)
+    n_jobs = len(store.datasets[0].plan.jobs())
+    assert (summary.jobs, summary.computed, summary.recomputed, summary.reused) == (n_jobs, 0, 0, 2 * n_jobs)
+    assert _tables(cache) == before
+
+
+def test_another_checkpoint_in_place_recomputes_exactly_the_results_that_used_it(clean_run, tmp_path):
+    from mslib.models.local import model_dir
+
+    src, before, store = clean_run
+    cache = fresh_cache(tmp_path / "swap", copy_models=True)
+    _copy_results(src, cache)
+    plan = store.datasets[0].plan
+    p = plan.profile
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        ckpt = {c: model_dir("cnn", p, p.classifier_specs[c]) / "model.pt" for c in p.classifiers}
+    shutil.copyfile(ckpt["standard"], ckpt["fgsm-rs"])  # a valid checkpoint, but another model's
+    summary = _run(cache)
+    used = [j for j in plan.jobs() if j.classifier == "fgsm-rs"]
+    others = [j for j in plan.jobs() if j.classifier != "fgsm-rs"]
+    assert used and others
+    assert summary.computed == 2 * len(used) and summary.reused == 2 * len(others) and summary.recomputed == 0
+    # the fgsm-rs rows now come from the standard CNN's weights: with per-sample seeded attacks they equal
+    # the standard rows exactly, and differ from the rows of the real fgsm-rs model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        new = tables.main_table("smoke").set_index("classifier")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(src))
+        old = tables.main_table("smoke").set_index("classifier")
+    assert new.loc["fgsm-rs"].equals(new.loc["standard"])
+    assert new.loc["standard"].equals(old.loc["standard"])
+    assert not new.loc["fgsm-rs"].equals(old.loc["fgsm-rs"])
+
+
+def test_a_model_code_version_is_part_of_every_key_that_used_the_model(clean_run):
+    _, _, store = clean_run
+    d = store.datasets[0]
+    entry = store.index["datasets"][d.profile.dataset]
+    base = {j.key for j in d.plan.jobs()}
+
+    def keys(bump: str) -> tuple[set[str], set[str]]:
+        ids = {k: dict(v) for k, v in entry["models"].items()}
+        ids[bump]["code"] = f"{ids[bump]['code']}-bumped"
+        plan = dataset_plan(d.profile, entry["indices"], ids, entry["speed"])
+        uses = {j.key for j in plan.jobs() if bump == "vlm" or j.classifier == bump}
+        return uses, {j.key for j in plan.jobs()} - uses
+
+    changed, same = keys("fgsm-rs")
+    assert changed and not changed & base  # every job of the bumped model has a new key ...
+    assert same and same <= base  # ... and every other job keeps its key
+    changed, same = keys("vlm")  # every result depends on the VLM
+    assert not same and not changed & base
+
+
+def test_damaged_batch_files_and_checkpoints_are_named_recomputed_and_the_tables_are_unchanged(
+        clean_run, tmp_path, capfd):
+    from mslib.models.local import model_dir
+
+    src, before, store = clean_run
+    cache = fresh_cache(tmp_path / "damaged", copy_models=True)
+    _copy_results(src, cache)
+    plan = store.datasets[0].plan
+    p = plan.profile
+    targets = [plan.adaptive["standard", p.eps][1], plan.nonadaptive["fgsm-rs", p.eps][0],
+               plan.ensemble["standard"][-1]]
+    truncated = cache / "results" / targets[0].key / "batch_0000005.pt"
+    zeroed = cache / "results" / targets[1].key / "batch_0000000.x.pt"
+    garbled = cache / "results" / targets[2].key / "batch_0000000.pt"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    zeroed.write_bytes(bytes(zeroed.stat().st_size))
+    data = bytearray(garbled.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    garbled.write_bytes(bytes(data))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        ckpt = model_dir("cnn", p, p.classifier_specs["standard"]) / "model.pt"
+    raw = bytearray(ckpt.read_bytes())
+    raw[len(raw) // 3: len(raw) // 3 + 64] = os.urandom(64)
+    ckpt.write_bytes(bytes(raw))
+    capfd.readouterr()
+    summary = _run(cache)
+    err = capfd.readouterr().err
+    for path in (truncated, zeroed, garbled, ckpt):
+        assert str(path) in err, f"{path} not reported"
+    assert summary.recomputed == 3 and summary.computed == 0  # the retrained CNN is the same model
+    assert _tables(cache) == before
+    load_tensors(ckpt)  # the checkpoint was rewritten whole
+
+
+def test_the_store_never_computes_and_names_what_is_missing(clean_run, tmp_path):
+    src, _, store = clean_run
+    cache = fresh_cache(tmp_path / "missing")
+    _copy_results(src, cache)
+    job = store.datasets[0].plan.adaptive["fgsm-rs", store.datasets[0].profile.eps][0]
+    (cache / "results" / job.key / "batch_0000005.pt").unlink()
+    before = sorted(str(f) for f in (cache / "results").rglob("*"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        with pytest.raises(ResultsNotReadyError, match=r"apgd-ce-reject@ms .*batch 5 missing.*make results"):
+            tables.main_table("smoke")
+        with pytest.raises(ResultsNotReadyError, match="batch 5 missing"):
+            Store("smoke").load(job)
+        for name in TABLES:
+            if name != "zero_shot_table":
+                with pytest.raises(ResultsNotReadyError):
+                    getattr(tables, name)("smoke")
+    assert sorted(str(f) for f in (cache / "results").rglob("*")) == before  # nothing was computed or written
+    index_path_text = read_json(cache / "results" / "plans" / "smoke.json")
+    assert job.key in index_path_text["jobs"]
+
+
+def test_a_notebook_run_against_an_incomplete_store_stops_with_the_clear_error(clean_run, tmp_path):
+    import papermill as pm
+
+    src, _, store = clean_run
+    cache = fresh_cache(tmp_path / "nb")
+    _copy_results(src, cache)
+    job = store.datasets[0].plan.clean["standard"]
+    (cache / "results" / job.key / "batch_0000000.pt").unlink()
+    nb = Path(__file__).resolve().parent.parent / "notebooks" / "02_main_table.ipynb"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        with pytest.raises(pm.PapermillExecutionError) as info:
+            pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"profile": "smoke",
+                                "out_dir": str(tmp_path)}, kernel_name="python3", cwd=str(nb.parent),
+                                progress_bar=False)
+    assert info.value.ename == "ResultsNotReadyError" and "clean outputs" in info.value.evalue
+    assert not (tmp_path / "main_table.csv").exists()
+
+
+def test_tables_read_logits_and_similarities_only_never_images(clean_run, monkeypatch):
+    import mslib.store as store_mod
+
+    cache, _, _ = clean_run
+    read = []
+    real = store_mod.load_tensors
+    monkeypatch.setattr(store_mod, "load_tensors", lambda path, *a, **k: read.append(Path(path).name) or real(path))
+    monkeypatch.setenv("MSLIB_CACHE", str(cache))
+    tables.main_table("smoke")
+    assert read and not [n for n in read if n.endswith(".x.pt")]
+    _, clean_x, adv_x, _ = tables.gallery("smoke", n=4)  # the gallery asks for images, and gets them
+    assert any(n.endswith(".x.pt") for n in read) and clean_x.shape == adv_x.shape
+
+
+def test_transfer_attacks_never_reuse_and_the_adaptive_chain_reuses_only_what_broke_multishield(clean_run):
+    _, _, store = clean_run
+    d = store.datasets[0]
+    p, y = d.profile, d.labels
+    for (clf, eps), jobs in d.plan.nonadaptive.items():
+        for job in jobs:
+            assert job.after == ()
+            assert not store.load(job, ("reused",))["reused"].any(), job.label
+    for clf in p.classifiers:
+        small, large = d.plan.adaptive[clf, 0.05], d.plan.adaptive[clf, 0.1]
+        ce_small, ce_large = store.outputs(small[0]), store.load(large[0], ("f", "s", "reused"))
+        broken_small = ms_broken(ce_small.f, ce_small.s, y, p.tolerance)
+        assert torch.equal(ce_large["reused"], broken_small)  # reused exactly the samples broken at eps/2
+        assert torch.equal(ce_large["f"][broken_small], ce_small.f[broken_small])
+        # the paper's DLR ran on what its CE left unbroken
+        dlr = store.load(large[1], ("reused",))["reused"]
+        assert bool((ms_broken(ce_large["f"], ce_large["s"], y, p.tolerance) <= dlr).all())
+
+
+def test_kill_9_at_any_point_then_a_rerun_gives_the_same_tables(clean_run, tmp_path):
+    _, before, store = clean_run
+    cache = fresh_cache(tmp_path / "killed")
+    n_batches = 2 * len(store.datasets[0].plan.jobs())
+    code = ("import torch; torch.set_num_threads(%d); from mslib.experiment import run_study; "
+            "run_study('smoke', progress=False, overrides=%r)" % (torch.get_num_threads(), OVERRIDES))
+    env = {**os.environ, "MSLIB_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((cache / "results").glob("*/batch_*[0-9].pt"))) < n_batches // 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(list((cache / "results").glob("*/batch_*[0-9].pt")))
+    assert 0 < partial < n_batches
+    assert not (cache / "results" / "plans" / "smoke.json").exists()
+    summary = _run(cache)
+    assert summary.done and summary.reused >= partial - 1
+    assert _tables(cache) == before
+
+
+def test_cache_files_carry_a_checksum_that_every_read_verifies(tmp_path):
+    path = save_tensors({"f": torch.arange(6.0).reshape(2, 3), "n": 3}, tmp_path / "a.pt")
+    assert torch.equal(load_tensors(path)["f"], torch.arange(6.0).reshape(2, 3))
+    good = path.read_bytes()
+    damaged = {"truncated": good[:-7], "zeroed": bytes(len(good)), "empty": b"",
+               "garbled": good[:60] + bytes([good[60] ^ 1]) + good[61:]}
+    for what, data in damaged.items():
+        path.write_bytes(data)
+        with pytest.raises(DamagedFileError, match=str(path)) as info:
+            load_tensors(path)
+        assert info.value.path == path, what
+    torch.save({"f": torch.zeros(2)}, path)  # a plain torch file has no checksum: refused, not trusted
+    with pytest.raises(DamagedFileError, match="no checksum header"):
+        load_tensors(path)
