@@ -146,9 +146,9 @@ def _check_rejecting(model: nn.Module, name: str) -> None:
     # A reject-aware success criterion reads the last logit as "rejected"; on a plain classifier that is a
     # real class, and the attack would silently report wrong numbers.
     if name in REJECT_AWARE and getattr(model, "rejects", False) is not True:
-        raise ValueError(f"attack {name!r} needs a rejecting model (K+1 logits, last = reject, with "
-                         f"rejects = True, e.g. mslib.MultiShield); model {type(model).__name__} does not "
-                         "declare rejects = True")
+        raise ValueError(f"attack {name!r} needs a rejecting model (K+1 logits, last = reject): model must "
+                         f"declare rejects = True, as mslib.MultiShield does; got a {type(model).__name__} "
+                         "without it")
 
 
 def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: str, eps: float,
@@ -166,7 +166,6 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
         raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
     _check_rejecting(model, name)
     images = check_images(images)
-    labels = check_labels(labels, images.shape[0])
     eps = check_eps(eps, "eps")
     check_int(n_iter, "n_iter", 1)
     check_int(n_restarts, "n_restarts", 1)
@@ -184,8 +183,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"{name} eps={eps:g}", unit="batch", leave=False)
-    with frozen(model):
-        check_labels(labels, images.shape[0], num_classes=output_classes(model, images[:1].to(device)))
+    with frozen(model):  # eval mode for the one forward pass that may be needed to learn K
+        labels = check_labels(labels, images.shape[0], num_classes=output_classes(model, images[:1].to(device)))
         for s in starts:
             sl = slice(s, s + batch_size)
             x = images[sl].to(device)
