@@ -8,6 +8,8 @@ LAUNCH_ARGS ?=
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# the notebook rule runs from notebooks/, so it needs the interpreter's absolute path (VENV may be either)
+PY_ABS := $(abspath $(PY))
 STAMP := $(VENV)/.installed-stamp
 OUT := figures/$(PROFILE)
 RESULTS := data/stamps/results-$(PROFILE).done
@@ -42,11 +44,24 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Offline profiles read Fashion-MNIST from the Debian package (or $$MSLIB_DATA, or data/fashion_mnist).
+FASHION_DEB ?= /usr/share/datasets/fashion-mnist
+# seconds to wait for another apt/dpkg run (unattended-upgrades, a parallel install) to release its lock
+APT_WAIT ?= 900
+# $(call apt_retry,ARGS): apt-get ARGS, retried every 5 s while only the package manager's lock stops it
+define apt_retry
+waited=0; rc=0; until out=$$(DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=$(APT_WAIT) $(1) 2>&1); do \
+  rc=1; case "$$out" in *"Could not get lock"*|*"Unable to lock"*|*"Unable to acquire"*) ;; *) break;; esac; \
+  [ $$waited -lt $(APT_WAIT) ] || break; \
+  [ $$waited -gt 0 ] || echo "waiting for the package manager's lock (another install is running)..." >&2; \
+  sleep 5; waited=$$((waited + 5)); rc=0; \
+done; [ $$rc = 0 ] || { echo "$$out" >&2; false; }
+endef
+
 system-deps:
-	@if [ -n "$$MSLIB_DATA" ] || [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] \
+	@if [ -n "$$MSLIB_DATA" ] || [ -f $(FASHION_DEB)/t10k-images-idx3-ubyte.gz ] \
 	   || ls data/fashion_mnist/t10k-images-idx3-ubyte* >/dev/null 2>&1; then :; \
 	 elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	   (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	   { $(call apt_retry,update -qq) || true; } && { $(call apt_retry,install -y -qq dataset-fashion-mnist); }; \
 	 else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set MSLIB_DATA to a folder with the idx files"; exit 1; fi
 
 # ---- tests -----------------------------------------------------------------------------------------
@@ -64,7 +79,7 @@ figures: $(EXECUTED)
 
 $(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS)
 	@mkdir -p $(OUT)
-	cd notebooks && ../$(PY) -m papermill --cwd . -k python3 -p profile $(PROFILE) -p out_dir ../$(OUT) \
+	cd notebooks && $(PY_ABS) -m papermill --cwd . -k python3 -p profile $(PROFILE) -p out_dir ../$(OUT) \
 	  $*.ipynb ../$(OUT)/$*.tmp.ipynb --progress-bar && mv ../$(OUT)/$*.tmp.ipynb ../$(OUT)/$*.ipynb
 
 $(notdir $(basename $(NOTEBOOKS))): %: $(OUT)/%.ipynb

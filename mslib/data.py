@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,6 +113,10 @@ def _find_split(split: str) -> tuple[Path, Path] | None:
         img, lab = _find_file(folder, img_stem), _find_file(folder, lab_stem)
         if img is not None and lab is not None:
             return img, lab
+        if (img is None) != (lab is None):  # half a pair: do not fall through silently to another copy
+            have = img or lab
+            raise FileNotFoundError(f"Fashion-MNIST {split!r}: found {have} but not its partner "
+                                    f"{lab_stem if lab is None else img_stem}(.gz) beside it in {have.parent}")
     return None
 
 
@@ -124,20 +129,44 @@ def _download_fashion_mnist(root: Path) -> None:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an idx file (``.gz`` or plain) of unsigned bytes into a numpy array."""
+    """Read an idx file (``.gz`` or plain) of unsigned bytes into a numpy array.
+
+    A damaged file (not gzip, truncated, bad header, wrong length) raises ``ValueError`` naming it.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut gzip stream is EOFError
+        raise ValueError(f"{path} cannot be read as a{' gzip-compressed' if opener is gzip.open else 'n'} idx file "
+                         f"({type(e).__name__}: {e}); the file is damaged or truncated, replace it") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte idx file (bad magic number)")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
+    if ndim == 0 or len(data) < offset:
+        raise ValueError(f"{path}: idx header declares {ndim} dimensions but the file is {len(data)} bytes")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     arr = np.frombuffer(data, dtype=np.uint8, offset=offset)
     if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: expected {int(np.prod(shape))} values for shape {shape}, found {arr.size}")
+        raise ValueError(f"{path}: expected {int(np.prod(shape))} values for shape {shape}, found {arr.size} "
+                         "(truncated or damaged file)")
     return arr.reshape(shape)
+
+
+def _check_fashion_mnist(images: np.ndarray, labels: np.ndarray, img_path: Path, lab_path: Path) -> None:
+    """Raise ``ValueError`` naming the file unless the arrays are 28×28 images and labels in 0..9 that pair up."""
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.shape[0] == 0:
+        raise ValueError(f"{img_path}: expected Fashion-MNIST images of shape (N, 28, 28), got {images.shape}")
+    if labels.ndim != 1:
+        raise ValueError(f"{lab_path}: expected a vector of labels, got shape {labels.shape}")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"inconsistent Fashion-MNIST files: {img_path} holds {images.shape[0]} images but "
+                         f"{lab_path} {labels.shape[0]} labels")
+    k = len(FASHION_MNIST_CLASSES)
+    if labels.size and labels.max() >= k:
+        raise ValueError(f"{lab_path}: Fashion-MNIST labels must lie in 0..{k - 1}, found {int(labels.max())}")
 
 
 def load_fashion_mnist(split: str = "test", options: dict[str, Any] | None = None
@@ -176,8 +205,7 @@ def load_fashion_mnist(split: str = "test", options: dict[str, Any] | None = Non
     img_path, lab_path = found
     images = read_idx(img_path)
     labels = read_idx(lab_path)
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"inconsistent Fashion-MNIST files {img_path} {images.shape} and {lab_path} {labels.shape}")
+    _check_fashion_mnist(images, labels, img_path, lab_path)
     x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y, list(FASHION_MNIST_CLASSES)

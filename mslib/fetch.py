@@ -3,9 +3,16 @@
 ``python -m mslib.fetch --profile paper`` downloads every dataset and checkpoint the profile names, over
 HTTPS with certificate verification, checks each archive's published MD5 (torchvision's values) or the
 file's own hash prefix, writes files to a temporary name and renames them into place, and records the
-SHA-256 of every file in ``data/manifest.json``. Nothing downloaded is executed: archives are extracted with
-the ``data`` filter (no links out of the folder, no special files), checkpoints are checked to be PyTorch
-files (not HTML pages) and are only ever read with ``weights_only=True`` / safetensors.
+SHA-256 of every file in ``data/manifest.json``. Nothing downloaded is executed: archives are extracted by
+:func:`safe_extract` (regular files and folders only, every path checked to stay inside the target; no
+links of any kind), checkpoints are checked to be PyTorch files (not HTML pages) and are only ever read
+with ``weights_only=True`` / safetensors; RobustBench checkpoints are verified against their recorded
+SHA-256 on every load.
+
+Fetching is crash-safe: datasets are extracted into a temporary folder beside their destination and
+renamed into place, and an asset counts as present only once :func:`mark_complete` has recorded it in
+``data/complete.json``, after its files' hashes are in the manifest. A fetch killed half-way leaves the
+asset missing, and the next fetch repairs it.
 
 Offline, :func:`missing_assets` lists what a profile lacks and :func:`require_assets` raises one error that
 names every missing item and the command that fetches it, before any computation. ImageNet cannot be
@@ -18,6 +25,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import stat
 import ssl
 import sys
 import tarfile
@@ -29,6 +37,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cache import data_root, file_sha256, read_json, write_json
+
+PARTIAL = ".partial-"  # infix of the temporary folders datasets are extracted into
 
 FETCH_COMMAND = "python -m mslib.fetch --profile {profile}"
 ROBUSTBENCH_INSTALL = "pip install --no-deps robustbench==1.1.1 && pip install geotorch torchdiffeq pyyaml"
@@ -73,13 +83,26 @@ class Asset:
 # ------------------------------------------------------------------------------------------ asset lists
 def _hf_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(
-        (folder / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"))
+        (folder / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    ) and is_complete(folder)
 
 
 def _open_clip_complete(folder: Path) -> bool:
     from open_clip.factory import _find_checkpoint_in_dir
 
-    return (folder / "open_clip_config.json").is_file() and _find_checkpoint_in_dir(folder) is not None
+    return ((folder / "open_clip_config.json").is_file() and _find_checkpoint_in_dir(folder) is not None
+            and is_complete(folder))
+
+
+def _dataset_complete(name: str, root: Path | None = None) -> Callable[[Path], bool]:
+    """Present = the layout's marker file exists and its folder was marked complete (not half-extracted)."""
+    def check(marker: Path) -> bool:
+        from . import paper_data
+
+        base = root if root is not None else paper_data.paper_data_root()
+        return marker.exists() and is_complete(base / paper_data.LAYOUT[name][0])
+
+    return check
 
 
 def profile_assets(profile_name: str) -> list[Asset]:
@@ -105,7 +128,9 @@ def profile_assets(profile_name: str) -> list[Asset]:
                       "<wnid>/ folders (valprep.sh), then set MSLIB_IMAGENET=/path/to/val or put it at "
                       "data/imagenet/val", {"check": lambda q: q.is_dir() and any(q.iterdir())}))
         elif ds in DATASET_ARCHIVES:
-            add(Asset("dataset", ds, paper_data.dataset_path(ds, p.data_options), cmd, {"dataset": ds}))
+            root = Path(p.data_options["root"]) if p.data_options.get("root") else None
+            add(Asset("dataset", ds, paper_data.dataset_path(ds, p.data_options), cmd,
+                      {"dataset": ds, "check": _dataset_complete(ds, root)}))
         specs = list(p.classifier_specs.items()) + [(p.vlm, p.vlm_spec)]
         for name, spec in specs:
             src = spec.get("source")
@@ -119,7 +144,8 @@ def profile_assets(profile_name: str) -> list[Asset]:
                 for i, path in enumerate(paths):
                     label = spec["model"] + (f" (member {i})" if len(paths) > 1 else "")
                     add(Asset("robustbench", label, path, cmd, {"model": spec["model"], "dataset": spec["dataset"],
-                                                                "threat_model": spec["threat_model"], "member": i}))
+                                                                "threat_model": spec["threat_model"], "member": i,
+                                                                "check": is_complete}))
             elif src == "hf-clip":
                 for repo in (spec["vision"], spec["text"]):
                     if not Path(repo).is_dir():
@@ -130,7 +156,8 @@ def profile_assets(profile_name: str) -> list[Asset]:
                               {"repo": spec["model"], "check": _open_clip_complete}))
             elif src == "torchvision-ft" and spec.get("weights"):
                 path, url = torchvision_weights_path(spec.get("arch", "resnet18"), spec["weights"])
-                add(Asset("torchvision", f"{spec.get('arch', 'resnet18')} {spec['weights']}", path, cmd, {"url": url}))
+                add(Asset("torchvision", f"{spec.get('arch', 'resnet18')} {spec['weights']}", path, cmd,
+                          {"url": url, "check": is_complete}))
     return list(assets.values())
 
 
@@ -200,17 +227,116 @@ def _manifest_path() -> Path:
     return data_root() / "manifest.json"
 
 
+def _complete_path() -> Path:
+    return data_root() / "complete.json"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def _key(path: Path) -> str:
+    """A file's manifest key: its path relative to ``data/`` (absolute when it lies elsewhere)."""
+    p = Path(path).resolve()
+    root = data_root().resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
+def _under(manifest: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in manifest.items() if k == key or k.startswith(key.rstrip("/") + "/")}
+
+
+def _files(path: Path) -> list[Path]:
+    # huggingface_hub keeps download metadata and locks under <local_dir>/.cache: not part of the asset
+    if path.is_file():
+        return [path]
+    return sorted(q for q in path.rglob("*") if q.is_file() and ".cache" not in q.relative_to(path).parts)
+
+
 def record_files(paths: list[Path], source: str) -> None:
     """Add the SHA-256 and size of ``paths`` (files, or every file under folders) to ``data/manifest.json``."""
-    manifest = read_json(_manifest_path()) if _manifest_path().is_file() else {}
-    root = data_root().resolve()
+    manifest = _read(_manifest_path())
     for p in paths:
-        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-        for f in files:
-            f = f.resolve()
-            key = str(f.relative_to(root)) if f.is_relative_to(root) else str(f)
-            manifest[key] = {"sha256": file_sha256(f), "bytes": f.stat().st_size, "source": source}
+        for f in _files(Path(p)):
+            manifest[_key(f)] = {"sha256": file_sha256(f), "bytes": f.stat().st_size, "source": source}
     write_json(manifest, _manifest_path())
+
+
+def mark_complete(path: str | os.PathLike, source: str | None = None) -> None:
+    """Mark the asset at ``path`` (a file, or a folder) complete: the last step of fetching or providing it.
+
+    With ``source``, the files' hashes are recorded first (:func:`record_files`); without, every file
+    under ``path`` must already be in the manifest with its current size. Manifest entries under ``path``
+    whose files are gone are dropped. Only marked assets count as present (:func:`is_complete`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path {path} does not exist; nothing to mark complete")
+    if source is not None:
+        record_files([path], source)
+    manifest = _read(_manifest_path())
+    key = _key(path)
+    stale = [k for k in _under(manifest, key) if not (data_root() / k).is_file()]
+    for k in stale:
+        del manifest[k]
+    unrecorded = [str(f) for f in _files(path)
+                  if manifest.get(_key(f), {}).get("bytes") != f.stat().st_size]
+    if unrecorded:
+        raise ValueError(f"path {path}: {len(unrecorded)} file(s) are not recorded in {_manifest_path()} "
+                         f"(first: {unrecorded[0]}); call record_files([path], source) or pass source=")
+    if stale:
+        write_json(manifest, _manifest_path())
+    entries = _under(manifest, key)
+    done = _read(_complete_path())
+    done[key] = {"files": len(entries), "bytes": sum(v["bytes"] for v in entries.values())}
+    write_json(done, _complete_path())
+
+
+def unmark_complete(path: str | os.PathLike) -> None:
+    """Forget that the asset at ``path`` is complete (before replacing it, so a crash leaves it missing)."""
+    done = _read(_complete_path())
+    if done.pop(_key(Path(path)), None) is not None:
+        write_json(done, _complete_path())
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether the asset at ``path`` was marked complete and its recorded files are all there, with their
+    recorded sizes (cheap: no hashing; :func:`verify_file` checks a file's hash)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    key = _key(path)
+    mark = _read(_complete_path()).get(key)
+    if mark is None:
+        return False
+    entries = _under(_read(_manifest_path()), key)
+    if len(entries) != mark["files"]:
+        return False
+    for k, v in entries.items():
+        f = Path(k) if Path(k).is_absolute() else data_root() / k
+        try:
+            if f.stat().st_size != v["bytes"]:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def verify_file(path: str | os.PathLike, what: str = "file") -> str:
+    """Check ``path``'s SHA-256 against ``data/manifest.json``; return it, or raise ``ValueError`` when the
+    file is not recorded or differs (naming the file, the expected and the actual hash)."""
+    path = Path(path)
+    entry = _read(_manifest_path()).get(_key(path))
+    if entry is None:
+        raise ValueError(f"{what} {path} has no recorded SHA-256 in {_manifest_path()}: fetch it with "
+                         f"`{FETCH_COMMAND.format(profile='paper')}`, or, for a file you provide yourself, record "
+                         f"it with `python -m mslib.fetch --record {path}`")
+    actual = file_sha256(path)
+    if actual != entry["sha256"]:
+        raise ValueError(f"{what} {path} is not the recorded file: SHA-256 {actual}, expected {entry['sha256']} "
+                         f"(from {entry.get('source', '?')}); delete it and fetch it again with "
+                         f"`{FETCH_COMMAND.format(profile='paper')}`")
+    return actual
 
 
 def download(url: str, dest: Path, md5: str | None = None, sha256_prefix: str | None = None,
@@ -245,39 +371,134 @@ def download(url: str, dest: Path, md5: str | None = None, sha256_prefix: str | 
     return dest
 
 
+def _member_path(root: Path, name: str, archive: Path) -> Path | None:
+    """``root / name`` for an archive member, or raise if the name is absolute or climbs out with ``..``."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts or "\x00" in name:
+        raise ValueError(f"{archive}: member {name!r} has an absolute or '..' path; refusing to extract it")
+    parts = [q for q in parts if q not in ("", ".")]
+    return root.joinpath(*parts) if parts else None
+
+
+def _make_dirs(root: Path, target: Path, archive: Path, name: str) -> None:
+    """Create the folders from ``root`` down to ``target``, refusing any existing link or non-folder."""
+    cur = root
+    for part in target.relative_to(root).parts:
+        cur = cur / part
+        if cur.is_symlink() or (cur.exists() and not cur.is_dir()):
+            raise ValueError(f"{archive}: member {name!r} goes through {cur}, which is not a plain folder")
+        if not cur.exists():
+            cur.mkdir(mode=0o755)
+
+
+def _write_member(root: Path, target: Path, data: Any, archive: Path, name: str) -> None:
+    """Write one regular file from the readable ``data`` at ``target`` (never following a link)."""
+    _make_dirs(root, target.parent, archive, name)
+    if not os.path.realpath(target).startswith(os.path.realpath(root) + os.sep):
+        raise ValueError(f"{archive}: member {name!r} would be written outside {root}")
+    if target.is_symlink() or target.is_dir():
+        raise ValueError(f"{archive}: member {name!r} would replace the link or folder {target}")
+    target.unlink(missing_ok=True)  # a later member of the same name wins, as with tar
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(data, out, 1 << 20)
+
+
 def safe_extract(archive: Path, target: Path) -> None:
-    """Extract a tar/zip archive into ``target`` refusing absolute paths, ``..`` and links (tar 'data' filter)."""
+    """Extract a tar/zip archive into ``target``: regular files and folders only, each inside ``target``.
+
+    Links of any kind (symbolic or hard), devices and fifos are refused with a ``ValueError`` naming the
+    member, as are absolute and ``..`` paths; nothing is written through an existing link. tarfile's
+    ``data`` filter is not relied on: on the Python this environment pins (3.11.7) a symlink chain defeats
+    it (CVE-2025-4517, fixed in 3.11.13 / 3.12.11 / 3.13.4). Permissions are plain (0644 / 0755).
+    """
+    archive, target = Path(archive), Path(target)
     target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
-            root = target.resolve()
-            for member in z.namelist():
-                if not (root / member).resolve().is_relative_to(root):
-                    raise ValueError(f"{archive}: member {member!r} would be written outside {target}")
-            z.extractall(target)
+            for info in z.infolist():
+                mode = info.external_attr >> 16
+                is_dir = info.is_dir()
+                # Unix type bits, when the creator stored them (0 = plain permissions only: a regular file)
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+                    raise ValueError(f"{archive}: member {info.filename!r} is a link or special file "
+                                     f"(mode {stat.filemode(mode)}); only regular files and folders are extracted")
+                dest = _member_path(root, info.filename, archive)
+                if dest is None:
+                    continue
+                if is_dir or stat.S_ISDIR(mode):
+                    _make_dirs(root, dest, archive, info.filename)
+                else:
+                    with z.open(info) as data:
+                        _write_member(root, dest, data, archive, info.filename)
         return
-    with tarfile.open(archive) as t:
-        t.extractall(target, filter="data")
+    try:
+        t = tarfile.open(archive)
+    except tarfile.TarError as e:
+        raise ValueError(f"{archive} is neither a zip nor a tar archive ({e})") from e
+    with t:
+        for m in t:
+            if not (m.isreg() or m.isdir()):
+                kind = ("symbolic link" if m.issym() else "hard link" if m.islnk() else "fifo" if m.isfifo()
+                        else "device" if m.isdev() else f"member of type {m.type!r}")
+                raise ValueError(f"{archive}: member {m.name!r} is a {kind}; only regular files and folders "
+                                 "are extracted")
+            dest = _member_path(root, m.name, archive)
+            if dest is None:
+                continue
+            if m.isdir():
+                _make_dirs(root, dest, archive, m.name)
+            else:
+                data = t.extractfile(m)
+                assert data is not None  # regular members always have data
+                _write_member(root, dest, data, archive, m.name)
+
+
+def _remove_partials(root: Path, name: str) -> None:
+    # left by a fetch that was killed (kill -9 skips every cleanup handler)
+    for stale in root.glob(f".{name}{PARTIAL}*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def fetch_dataset(name: str, root: Path | None = None) -> Path:
-    """Download and extract a torchvision-layout dataset under ``root`` (default ``data/datasets``)."""
+    """Download and extract a torchvision-layout dataset under ``root`` (default ``data/datasets``).
+
+    Archives are extracted into a temporary folder beside the destination, which is renamed into place;
+    the files' hashes are then recorded and the folder marked complete, so a crash at any point leaves
+    the dataset missing (never half-present) and the next fetch starts it again.
+    """
     from . import paper_data
 
-    root = root or paper_data.paper_data_root()
-    with tempfile.TemporaryDirectory(dir=root.parent if root.parent.exists() else None) as tmp:
+    if name not in DATASET_ARCHIVES:
+        raise ValueError(f"dataset must be one of {sorted(DATASET_ARCHIVES)}, got {name!r}")
+    root = Path(root) if root is not None else paper_data.paper_data_root()
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_partials(root, name)
+    final = root / paper_data.LAYOUT[name][0]
+    stage = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}{PARTIAL}"))
+    try:
+        tree = stage / "tree"
         for url, md5, sub in DATASET_ARCHIVES[name]:
-            arch = download(url, Path(tmp) / url.rsplit("/", 1)[-1], md5=md5)
-            safe_extract(arch, root / sub)
+            arch = download(url, stage / "archives" / url.rsplit("/", 1)[-1], md5=md5)
+            safe_extract(arch, tree / sub)
             arch.unlink()
-    if name == "caltech101":  # the zip holds caltech-101/101_ObjectCategories.tar.gz (torchvision's handling)
-        inner = root / "caltech101" / "caltech-101"
-        for gz in inner.glob("*.tar.gz"):
-            safe_extract(gz, root / "caltech101")
-        shutil.rmtree(inner, ignore_errors=True)
-    folder = root / paper_data.LAYOUT[name][0]
-    record_files([folder], f"{name}: {', '.join(u for u, _, _ in DATASET_ARCHIVES[name])}")
-    return folder
+        if name == "caltech101":  # the zip holds caltech-101/101_ObjectCategories.tar.gz (torchvision's handling)
+            inner = tree / "caltech101" / "caltech-101"
+            for gz in inner.glob("*.tar.gz"):
+                safe_extract(gz, tree / "caltech101")
+            shutil.rmtree(inner, ignore_errors=True)
+        built = tree / paper_data.LAYOUT[name][0]
+        if not built.is_dir():
+            raise ValueError(f"{name}: the archives did not contain the folder {built.name}/")
+        unmark_complete(final)  # from here on a crash leaves the dataset missing, not stale-but-present
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(built, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    mark_complete(final, f"{name}: {', '.join(u for u, _, _ in DATASET_ARCHIVES[name])}")
+    return final
 
 
 def fetch_robustbench(model: str, dataset: str, threat_model: str) -> list[Path]:
@@ -295,16 +516,24 @@ def fetch_robustbench(model: str, dataset: str, threat_model: str) -> list[Path]
         ds, tm = _rb_enums(dataset, threat_model)
         gid = robustbench_zoo().model_dicts[ds][tm][model]["gdrive_id"]
         urls = [GDRIVE_URL.format(id=g) for g in (gid if isinstance(gid, list) else [gid])]
+    manifest = _read(_manifest_path())
     for url, path in zip(urls, paths):
-        if path.is_file():
+        if is_complete(path):
             continue
+        if path.is_file() and _key(path) in manifest:  # downloaded and recorded, not yet marked (or old layout)
+            try:
+                verify_file(path, "RobustBench checkpoint")
+                mark_complete(path)
+                continue
+            except ValueError:
+                pass  # a different file: fetch it again
         download(url, path)
         try:
             check_checkpoint_file(path)
         except ValueError:
             path.unlink()
             raise
-        record_files([path], url)
+        mark_complete(path, url)
     return paths
 
 
@@ -316,6 +545,7 @@ def fetch_hf(repo: str, folder: Path, extra: dict[str, list[str]] | None = None)
     files = HfApi().list_repo_files(repo)
     has_st = any(f.endswith(".safetensors") for f in files)
     patterns = ["*.json", "*.txt", "*.safetensors"] + ([] if has_st else ["*.bin"])
+    unmark_complete(folder)
     snapshot_download(repo, local_dir=str(folder), allow_patterns=patterns)
     for other, names in (extra or {}).items():
         for n in names:
@@ -333,6 +563,7 @@ def fetch_asset(asset: Asset) -> None:
         fetch_robustbench(asset.params["model"], asset.params["dataset"], asset.params["threat_model"])
     elif asset.kind == "hf":
         fetch_hf(asset.params["repo"], asset.path)
+        mark_complete(asset.path)
     elif asset.kind == "open_clip":
         from .models.openclip_factory import read_open_clip_config
 
@@ -340,12 +571,13 @@ def fetch_asset(asset: Asset) -> None:
         tok = read_open_clip_config(asset.path)["model_cfg"]["text_cfg"].get("hf_tokenizer_name")
         if tok:
             fetch_hf_tokenizer(tok, asset.path)
+        mark_complete(asset.path)
     elif asset.kind == "torchvision":
         url = asset.params["url"]
         # torchvision's file names end in the first hex digits of the file's SHA-256
         prefix = url.rsplit("-", 1)[-1].split(".")[0]
         download(url, asset.path, sha256_prefix=prefix)
-        record_files([asset.path], url)
+        mark_complete(asset.path, url)
     else:
         raise RuntimeError(f"cannot fetch {asset}; {asset.how}")
 
@@ -374,20 +606,42 @@ def fetch_profile(profile_name: str, only: Callable[[Asset], bool] | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mslib.fetch", description=__doc__.split("\n\n")[0])
+    """The command line; bad arguments or data end with one ``error:`` line and exit code 2."""
+    prog = "python -m mslib.fetch"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--check", action="store_true", help="list what is missing and exit (no download)")
+    parser.add_argument("--record", nargs="+", metavar="PATH", default=None,
+                        help="record the hashes of files/folders you provided yourself and mark them complete")
     args = parser.parse_args(argv)
-    if args.check:
-        missing = missing_assets(args.profile)
-        for a in missing:
-            print(f"missing: {a}")
-        print(f"{len(missing)} missing asset(s) for profile {args.profile!r}")
-        return 1 if missing else 0
-    still = fetch_profile(args.profile)
+    try:
+        if args.record:
+            for path in args.record:
+                mark_complete(Path(path), f"provided by hand: {path}")
+                print(f"recorded and marked complete: {path}")
+            return 0
+        if args.check:
+            missing = missing_assets(args.profile)
+            for a in missing:
+                print(f"missing: {a}")
+            print(f"{len(missing)} missing asset(s) for profile {args.profile!r}")
+            return 1 if missing else 0
+        still = fetch_profile(args.profile)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # network or disk trouble: not the user's input, but still one line
+        print(f"{prog}: error: {_one_line(e)} (network or disk problem; run the command again to resume)",
+              file=sys.stderr)
+        return 1
     for a in still:
         print(f"still missing: {a}\n  {a.how}", file=sys.stderr)
     return 1 if still else 0
+
+
+def _one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(msg).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run a profile's study as submitit shards, then merge.")
+    ap = argparse.ArgumentParser(prog="python -m mslib.launch",
+                                 description="Run a profile's study as submitit shards, then merge.")
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--shards", type=int, required=True)
     ap.add_argument("--executor", default="local", choices=EXECUTORS)
@@ -154,8 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-wait", action="store_true", help="submit and return; merge later with --shards 1")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    done = run_sharded(args.profile, args.shards, args.executor, folder=args.folder, threads=args.threads,
-                       wait=not args.no_wait, **_parse_params(args.param))
+    try:
+        done = run_sharded(args.profile, args.shards, args.executor, folder=args.folder, threads=args.threads,
+                           wait=not args.no_wait, **_parse_params(args.param))
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:  # bad arguments or data: one line, exit 2
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"{ap.prog}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        return 2
     if args.no_wait:
         print("submitted; when the jobs are done, merge with: python -m mslib.experiment --profile " + args.profile)
         return 0

@@ -14,6 +14,10 @@ import copy
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ._checks import check_device, check_eps, check_int, check_tolerance, check_unit_grid
+
+PRECISIONS = ("fp32", "bf16")
+
 FASHION_TEMPLATES = (
     "a photo of a {}.",
     "a black and white photo of a {}.",
@@ -53,6 +57,42 @@ class Profile:
     data_options: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Every construction path (get_profile, replace, Profile(...)) passes here, so a bad override fails
+        # once, where it is made, instead of as a silently wrong number later. Only the scalar fields are
+        # checked: model specs, data_options and extra are free-form dicts read by their own loaders.
+        for f in ("name", "dataset", "vlm"):
+            _check_str(getattr(self, f), f)
+        for f in ("datasets", "classifiers"):
+            value = getattr(self, f)
+            if not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value):
+                raise TypeError(f"profile {f} must be a non-empty tuple of names, got {value!r}")
+        if self.dataset not in self.datasets:
+            raise ValueError(f"profile dataset {self.dataset!r} is not one of its datasets {list(self.datasets)}")
+        for f in ("classifier_specs", "vlm_spec", "data_options", "extra"):
+            if not isinstance(getattr(self, f), dict):
+                raise TypeError(f"profile {f} must be a dict, got {type(getattr(self, f)).__name__}")
+        unspecified = [c for c in self.classifiers if not isinstance(self.classifier_specs.get(c), dict)]
+        if unspecified:
+            raise ValueError(f"profile classifiers {unspecified} have no spec dict in classifier_specs "
+                             f"(it has {sorted(self.classifier_specs)})")
+        if not isinstance(self.templates, tuple) or not self.templates or not all(
+                isinstance(t, str) and "{}" in t for t in self.templates):
+            raise ValueError(f"profile templates must be a non-empty tuple of strings with a '{{}}' for the class "
+                             f"name, e.g. ('a photo of a {{}}.',), got {self.templates!r}")
+        for f in ("n_samples", "batch_size", "n_iter", "n_restarts"):
+            check_int(getattr(self, f), f"profile {f}", 1)
+        check_int(self.seed, "profile seed", 0)
+        check_eps(self.eps, "profile eps")
+        check_tolerance(self.tolerance, "profile tolerance")
+        check_unit_grid(self.eps_grid, "profile eps_grid", upper_open=1.0)
+        check_unit_grid(self.tolerance_grid, "profile tolerance_grid", upper_open=None)
+        check_device(self.device, "profile device")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"profile precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.channels_last, bool):
+            raise TypeError(f"profile channels_last must be True or False, got {self.channels_last!r}")
+
     def as_record(self) -> dict[str, Any]:
         """The profile's values as a JSON-able dict (for cache records)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -65,6 +105,11 @@ class Profile:
             raise ValueError(f"unknown profile fields: {sorted(unknown)}")
         values.update(changes)
         return Profile(**values)
+
+
+def _check_str(value: object, name: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"profile {name} must be a non-empty string, got {value!r}")
 
 
 _FASHION_CNN_STANDARD = {"source": "local-cnn", "arch": "cnn-small", "recipe": "standard",

@@ -21,6 +21,7 @@ from PIL import Image
 from mslib import get_profile, load_classifier, load_vlm
 from mslib import paper_data as pdata
 from mslib.data import load_split
+from mslib.fetch import mark_complete
 
 HAS_ROBUSTBENCH = importlib.util.find_spec("robustbench") is not None
 needs_robustbench = pytest.mark.skipif(not HAS_ROBUSTBENCH, reason="robustbench model zoo not installed "
@@ -234,6 +235,9 @@ def test_robustbench_cifar10_checkpoint_in_model_dir_layout(roots):
     path.parent.mkdir(parents=True)
     # saved as RobustBench's training scripts do: a dict with a DataParallel ('module.') state dict
     torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}, "epoch": 110}, path)
+    with pytest.raises(ValueError, match="no recorded SHA-256"):  # checkpoints load only when recorded
+        load_classifier(_paper("cifar10"), name)
+    mark_complete(path, "test stand-in")
     model = load_classifier(_paper("cifar10"), name)
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
@@ -250,6 +254,7 @@ def test_robustbench_imagenet_timm_checkpoint(roots):
     path = roots / "models" / "robustbench" / "imagenet" / "Linf" / f"{name}.pt"
     path.parent.mkdir(parents=True)
     torch.save({"model": ref.state_dict()}, path)  # RobustBench's GitHub release format (timm 'model' key)
+    mark_complete(path, "test stand-in")
     model = load_classifier(_paper("imagenet"), name)
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
@@ -415,6 +420,10 @@ def test_missing_assets_lists_exactly_what_is_missing(roots, monkeypatch):
     (hf / "config.json").write_text("{}")
     (hf / "model.safetensors").write_bytes(b"x")
     monkeypatch.setenv("MSLIB_IMAGENET", str(write_imagenet(roots)))
+    # files on disk count only once marked complete (a fetch killed half-way leaves them unmarked)
+    assert len(missing_assets("paper")) == len(before) - 1  # ImageNet is named by path, not fetched
+    mark_complete(roots / "datasets" / "cifar-10-batches-py", "test stand-in")
+    mark_complete(hf, "test")
     after = missing_assets("paper")
     gone = {str(a.path) for a in before} - {str(a.path) for a in after}
     assert gone == {str(pdata.dataset_path("cifar10")), str(hf), str(roots / "imagenet" / "val")}
@@ -426,12 +435,12 @@ def test_missing_assets_lists_exactly_what_is_missing(roots, monkeypatch):
         assert str(a.path) in msg
     assert "cifar-10-batches-py" not in msg and "openai--clip-vit-base-patch32" not in msg
     # fetched files' hashes come from data/manifest.json, per dataset, for result records
-    from mslib.fetch import asset_hashes, record_files
+    from mslib.fetch import asset_hashes
 
-    record_files([hf], "test")
     hashes = asset_hashes("paper", "cifar10")
     assert set(hashes) == {"models/hf/openai--clip-vit-base-patch32/config.json",
-                           "models/hf/openai--clip-vit-base-patch32/model.safetensors"}
+                           "models/hf/openai--clip-vit-base-patch32/model.safetensors",
+                           "datasets/cifar-10-batches-py/test_batch"}  # the asset's file: the test split
     assert asset_hashes("paper", "imagenet") == {}
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .._checks import check_images, check_labels, check_positive
+from .._checks import check_eps, check_images, check_int, check_labels
 from . import losses
 from .apgd import APGDResult, apgd
 
@@ -124,26 +124,53 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+def output_classes(model: nn.Module, x0: torch.Tensor) -> int:
+    """The number of real classes K of ``model`` (K+1 outputs for a rejecting model, last = reject), from
+    ``model.num_classes`` when it is an int, else from one forward pass on the single image ``x0``."""
+    rejects = getattr(model, "rejects", False) is True
+    k = getattr(model, "num_classes", None)
+    if isinstance(k, int) and not isinstance(k, bool) and not rejects:
+        return k
+    with torch.no_grad():
+        z = model(x0)
+    if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != x0.shape[0]:
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ValueError(f"model must map a batch (N, C, H, W) to logits (N, K); got {shape} for {tuple(x0.shape)}")
+    k = z.shape[1] - (1 if rejects else 0)
+    if k < 2:
+        raise ValueError(f"model must score at least 2 classes, got {z.shape[1]} output(s)")
+    return k
+
+
+def _check_rejecting(model: nn.Module, name: str) -> None:
+    # A reject-aware success criterion reads the last logit as "rejected"; on a plain classifier that is a
+    # real class, and the attack would silently report wrong numbers.
+    if name in REJECT_AWARE and getattr(model, "rejects", False) is not True:
+        raise ValueError(f"attack {name!r} needs a rejecting model (K+1 logits, last = reject): model must "
+                         f"declare rejects = True, as mslib.MultiShield does; got a {type(model).__name__} "
+                         "without it")
 
 
 def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: str, eps: float,
                n_iter: int = 100, n_restarts: int = 1, seed: int = 0, batch_size: int = 250,
                indices: torch.Tensor | None = None, compact: bool = True, progress: bool = False,
                **options) -> AttackResult:
-    """Run attack ``name`` batch by batch; see :func:`attack`. Returns an :class:`AttackResult`."""
+    """Run attack ``name`` batch by batch; see :func:`attack`. Returns an :class:`AttackResult`.
+
+    Inputs are checked once per call: float64/float16/bfloat16 images are cast to float32 (so ``x_adv``
+    is float32), integer labels of any dtype are cast to int64 and must lie in 0..K−1 for the model's K.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (images in [0, 1] -> logits), got {type(model).__name__}")
     if not isinstance(name, str) or name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
-    check_images(images)
-    check_labels(labels, images.shape[0])
-    eps = check_positive(eps, "eps")
-    _check_int(n_iter, "n_iter", 1)
-    _check_int(n_restarts, "n_restarts", 1)
-    _check_int(batch_size, "batch_size", 1)
-    _check_int(seed, "seed", 0)
+    _check_rejecting(model, name)
+    images = check_images(images)
+    eps = check_eps(eps, "eps")
+    check_int(n_iter, "n_iter", 1)
+    check_int(n_restarts, "n_restarts", 1)
+    check_int(batch_size, "batch_size", 1)
+    check_int(seed, "seed", 0)
     indices = torch.arange(images.shape[0]) if indices is None else torch.as_tensor(indices).cpu()
     if indices.shape != (images.shape[0],):
         raise ValueError(f"indices must have shape ({images.shape[0]},), got {tuple(indices.shape)}")
@@ -156,7 +183,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"{name} eps={eps:g}", unit="batch", leave=False)
-    with frozen(model):
+    with frozen(model):  # eval mode for the one forward pass that may be needed to learn K
+        labels = check_labels(labels, images.shape[0], num_classes=output_classes(model, images[:1].to(device)))
         for s in starts:
             sl = slice(s, s + batch_size)
             x = images[sl].to(device)
@@ -202,15 +230,17 @@ def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: s
     ``name``: one of :data:`ATTACKS` — ``apgd-ce``, ``apgd-dlr`` (AutoAttack's APGD), ``apgd-ce-reject``,
     ``apgd-dlr-reject`` (for a model whose last logit means "rejected": loss on the true plus the
     rejection class; success only when the prediction is neither), and the attacks registered by
-    :mod:`mslib.attacks`' other modules. Seeded and reproducible; every returned image lies in [0, 1] and
-    within eps of its input. Samples that are already misclassified are returned unchanged.
+    :mod:`mslib.attacks`' other modules; the rejection-aware ones need a model with ``rejects = True``.
+    ``eps`` is in image units (0 < eps < 1; 8/255, not 8). Seeded and reproducible; every returned image is
+    float32, lies in [0, 1] and within eps of its input. Samples that are already misclassified are
+    returned unchanged. Bad input raises ``TypeError``/``ValueError`` naming the argument.
     """
     return run_attack(model, images, labels, name, eps, n_iter=n_iter, n_restarts=n_restarts, seed=seed,
                       batch_size=batch_size, **options).x_adv
 
 
 __all__ = ["ATTACKS", "AttackResult", "REJECT_AWARE", "apgd_restarts", "attack", "check_perturbation",
-           "frozen", "register_attack", "run_attack", "sample_noise"]
+           "frozen", "output_classes", "register_attack", "run_attack", "sample_noise"]
 
 # ---- stronger adaptive attacks on Multi-Shield (issue 7): one registry entry each -------------------
 from .agreement import agreement_attack, agreement_selective  # noqa: E402

@@ -286,12 +286,20 @@ def build_robustbench_architecture(name: str, dataset: str = "cifar10", threat_m
 def load_robustbench_model(name: str, dataset: str = "cifar10", threat_model: str = "Linf",
                            model_dir: str | os.PathLike | None = None) -> nn.Module:
     """A RobustBench model from local checkpoint(s), loaded as ``robustbench.utils.load_model`` does, but
-    with ``weights_only=True`` and without any download. Returns the model in eval mode ([0, 1] inputs)."""
+    with ``weights_only=True`` and without any download. Returns the model in eval mode ([0, 1] inputs).
+
+    Each file's SHA-256 must match ``data/manifest.json`` (recorded by :mod:`mslib.fetch`, or for a file
+    provided by hand by ``python -m mslib.fetch --record PATH``); otherwise ``ValueError``."""
     entry = robustbench_entry(name, dataset, threat_model)
     paths = robustbench_checkpoint_paths(name, dataset, threat_model, model_dir, entry["n_files"])
+    from ..fetch import verify_file
+
     for p in paths:
         if not p.is_file():
             raise _missing(f"RobustBench checkpoint of {name} ({dataset}/{threat_model})", p)
+        # RobustBench's hosts serve error pages and truncated files under the checkpoint's name: the hash
+        # recorded at fetch time is the only proof this is the file the results claim to come from.
+        verify_file(p, f"RobustBench checkpoint of {name}")
     model = build_robustbench_architecture(name, dataset, threat_model)
     if entry["kind"] == "timm":
         ckpt = load_checkpoint(paths[0])
