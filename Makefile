@@ -12,10 +12,18 @@ PY := $(VENV)/bin/python
 PY_ABS := $(abspath $(PY))
 STAMP := $(VENV)/.installed-stamp
 OUT := figures/$(PROFILE)
-RESULTS := data/stamps/results-$(PROFILE).done
+# SET='n_samples=4 n_iter=2 device=cpu' overrides profile fields of the results step (e.g. a dry run)
+SET ?=
+DATA := $(or $(MSLIB_CACHE),data)
+RESULTS := $(DATA)/stamps/results-$(PROFILE).done
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
-MSLIB_SRC := $(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 2>/dev/null)
+# What can change a result: attacks, defense, models, data, profiles, the plan and its executor, and the
+# checkpoints themselves (a swapped file reruns the step, which recomputes what used it). Tables, the
+# store and the report helpers only change how results are read: they rerun the notebooks, not the attacks.
+READ_SRC := mslib/tables.py mslib/store.py mslib/report.py
+RESULTS_SRC := $(filter-out $(READ_SRC) mslib/course/%,$(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 2>/dev/null))
+CHECKPOINTS := $(shell find $(DATA)/models -type f ! -name '*.tmp' 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
@@ -70,14 +78,14 @@ test: $(STAMP) system-deps
 
 # ---- results and figures ---------------------------------------------------------------------------
 results: $(RESULTS)
-$(RESULTS): $(STAMP) $(MSLIB_SRC) | system-deps
+$(RESULTS): $(STAMP) $(RESULTS_SRC) $(CHECKPOINTS) | system-deps
 	$(if $(SHARDS),$(PY) -m mslib.launch --profile $(PROFILE) --shards $(SHARDS) --executor $(LAUNCHER) $(LAUNCH_ARGS),\
-	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)))
+	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)) $(foreach s,$(SET),--set $(s)))
 	@[ -n "$(SHARD)" ] || { mkdir -p $(@D) && touch $@; }
 
 figures: $(EXECUTED)
 
-$(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS)
+$(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS) $(READ_SRC)
 	@mkdir -p $(OUT)
 	cd notebooks && $(PY_ABS) -m papermill --cwd . -k python3 -p profile $(PROFILE) -p out_dir ../$(OUT) \
 	  $*.ipynb ../$(OUT)/$*.tmp.ipynb --progress-bar && mv ../$(OUT)/$*.tmp.ipynb ../$(OUT)/$*.ipynb
