@@ -308,6 +308,24 @@ def write_torchvision_weights(arch: str = "resnet18", weights: str = "IMAGENET1K
 
 
 # ============================================================================================ everything
+def subset_profile(profile: str = "paper", datasets: Sequence[str] | None = None,
+                   classifiers: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """A copy of ``PROFILES[profile]`` keeping only ``datasets`` and, per dataset, the ``classifiers`` named
+    (for a dry run that skips the heaviest real architectures: install it in place of the profile, e.g.
+    ``monkeypatch.setitem(PROFILES, "paper", subset_profile(...))``; the code path stays the paper's)."""
+    import copy
+
+    from .profiles import PROFILES
+
+    spec = copy.deepcopy(PROFILES[profile])
+    keep = list(spec["datasets"]) if datasets is None else list(datasets)
+    spec["datasets"] = {ds: spec["datasets"][ds] for ds in keep}
+    for ds, names in (classifiers or {}).items():
+        clfs = spec["datasets"][ds]["classifiers"]
+        spec["datasets"][ds]["classifiers"] = {n: clfs[n] for n in names}
+    return spec
+
+
 def write_standins(root: str | os.PathLike, datasets: Sequence[str] | None = None,
                    classifiers: dict[str, Sequence[str]] | None = None, profile: str = "paper",
                    progress: bool = False) -> list[Path]:

@@ -83,3 +83,87 @@ def test_attack_names_say_which_dlr_loss():
     assert ATTACKS["apgd-dlr-reject-excl"].__doc__.startswith("APGD maximizing dlr_reject_loss_excl")
     assert {"apgd-ce-reject", "apgd-dlr-reject", "apgd-dlr-reject-excl"} <= REJECT_AWARE
     assert not hasattr(losses, "dlr_reject_loss")  # no name shared by the two meanings
+
+
+# -------------------------------------------------------------------------------------------- sampler
+def _by_hand(n_total, n, start=0):
+    random.seed(1233)  # ingredients/dataset.py: set_seed(1233) in get_dataset_loaders, then random.sample
+    return random.sample(range(start, n_total), n)
+
+
+@pytest.mark.parametrize("dataset,n_total,start", [("cifar10", 10000, 0), ("imagenet", 50000, 0),
+                                                   ("stl10", 8000, 0), ("food101", 25250, 1),
+                                                   ("oxford_pets", 3669, 1)])
+def test_original_sampler_reproduces_the_original_random_calls(dataset, n_total, start):
+    from mslib.data import eval_indices
+
+    labels = torch.zeros(n_total, dtype=torch.long)
+    state = random.getstate()
+    idx = eval_indices(dataset, labels, 7, seed=0, options={"sampler": "original"})
+    assert random.getstate() == state  # a private generator: the global one is left alone
+    assert idx.tolist() == _by_hand(n_total, 7, start)  # in the order drawn, not sorted
+    assert eval_indices(dataset, labels, 7, 0, {"sampler": "original", "sample_start": 0}).tolist() == _by_hand(n_total, 7)
+
+
+def test_caltech_original_sampler_is_the_first_n_of_the_split_and_the_split_is_the_originals(tmp_path, monkeypatch):
+    from mslib import paper_data as pdata
+    from mslib.data import eval_indices
+    from mslib.standins import write_caltech101
+
+    assert eval_indices("caltech101", torch.zeros(30, dtype=torch.long), 4, 0, {"sampler": "original"}).tolist() == [0, 1, 2, 3]
+    monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
+    monkeypatch.delenv("MSLIB_PAPER_DATA", raising=False)
+    write_caltech101(tmp_path, per_class=5)  # 15 images, file order = category order then image number
+    opts = pdata._options("caltech101", "test", {"split_seed": 1233, "test_fraction": 0.2, "split_rule": "original"})
+    test_paths, _, _ = pdata._caltech101_items("test", opts)
+    train_paths, _, _ = pdata._caltech101_items("train", {**opts})
+    all_paths = sorted(p for p in (tmp_path / "datasets" / "caltech101" / "101_ObjectCategories").rglob("*.jpg")
+                       if p.parent.name != "BACKGROUND_Google")
+    torch.manual_seed(1233)  # create_caltech101_split.ipynb: set_seed(1233); torch.randperm(len(dataset))
+    perm = torch.randperm(15).tolist()
+    assert train_paths == [all_paths[i] for i in perm[:12]] and test_paths == [all_paths[i] for i in perm[12:]]
+    names = pdata._caltech101_items("test", {**opts, "class_names": "original"})[2]
+    assert names == ["Faces", "accordion", "car_side"]  # the raw folder names the original prompts with
+    assert pdata._caltech101_items("test", opts)[2] == ["face", "accordion", "side of a car"]
+
+
+def test_stratified_stays_the_default_and_the_paper_profile_uses_the_original_sampler():
+    from mslib.data import eval_indices, stratified_indices
+    from mslib.profiles import PROFILES, get_profile
+
+    labels = torch.arange(100) % 10
+    assert torch.equal(eval_indices("fashion_mnist", labels, 20, 3, {}), stratified_indices(labels, 20, 3))
+    for name in ("smoke", "tiny"):
+        for ds in PROFILES[name]["datasets"]:
+            assert get_profile(name, ds).data_options.get("sampler", "stratified") == "stratified"
+    for ds in PROFILES["paper"]["datasets"]:
+        p = get_profile("paper", ds)
+        assert p.data_options["sampler"] == "original" and p.data_options["class_names"] == "original"
+        assert p.templates == (("this is a photo of a {}",) if ds == "cifar10" else ("photo of  a {}",))
+    assert get_profile("paper", "caltech101").data_options["split_rule"] == "original"
+    with pytest.raises(ValueError, match="sampler"):
+        eval_indices("cifar10", labels, 5, 0, {"sampler": "random"})
+
+
+# ------------------------------------------------------------------------------------ text embeddings
+def test_original_text_norm_is_the_original_clip_code():
+    from mslib.models.zeroshot import build_text_embeddings
+
+    raw = torch.tensor([[3.0, 0.0, 4.0], [1.0, 1.0, 0.0], [0.0, 2.0, 2.0]])  # rows of different norms
+
+    class Fake:
+        def encode_text(self, tokens):
+            return raw[tokens]
+
+    def tok(texts):
+        return torch.tensor([int(t) for t in texts])
+
+    emb = build_text_embeddings(Fake(), tok, ["0", "1", "2"], ["{}"], text_norm="original")
+    # models/CLIP.py: label_emb = get_text_features(...); label_emb /= torch.norm(label_emb, dim=0); then
+    # cosine_similarity normalizes each row (F.normalize(b, p=2, dim=1))
+    expected = raw / torch.norm(raw, dim=0)
+    expected = expected / expected.norm(dim=1, keepdim=True)
+    assert torch.allclose(emb, expected, atol=1e-6)
+    standard = build_text_embeddings(Fake(), tok, ["0", "1", "2"], ["{}"], text_norm="standard")
+    assert torch.allclose(standard, raw / raw.norm(dim=1, keepdim=True), atol=1e-6)
+    assert not torch.allclose(emb, standard, atol=1e-3)
