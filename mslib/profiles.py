@@ -97,9 +97,10 @@ _PAPER_HF_CLIP = {"source": "hf-clip", "vision": "tanganke/clip-vit-base-patch32
 # original divides the raw text features by their norm over classes (models/CLIP.py); see docs/fidelity.md.
 _PAPER_CLIPA = {"source": "open_clip", "model": "hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B",
                 "text_norm": "standard", "resize_mode": "squash", "input_norm": "openai"}
+# input_norm "openai": the original trains and evaluates its ResNet-18s on OpenAI-CLIP mean/std.
 _PAPER_RESNET18_FT = {"source": "torchvision-ft", "arch": "resnet18", "weights": "IMAGENET1K_V1", "epochs": 5,
                       "lr": 1e-3, "momentum": 0.9, "batch_size": 64, "image_size": 224, "resize_mode": "squash",
-                      "seed": 0, "num_workers": 8}
+                      "seed": 0, "num_workers": 8, "input_norm": "openai"}
 _PAPER_EPS_GRID_8 = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255)
 _PAPER_EPS_GRID_4 = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 _PAPER_TOL_GRID = (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2)

@@ -35,9 +35,10 @@ import torch
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 STL10_NAMES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
-CALTECH101_CATEGORIES = ("Faces", "accordion", "car_side")  # real folder names (sorted: upper case first)
-FOOD101_CLASSES = ("apple_pie", "baby_back_ribs")
-PETS_BREEDS = ("Abyssinian", "american_bulldog", "great_pyrenees")  # cats capitalized, dogs not, as the real ids
+# At least 4 classes each: DLR needs 3 logits and the agreement attack up to 3 wrong-class targets.
+CALTECH101_CATEGORIES = ("Faces", "Faces_easy", "accordion", "car_side")  # real folder names (upper case sorts first)
+FOOD101_CLASSES = ("apple_pie", "baby_back_ribs", "beignets", "cheese_plate")
+PETS_BREEDS = ("Abyssinian", "american_bulldog", "Bengal", "great_pyrenees")  # cats capitalized, dogs not, as the real ids
 IMAGENET_WNIDS = ("n01440764", "n01443537", "n15075141")  # classes 0, 1 and 999
 DATASETS = ("cifar10", "imagenet", "caltech101", "stl10", "food101", "oxford_pets")
 SOURCE = "mslib.standins (synthetic images / random weights)"

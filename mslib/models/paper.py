@@ -364,8 +364,13 @@ def _build_torchvision(arch: str, num_classes: int, weights: str | None) -> nn.M
 
 
 def _ft_preprocess(spec: dict[str, Any]) -> ImagePreprocess:
-    return ImagePreprocess(int(spec.get("image_size", 224)), IMAGENET_MEAN, IMAGENET_STD,
-                           resize_mode=spec.get("resize_mode", "squash"))
+    # input_norm "imagenet" (default: the torchvision weights' own statistics) or "openai": the original code
+    # trains and evaluates its ResNet-18s on OpenAI-CLIP mean/std (training_models/*.ipynb, main.py)
+    norm = spec.get("input_norm", "imagenet")
+    if norm not in ("imagenet", "openai"):
+        raise ValueError(f"torchvision-ft spec 'input_norm' must be 'imagenet' or 'openai', got {norm!r}")
+    mean, std = (CLIP_MEAN, CLIP_STD) if norm == "openai" else (IMAGENET_MEAN, IMAGENET_STD)
+    return ImagePreprocess(int(spec.get("image_size", 224)), mean, std, resize_mode=spec.get("resize_mode", "squash"))
 
 
 def finetune_record(profile: Any, name: str, spec: dict[str, Any]) -> dict[str, Any]:
