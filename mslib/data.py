@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import os
+import random
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +45,16 @@ LABEL_READERS: dict[str, str] = {
 }
 
 SPLITS = ("train", "test")
+
+# data_options keys that choose the evaluation subset (read by load_eval_set, never passed to a loader).
+SAMPLERS = ("stratified", "original")
+SAMPLER_KEYS = frozenset({"sampler", "sample_seed", "sample_start"})
+# The original code's draw (ingredients/dataset.py): random.seed(1233), then random.sample over
+# range(start, len(test split)); start is 1 for Food-101 and Pets, 0 elsewhere. Caltech-101 instead takes
+# the first n images of its seeded split's test list (the split's own order, see paper_data).
+ORIGINAL_SAMPLE_SEED = 1233
+ORIGINAL_SAMPLE_START: dict[str, int] = {"food101": 1, "oxford_pets": 1}
+ORIGINAL_FIRST_N = frozenset({"caltech101"})
 
 # Prompt-friendly names (lower case, usable in "a photo of a {}.") for the official class order.
 FASHION_MNIST_OFFICIAL_NAMES = (
@@ -81,7 +92,8 @@ def load_split(dataset: str, split: str, options: dict[str, Any] | None = None
         options = {}
     if not isinstance(options, dict):
         raise TypeError(f"options must be a dict, got {type(options).__name__}")
-    images, labels, names = get_loader(dataset)(split, dict(options))
+    options = {k: v for k, v in options.items() if k not in SAMPLER_KEYS}  # subset choice, not loading
+    images, labels, names = get_loader(dataset)(split, options)
     return images, labels, list(names)
 
 
@@ -252,29 +264,65 @@ def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.sort(idx).values.long()
 
 
+def original_indices(n_total: int, n: int, seed: int = ORIGINAL_SAMPLE_SEED, start: int = 0) -> torch.Tensor:
+    """The original Multi-Shield code's evaluation subset: ``random.seed(seed)`` then
+    ``random.sample(range(start, n_total), n)``, in the order drawn (not sorted).
+
+    Drawn from a private ``random.Random(seed)``, whose sequence is that of the global generator after
+    ``random.seed(seed)``, so the global RNG is left alone.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"sample_start must be a non-negative int, got {start!r}")
+    if n > n_total - start:
+        raise ValueError(f"n={n} exceeds the {n_total - start} samples in range({start}, {n_total})")
+    return torch.tensor(random.Random(seed).sample(range(start, n_total), n), dtype=torch.long)
+
+
+def eval_indices(dataset: str, labels: torch.Tensor, n: int, seed: int, options: dict[str, Any]) -> torch.Tensor:
+    """Indices into the test split chosen by ``options['sampler']``.
+
+    ``stratified`` (default): :func:`stratified_indices` with the profile's ``seed``. ``original``: the
+    original code's draw, :func:`original_indices` with ``sample_seed`` (default 1233) and ``sample_start``
+    (default 1 for food101 and oxford_pets, else 0); for caltech101 the first n of the split's test list.
+    """
+    sampler = options.get("sampler", "stratified")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"data_options['sampler'] must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler == "stratified":
+        return stratified_indices(labels, n, seed)
+    if dataset in ORIGINAL_FIRST_N:
+        if n > labels.numel():
+            raise ValueError(f"n={n} exceeds the number of available samples ({labels.numel()})")
+        return torch.arange(n)
+    return original_indices(labels.numel(), n, int(options.get("sample_seed", ORIGINAL_SAMPLE_SEED)),
+                            int(options.get("sample_start", ORIGINAL_SAMPLE_START.get(dataset, 0))))
+
+
 def load_eval_set(profile: Any, with_indices: bool = False):
     """The profile's evaluation subset of its dataset's test split.
 
     Returns ``(images, labels, class_names)``, or ``(images, labels, class_names, indices)`` with
     ``with_indices=True`` (the indices into the test split). ``profile.n_samples`` samples are drawn by
-    :func:`stratified_indices` with ``profile.seed``; ``profile.data_options`` goes to the loader.
+    :func:`eval_indices` (``data_options['sampler']``: stratified with ``profile.seed`` by default, or the
+    original code's draw); the other ``profile.data_options`` go to the loader.
     """
     from .profiles import get_profile
 
     profile = get_profile(profile)
+    options = {k: v for k, v in profile.data_options.items() if k not in SAMPLER_KEYS}
     if profile.dataset in LABEL_READERS:  # draw the subset from the labels, then decode only it
         module, func = LABEL_READERS[profile.dataset].split(":")
-        labels, names = getattr(importlib.import_module(module), func)(profile.dataset, "test",
-                                                                       dict(profile.data_options))
-        idx = stratified_indices(labels, int(profile.n_samples), int(profile.seed))
-        images, sub_labels, names = load_split(profile.dataset, "test",
-                                               {**profile.data_options, "indices": idx.tolist()})
+        labels, names = getattr(importlib.import_module(module), func)(profile.dataset, "test", dict(options))
+        idx = eval_indices(profile.dataset, labels, int(profile.n_samples), int(profile.seed), profile.data_options)
+        images, sub_labels, names = load_split(profile.dataset, "test", {**options, "indices": idx.tolist()})
         if not torch.equal(sub_labels, labels[idx]):
             raise RuntimeError(f"{profile.dataset}: labels of the decoded subset differ from the label file")
         out = (images.contiguous(), sub_labels.contiguous(), names)
     else:
-        images, labels, names = load_split(profile.dataset, "test", profile.data_options)
-        idx = stratified_indices(labels, int(profile.n_samples), int(profile.seed))
+        images, labels, names = load_split(profile.dataset, "test", options)
+        idx = eval_indices(profile.dataset, labels, int(profile.n_samples), int(profile.seed), profile.data_options)
         out = (images[idx].contiguous(), labels[idx].contiguous(), names)
     return (*out, idx) if with_indices else out
 
@@ -290,12 +338,15 @@ def load_train_set(profile: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]
 __all__ = [
     "DATASETS",
     "FASHION_MNIST_CLASSES",
+    "SAMPLERS",
+    "eval_indices",
     "fashion_mnist_search_dirs",
     "get_loader",
     "load_eval_set",
     "load_fashion_mnist",
     "load_split",
     "load_train_set",
+    "original_indices",
     "read_idx",
     "stratified_indices",
 ]

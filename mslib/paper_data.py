@@ -55,12 +55,19 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "cifar10": {"image_size": 32},
     "stl10": {"image_size": 224, "resize_mode": "squash"},
     "imagenet": {"image_size": 224, "resize_mode": "squash", "crop_pct": 0.875},
-    "caltech101": {"image_size": 224, "resize_mode": "squash", "split_seed": 1233, "test_fraction": 0.2},
+    "caltech101": {"image_size": 224, "resize_mode": "squash", "split_seed": 1233, "test_fraction": 0.2,
+                   "split_rule": "original"},
     "food101": {"image_size": 224, "resize_mode": "squash"},
     "oxford_pets": {"image_size": 224, "resize_mode": "squash"},
 }
-_COMMON_KEYS = {"root", "indices", "image_size", "resize_mode", "num_workers"}
-_EXTRA_KEYS = {"imagenet": {"crop_pct"}, "caltech101": {"split_seed", "test_fraction"}}
+_COMMON_KEYS = {"root", "indices", "image_size", "resize_mode", "num_workers", "class_names"}
+_EXTRA_KEYS = {"imagenet": {"crop_pct"}, "caltech101": {"split_seed", "test_fraction", "split_rule"}}
+# Keys that choose the evaluation subset (mslib.data.load_eval_set); accepted here and ignored.
+_SAMPLER_KEYS = {"sampler", "sample_seed", "sample_start"}
+# class_names: "prompt" (default: prompt-friendly names) or "original" (the original code's strings:
+# Caltech-101's raw folder names, Food-101's capitalized names; the other datasets' are the same either way).
+CLASS_NAME_MODES = ("prompt", "original")
+CALTECH_SPLIT_RULES = ("original", "sorted")
 
 # Where each dataset's folder sits under the root (torchvision's names) and a file proving it is complete.
 LAYOUT: dict[str, tuple[str, str]] = {
@@ -114,7 +121,7 @@ def _root(name: str, options: dict[str, Any]) -> Path:
 def _options(name: str, split: str, options: dict[str, Any] | None) -> dict[str, Any]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    options = dict(options or {})
+    options = {k: v for k, v in (options or {}).items() if k not in _SAMPLER_KEYS}
     unknown = set(options) - _COMMON_KEYS - _EXTRA_KEYS.get(name, set())
     if unknown:
         raise ValueError(f"unknown {name} options {sorted(unknown)}; known: "
@@ -123,6 +130,10 @@ def _options(name: str, split: str, options: dict[str, Any] | None) -> dict[str,
     size = merged.get("image_size")
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ValueError(f"options['image_size'] must be a positive int, got {size!r}")
+    if merged.get("class_names", "prompt") not in CLASS_NAME_MODES:
+        raise ValueError(f"options['class_names'] must be one of {CLASS_NAME_MODES}, got {merged['class_names']!r}")
+    if merged.get("split_rule", "original") not in CALTECH_SPLIT_RULES:
+        raise ValueError(f"options['split_rule'] must be one of {CALTECH_SPLIT_RULES}, got {merged['split_rule']!r}")
     if merged.get("resize_mode", "squash") not in RESIZE_MODES:
         raise ValueError(f"options['resize_mode'] must be one of {RESIZE_MODES}, got {merged['resize_mode']!r}")
     idx = merged.get("indices")
@@ -272,16 +283,24 @@ def _caltech101_items(split: str, options: dict[str, Any]) -> tuple[list[Path], 
         files = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         paths += files
         labels += [k] * len(files)
-    # The fixed 80/20 split: one seeded permutation of all images (the original used seed 1233).
+    # The fixed 80/20 split: one seeded permutation of all images. split_rule "original" is the original
+    # code's (create_caltech101_split.ipynb: torch.manual_seed(1233); perm = torch.randperm(N); train =
+    # perm[:int(0.8 N)], test = the rest, kept in permutation order, so the first n test images are the
+    # paper's subset); "sorted" takes the first round(0.2 N) of the permutation as test, in file order.
     g = torch.Generator().manual_seed(int(options["split_seed"]))
     perm = torch.randperm(len(paths), generator=g).tolist()
-    n_test = int(round(len(paths) * float(options["test_fraction"])))
-    chosen = sorted(perm[:n_test]) if split == "test" else sorted(perm[n_test:])
-    names = [caltech101_prompt_name(c) for c in categories]
+    if options.get("split_rule", "original") == "original":
+        n_train = int((1 - float(options["test_fraction"])) * len(paths))
+        chosen = perm[n_train:] if split == "test" else perm[:n_train]
+    else:
+        n_test = int(round(len(paths) * float(options["test_fraction"])))
+        chosen = sorted(perm[:n_test]) if split == "test" else sorted(perm[n_test:])
+    raw = options.get("class_names", "prompt") == "original"
+    names = list(categories) if raw else [caltech101_prompt_name(c) for c in categories]
     return [paths[i] for i in chosen], [labels[i] for i in chosen], names
 
 
-_CALTECH_NAMES = {"Faces_2": "face", "Faces_3": "face close-up", "Leopards": "leopard",
+_CALTECH_NAMES = {"Faces": "face", "Faces_easy": "face close-up", "Leopards": "leopard",
                   "Motorbikes": "motorbike", "airplanes": "airplane", "car_side": "side of a car",
                   "water_lilly": "water lily", "yin_yang": "yin yang symbol", "wild_cat": "wild cat"}
 
@@ -301,6 +320,8 @@ def _food101_items(split: str, options: dict[str, Any]) -> tuple[list[Path], lis
         for rel in meta.get(c, []):
             paths.append(folder / "images" / f"{rel}.jpg")
             labels.append(index[c])
+    if options.get("class_names", "prompt") == "original":  # the original code's "Apple pie", ...
+        return paths, labels, [c.replace("_", " ").capitalize() for c in classes]
     return paths, labels, [c.replace("_", " ") for c in classes]
 
 

@@ -137,14 +137,26 @@ def _rb(model: str, dataset: str, input_size: int) -> dict[str, Any]:
 _PAPER_HF_CLIP = {"source": "hf-clip", "vision": "tanganke/clip-vit-base-patch32_cifar10",
                   "text": "openai/clip-vit-base-patch32", "text_norm": "original", "image_size": 224,
                   "resize_mode": "squash", "interpolation": "bilinear"}
+# input_norm "openai": the original code feeds CLIPA OpenAI-CLIP mean/std (main.py's images_normalize);
+# "config" would use the open_clip config's ImageNet mean/std. text_norm "original" on the HF path: the
+# original divides the raw text features by their norm over classes (models/CLIP.py); see docs/fidelity.md.
 _PAPER_CLIPA = {"source": "open_clip", "model": "hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B",
-                "text_norm": "standard", "resize_mode": "squash"}
+                "text_norm": "standard", "resize_mode": "squash", "input_norm": "openai"}
+# input_norm "openai": the original trains and evaluates its ResNet-18s on OpenAI-CLIP mean/std.
 _PAPER_RESNET18_FT = {"source": "torchvision-ft", "arch": "resnet18", "weights": "IMAGENET1K_V1", "epochs": 5,
                       "lr": 1e-3, "momentum": 0.9, "batch_size": 64, "image_size": 224, "resize_mode": "squash",
-                      "seed": 0, "num_workers": 8}
+                      "seed": 0, "num_workers": 8, "input_norm": "openai"}
 _PAPER_EPS_GRID_8 = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255)
 _PAPER_EPS_GRID_4 = (0.0, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 _PAPER_TOL_GRID = (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2)
+# The paper profile evaluates the original code's images and strings (docs/fidelity.md has every option):
+# sampler "original" = random.seed(1233); random.sample(range(len(test)), n) (range(1, len) for Food-101 and
+# Pets; Caltech-101: the first n of its seeded split's test list, split_rule "original"); class_names
+# "original" = the original's class strings (Caltech-101's raw folder names, Food-101 capitalized); prompts
+# as models/CLIP.py writes them (CIFAR-10 "this is a photo of a {}", the others "photo of  a {}" with its
+# two spaces). The offline profiles keep the stratified sampler.
+_PAPER_SAMPLER = {"sampler": "original", "class_names": "original"}
+_PAPER_PROMPT = "photo of  a {}"
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -187,24 +199,25 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "classifiers": {m: _rb(m, "cifar10", 32) for m in _PAPER_CIFAR10_MODELS},
                 "vlm": ("clip-vit-b32-cifar10", _PAPER_HF_CLIP),
                 "eps_grid": _PAPER_EPS_GRID_8, "tolerance_grid": _PAPER_TOL_GRID,
-                "data_options": {"image_size": 32},
+                "data_options": {"image_size": 32, **_PAPER_SAMPLER},
             },
             # ImageNet val from MSLIB_IMAGENET or data/imagenet/val; "squash" to 224x224 as the original code
             # ("shortest_crop" gives RobustBench's Resize(256)+CenterCrop(224)); CLIP's curated class names.
             "imagenet": {
-                "n_samples": 3200, "eps": 4 / 255, "templates": ("photo of a {}",),
+                "n_samples": 3200, "eps": 4 / 255, "templates": (_PAPER_PROMPT,),
                 "classifiers": {m: _rb(m, "imagenet", 224) for m in _PAPER_IMAGENET_MODELS},
                 "vlm": ("clipa-v2-vit-l14", _PAPER_CLIPA),
                 "eps_grid": _PAPER_EPS_GRID_4, "tolerance_grid": _PAPER_TOL_GRID,
-                "data_options": {"image_size": 224, "resize_mode": "squash"},
+                "data_options": {"image_size": 224, "resize_mode": "squash", **_PAPER_SAMPLER},
             },
             **{ds: {
-                "n_samples": 1000, "eps": 4 / 255, "templates": ("photo of a {}",),
+                "n_samples": 1000, "eps": 4 / 255, "templates": (_PAPER_PROMPT,),
                 "classifiers": {"resnet18-ft": _PAPER_RESNET18_FT},
                 "vlm": ("clipa-v2-vit-l14", _PAPER_CLIPA),
                 "eps_grid": _PAPER_EPS_GRID_4, "tolerance_grid": _PAPER_TOL_GRID,
-                "data_options": {"image_size": 224, "resize_mode": "squash",
-                                 **({"split_seed": 1233, "test_fraction": 0.2} if ds == "caltech101" else {})},
+                "data_options": {"image_size": 224, "resize_mode": "squash", **_PAPER_SAMPLER,
+                                 **({"split_seed": 1233, "test_fraction": 0.2, "split_rule": "original"}
+                                    if ds == "caltech101" else {})},
             } for ds in ("caltech101", "stl10", "food101", "oxford_pets")},
         },
     },

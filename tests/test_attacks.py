@@ -87,8 +87,10 @@ def test_reject_aware_attack_on_multishield(small_classifier, stand_in_vlm, fash
     broken = (pred != y) & (pred != 10)
     assert torch.equal(broken, res.success)
     assert broken.float().mean() > 0.3  # the adaptive attack does break Multi-Shield at a large eps
-    res_dlr = run_attack(ms, x, y, "apgd-dlr-reject", eps=0.15, n_iter=20)
-    assert (res_dlr.x_adv - x).abs().max() <= 0.15 + 1e-6
+    for name in ("apgd-dlr-reject", "apgd-dlr-reject-excl"):  # the paper's DLR loss and the stronger one
+        res_dlr = run_attack(ms, x, y, name, eps=0.15, n_iter=20)
+        assert (res_dlr.x_adv - x).abs().max() <= 0.15 + 1e-6
+        assert torch.equal(res_dlr.success, (ms.predict(res_dlr.x_adv) != y) & (ms.predict(res_dlr.x_adv) != 10))
 
 
 def test_bad_input_is_a_clear_error(small_classifier, fashion_small):

@@ -9,24 +9,25 @@ Everything goes through the functions the paper profile calls.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
+import random
 import pickle
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mslib import get_profile, load_classifier, load_vlm
 from mslib import paper_data as pdata
 from mslib.data import load_split
 from mslib.fetch import mark_complete
+from mslib.standins import (CIFAR10_NAMES, write_caltech101, write_cifar10, write_food101, write_imagenet,
+                            write_oxford_pets, write_stl10)
 
 HAS_ROBUSTBENCH = importlib.util.find_spec("robustbench") is not None
 needs_robustbench = pytest.mark.skipif(not HAS_ROBUSTBENCH, reason="robustbench model zoo not installed "
                                        "(pip install --no-deps robustbench==1.1.1; see docs/robustbench.md)")
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_NAMES = list(CIFAR10_NAMES)
 
 
 @pytest.fixture()
@@ -37,95 +38,6 @@ def roots(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "data" / "datasets").mkdir(parents=True)
     return tmp_path / "data"
-
-
-def _jpg(path, size, color, mode="RGB"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, color if mode == "RGB" else color[0]).save(path, quality=95)
-
-
-# ---------------------------------------------------------------------------------------- stand-ins
-def write_cifar10(root, n_test=20, n_train=10):
-    d = root / "datasets" / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-
-    def batch(n, name):
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = [i % 10 for i in range(n)]
-        with open(d / name, "wb") as f:  # the real files: protocol-2 pickles with bytes keys
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * n}, f, protocol=2)
-        return data, labels
-
-    test = batch(n_test, "test_batch")
-    for i in range(1, 6):
-        batch(n_train, f"data_batch_{i}")
-    with open(d / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [n.encode() for n in CIFAR_NAMES], b"num_cases_per_batch": 10000,
-                     b"num_vis": 3072}, f, protocol=2)
-    return test
-
-
-def write_stl10(root, n=12):
-    d = root / "datasets" / "stl10_binary"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, size=(n, 3, 96, 96), dtype=np.uint8)  # (N, C, H, W)
-    y = np.array([i % 10 + 1 for i in range(n)], dtype=np.uint8)  # 1-based labels
-    x.transpose(0, 1, 3, 2).tofile(d / "test_X.bin")  # stored column-major per channel
-    y.tofile(d / "test_y.bin")
-    (d / "class_names.txt").write_text("\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse",
-                                                  "monkey", "ship", "truck"]) + "\n")
-    return x, y
-
-
-def write_caltech101(root, per_class=5):
-    d = root / "datasets" / "caltech101" / "101_ObjectCategories"
-    cats = ["Faces_2", "accordion", "car_side"]
-    for k, c in enumerate(cats):
-        for i in range(per_class):
-            mode = "L" if i == 0 else "RGB"  # Caltech-101 has grayscale images
-            _jpg(d / c / f"image_{i + 1:04d}.jpg", (60 + 10 * i, 40 + 5 * k), (40 * k, 100, 200), mode)
-    _jpg(d / "BACKGROUND_Google" / "image_0001.jpg", (50, 50), (0, 0, 0))
-    return cats
-
-
-def write_food101(root):
-    d = root / "datasets" / "food-101"
-    classes = ["apple_pie", "baby_back_ribs"]
-    meta = {"train": {c: [] for c in classes}, "test": {c: [] for c in classes}}
-    for k, c in enumerate(classes):
-        for i in range(6):
-            split = "test" if i < 2 else "train"
-            _jpg(d / "images" / c / f"{100 + i}.jpg", (80, 60 + i), (200 * k, 50, 50))
-            meta[split][c].append(f"{c}/{100 + i}")
-    (d / "meta").mkdir(parents=True)
-    (d / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
-    for split in ("train", "test"):
-        (d / "meta" / f"{split}.json").write_text(json.dumps(meta[split]))
-    return classes
-
-
-def write_oxford_pets(root):
-    d = root / "datasets" / "oxford-iiit-pet"
-    (d / "annotations").mkdir(parents=True)
-    rows = {"test": [], "trainval": []}
-    for k, breed in enumerate(["Abyssinian", "american_bulldog", "great_pyrenees"]):
-        for i in range(3):
-            image_id = f"{breed}_{i + 1}"
-            _jpg(d / "images" / f"{image_id}.jpg", (70, 90), (30 * k, 30, 30))
-            rows["test" if i == 0 else "trainval"].append(f"{image_id} {k + 1} {1 if k == 0 else 2} {k + 1}")
-    for split, lines in rows.items():
-        (d / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
-
-
-def write_imagenet(root, wnids=("n01440764", "n01443537", "n15075141")):
-    d = root / "imagenet" / "val"
-    for k, w in enumerate(wnids):
-        for i in range(2):
-            _jpg(d / w / f"ILSVRC2012_val_{k * 2 + i:08d}.JPEG", (300, 200), (250, 10 * k, 10))
-    return d
 
 
 # ------------------------------------------------------------------------------------------- datasets
@@ -165,7 +77,7 @@ def test_stl10_binary_orientation_and_resize(roots):
 
 
 def test_caltech101_split_is_fixed_disjoint_and_complete(roots):
-    cats = write_caltech101(roots)
+    cats = write_caltech101(roots, ("Faces", "accordion", "car_side"), per_class=5)
     opts = {"image_size": 48, "split_seed": 1233, "test_fraction": 0.2}
     xt, yt, names = pdata.load_caltech101("test", opts)
     xr, yr, _ = pdata.load_caltech101("train", opts)
@@ -182,12 +94,12 @@ def test_caltech101_split_is_fixed_disjoint_and_complete(roots):
 
 
 def test_food101_and_oxford_pets_layouts(roots):
-    write_food101(roots)
+    write_food101(roots, ("apple_pie", "baby_back_ribs"), per_class=6, test_per_class=2)
     x, y, names = load_split("food101", "test", {"image_size": 64})
     assert x.shape == (4, 3, 64, 64) and y.tolist() == [0, 0, 1, 1] and names == ["apple pie", "baby back ribs"]
     assert float(x[2, 0].mean()) > 0.7 and float(x[0, 0].mean()) < 0.1  # class 1 is red, class 0 is not
     assert pdata.load_food101("train", {"image_size": 32})[0].shape == (8, 3, 32, 32)
-    write_oxford_pets(roots)
+    write_oxford_pets(roots, ("Abyssinian", "american_bulldog", "great_pyrenees"), per_breed=3, test_per_breed=1)
     x, y, names = load_split("oxford_pets", "test", {"image_size": 32})
     assert x.shape == (3, 3, 32, 32) and y.tolist() == [0, 1, 2]
     assert names == ["Abyssinian", "American Bulldog", "Great Pyrenees"]
@@ -228,13 +140,15 @@ def _paper(dataset, **kw):
 @needs_robustbench
 def test_robustbench_cifar10_checkpoint_in_model_dir_layout(roots):
     from mslib.models import paper as P
+    from mslib.standins import write_robustbench
 
     name = "Addepalli2022Efficient_RN18"
-    ref = P.build_robustbench_architecture(name, "cifar10", "Linf").eval()
-    path = roots / "models" / "robustbench" / "cifar10" / "Linf" / f"{name}.pt"
-    path.parent.mkdir(parents=True)
     # saved as RobustBench's training scripts do: a dict with a DataParallel ('module.') state dict
-    torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}, "epoch": 110}, path)
+    (path,) = write_robustbench(name, "cifar10", seed=3)
+    assert path == roots / "models" / "robustbench" / "cifar10" / "Linf" / f"{name}.pt"
+    assert all(k.startswith("module.") for k in torch.load(path, weights_only=True)["state_dict"])
+    torch.manual_seed(3)
+    ref = P.build_robustbench_architecture(name, "cifar10", "Linf").eval()
     with pytest.raises(ValueError, match="no recorded SHA-256"):  # checkpoints load only when recorded
         load_classifier(_paper("cifar10"), name)
     mark_complete(path, "test stand-in")
@@ -248,13 +162,13 @@ def test_robustbench_cifar10_checkpoint_in_model_dir_layout(roots):
 @needs_robustbench
 def test_robustbench_imagenet_timm_checkpoint(roots):
     from mslib.models import paper as P
+    from mslib.standins import write_robustbench
 
     name = "Debenedetti2022Light_XCiT-S12"
-    ref = P.build_robustbench_architecture(name, "imagenet", "Linf").eval()
-    path = roots / "models" / "robustbench" / "imagenet" / "Linf" / f"{name}.pt"
-    path.parent.mkdir(parents=True)
-    torch.save({"model": ref.state_dict()}, path)  # RobustBench's GitHub release format (timm 'model' key)
+    (path,) = write_robustbench(name, "imagenet", seed=4)  # RobustBench's release format (timm 'model' key)
     mark_complete(path, "test stand-in")
+    torch.manual_seed(4)
+    ref = P.build_robustbench_architecture(name, "imagenet", "Linf").eval()
     model = load_classifier(_paper("imagenet"), name)
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
@@ -285,38 +199,15 @@ def test_checkpoint_guard_rejects_html_and_pickled_code(tmp_path):
     assert torch.equal(load_checkpoint(ok)["state_dict"]["w"], torch.ones(2))
 
 
-def _tiny_clip_tokenizer_files(folder):
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for t in letters + [c + "</w>" for c in letters]:
-        vocab[t] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return len(vocab)
-
-
 def test_hf_clip_vision_from_one_folder_text_from_another(roots):
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModel
+    from transformers import CLIPModel, CLIPVisionModel
+
+    from mslib.standins import write_hf_clip
 
     write_cifar10(roots)
-    text_dir = roots / "models" / "hf" / "openai--clip-vit-base-patch32"
-    vision_dir = roots / "models" / "hf" / "tanganke--clip-vit-base-patch32_cifar10"
-    vocab_size = _tiny_clip_tokenizer_files(text_dir)
-    tok = CLIPTokenizer(str(text_dir / "vocab.json"), str(text_dir / "merges.txt"))
-    tok.save_pretrained(str(text_dir))
-    cfg = CLIPConfig(text_config={"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 37,
-                                  "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 77,
-                                  "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
-                     vision_config={"image_size": 224, "patch_size": 32, "hidden_size": 32, "intermediate_size": 37,
-                                    "num_hidden_layers": 1, "num_attention_heads": 2},
-                     projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(str(text_dir))
-    torch.manual_seed(1)
-    vision = CLIPVisionModel(cfg.vision_config)
-    vision.save_pretrained(str(vision_dir))
-
+    text_dir, vision_dir = write_hf_clip()
+    assert text_dir == roots / "models" / "hf" / "openai--clip-vit-base-patch32"
+    assert vision_dir == roots / "models" / "hf" / "tanganke--clip-vit-base-patch32_cifar10"
     vlm = load_vlm(_paper("cifar10"))
     assert vlm.num_classes == 10
     x = torch.rand(4, 3, 32, 32)
@@ -325,6 +216,7 @@ def test_hf_clip_vision_from_one_folder_text_from_another(roots):
         assert sims.shape == (4, 10) and sims.abs().max() <= 1 + 1e-5
         # the vision tower is the fine-tuned one, the projection the text folder's CLIP
         clip = CLIPModel.from_pretrained(str(text_dir))
+        vision = CLIPVisionModel.from_pretrained(str(vision_dir))
         clip.vision_model.load_state_dict({k.removeprefix("vision_model."): v for k, v in vision.state_dict().items()})
         pix = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
         pix = (pix - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)) / torch.tensor(
@@ -336,34 +228,17 @@ def test_hf_clip_vision_from_one_folder_text_from_another(roots):
 
 def test_open_clip_hub_folder_with_bert_tokenizer_like_clipa(roots):
     import open_clip
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    write_food101(roots)
-    folder = roots / "models" / "open_clip" / "UCSC-VLAA--ViT-L-14-CLIPA-datacomp1B"
-    folder.mkdir(parents=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "photo", "of", "a", "apple", "pie", "baby", "back", "ribs"]
-    vocab = {w: i for i, w in enumerate(words)}
-    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tk.save(str(folder / "tokenizer.json"))
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    # bert-base-uncased's own files: no tokenizer_class in tokenizer_config.json, model_type in config.json
-    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
-    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": len(words)}))
-    model_cfg = {"embed_dim": 16,
-                 "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32,
-                                "no_ln_pre": True, "pool_type": "avg", "final_ln_after_pool": True},
-                 "text_cfg": {"context_length": 32, "vocab_size": len(words), "hf_tokenizer_name": "bert-base-uncased",
-                              "tokenizer_kwargs": {"strip_sep_token": True}, "width": 32, "heads": 2, "layers": 1,
-                              "pool_type": "last", "no_causal_mask": True}}
-    preprocess_cfg = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear",
-                      "resize_mode": "squash"}
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
-    torch.manual_seed(0)
-    ref = open_clip.model.CLIP(**model_cfg).eval()
-    torch.save(ref.state_dict(), folder / "open_clip_pytorch_model.bin")  # the hub repo's file name and format
+    from mslib.models.openclip_factory import read_open_clip_config
+    from mslib.models.paper import CLIP_MEAN, CLIP_STD
+    from mslib.standins import write_open_clip_clipa
+
+    write_food101(roots, ("apple_pie", "baby_back_ribs"), per_class=6, test_per_class=2)
+    folder = write_open_clip_clipa(seed=0)
+    assert folder == roots / "models" / "open_clip" / "UCSC-VLAA--ViT-L-14-CLIPA-datacomp1B"
+    assert (folder / "open_clip_pytorch_model.bin").is_file()  # the hub repo's file name and format
+    ref = open_clip.model.CLIP(**read_open_clip_config(folder)["model_cfg"]).eval()
+    ref.load_state_dict(torch.load(folder / "open_clip_pytorch_model.bin", weights_only=True))
 
     profile = _paper("food101", data_options={"image_size": 64, "resize_mode": "squash"})
     vlm = load_vlm(profile)
@@ -374,6 +249,13 @@ def test_open_clip_hub_folder_with_bert_tokenizer_like_clipa(roots):
         emb = ref.encode_image(vlm.preprocess(x))
         assert torch.allclose(vlm.encode_image(x), torch.nn.functional.normalize(emb, dim=-1), atol=1e-5)
     assert vlm.preprocess.size == (224, 224)
+    # the paper profile feeds CLIPA OpenAI-CLIP mean/std, as the original code; "config" uses the folder's
+    assert torch.allclose(vlm.preprocess.mean.flatten(), torch.tensor(CLIP_MEAN))
+    assert torch.allclose(vlm.preprocess.std.flatten(), torch.tensor(CLIP_STD))
+    cfg_vlm = load_vlm(profile.replace(vlm_spec={**profile.vlm_spec, "input_norm": "config"}))
+    assert torch.allclose(cfg_vlm.preprocess.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    with pytest.raises(ValueError, match="input_norm"):
+        load_vlm(profile.replace(vlm_spec={**profile.vlm_spec, "input_norm": "imagenet"}))
 
 
 def test_resnet18_finetune_recipe_trains_once_and_caches(roots):
@@ -381,7 +263,7 @@ def test_resnet18_finetune_recipe_trains_once_and_caches(roots):
 
     from mslib.models.paper import torchvision_weights_path
 
-    write_food101(roots)
+    write_food101(roots, ("apple_pie", "baby_back_ribs"), per_class=6, test_per_class=2)
     wpath, _ = torchvision_weights_path("resnet18", "IMAGENET1K_V1")
     wpath.parent.mkdir(parents=True)
     torch.manual_seed(0)
@@ -460,7 +342,10 @@ def test_eval_set_decodes_only_the_drawn_subset(roots, monkeypatch):
     monkeypatch.setattr(pd_mod, "load_cifar10", spy)
     x, y, names, idx = load_eval_set(_paper("cifar10", n_samples=10), with_indices=True)
     assert seen and seen[0] is not None and len(seen[0]) == 10
-    assert idx.tolist() == stratified_indices(torch.tensor(labels), 10, 0).tolist()
+    random.seed(1233)  # the paper profile draws the original code's subset
+    assert idx.tolist() == random.sample(range(40), 10)
+    strat = _paper("cifar10", n_samples=10, data_options={"image_size": 32})  # the stratified sampler
+    assert load_eval_set(strat, with_indices=True)[3].tolist() == stratified_indices(torch.tensor(labels), 10, 0).tolist()
     assert x.shape == (10, 3, 32, 32) and y.tolist() == [labels[i] for i in idx.tolist()]
     first = torch.tensor(data[idx[0]].reshape(3, 32, 32), dtype=torch.float32) / 255
     assert torch.allclose(x[0], first, atol=1e-6)

@@ -89,10 +89,11 @@ ATTACKS: dict[str, AttackFn] = {
     "apgd-ce": _apgd_variant(losses.ce_loss, losses.misclassified),
     "apgd-dlr": _apgd_variant(losses.dlr_loss, losses.misclassified),
     "apgd-ce-reject": _apgd_variant(losses.ce_reject_loss, losses.misclassified_not_rejected),
-    "apgd-dlr-reject": _apgd_variant(losses.dlr_reject_loss, losses.misclassified_not_rejected),
+    "apgd-dlr-reject": _apgd_variant(losses.dlr_reject_loss_paper, losses.misclassified_not_rejected),
+    "apgd-dlr-reject-excl": _apgd_variant(losses.dlr_reject_loss_excl, losses.misclassified_not_rejected),
 }
 # Attacks whose success criterion treats the last logit as "rejected".
-REJECT_AWARE: set[str] = {"apgd-ce-reject", "apgd-dlr-reject"}
+REJECT_AWARE: set[str] = {"apgd-ce-reject", "apgd-dlr-reject", "apgd-dlr-reject-excl"}
 
 
 def register_attack(name: str, fn: AttackFn, reject_aware: bool = False) -> None:

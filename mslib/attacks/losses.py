@@ -3,6 +3,7 @@
 Plain losses act on K logits. The rejection-aware ("-reject") variants act on a model with a rejection
 logit at index K (e.g. :class:`mslib.MultiShield`, K+1 logits): they add the loss on the true class and
 the loss on the rejection class, and an attack succeeds only when the prediction is neither.
+``dlr_reject_loss_paper`` is the original code's DLR version, ``dlr_reject_loss_excl`` a stronger one.
 """
 from __future__ import annotations
 
@@ -43,8 +44,23 @@ def ce_reject_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(z, y, reduction="none") + F.cross_entropy(z, reject, reduction="none")
 
 
-def dlr_reject_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """DLR on the true class plus DLR on the rejection class, each against the best class that is neither."""
+def dlr_reject_loss_paper(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The original Multi-Shield code's DLR rejection loss: plain DLR on the true class plus plain DLR on
+    the rejection class (the last logit), each against its own best other class, which may be the other one.
+
+    When y and the rejection class are the two largest logits the two terms are exact negatives, so the
+    loss is 0 with zero gradient (the attack cannot move). This is the paper's adaptive DLR attack.
+    """
+    reject = torch.full_like(y, z.shape[1] - 1)
+    return dlr_loss(z, y) + dlr_loss(z, reject)
+
+
+def dlr_reject_loss_excl(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DLR on the true class plus DLR on the rejection class, each against the best class that is neither.
+
+    A stronger variant of :func:`dlr_reject_loss_paper`: excluding y and the rejection class from "best
+    other" keeps a gradient when they are the two largest logits (where the paper's loss cancels to 0).
+    """
     reject = torch.full_like(y, z.shape[1] - 1)
     excluded = torch.zeros_like(z, dtype=torch.bool)
     excluded[torch.arange(z.shape[0], device=z.device), y] = True

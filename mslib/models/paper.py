@@ -45,6 +45,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FETCH_COMMAND = "python -m mslib.fetch --profile paper"
 CODE_VERSION = "paper-models-1"  # bump when a change here changes what a loaded model computes
+INPUT_NORMS = ("config", "openai")  # open_clip input normalization: the config's mean/std, or OpenAI CLIP's
 
 
 # =============================================================================================== helpers
@@ -381,15 +382,21 @@ def _build_torchvision(arch: str, num_classes: int, weights: str | None) -> nn.M
 
 
 def _ft_preprocess(spec: dict[str, Any]) -> ImagePreprocess:
-    return ImagePreprocess(int(spec.get("image_size", 224)), IMAGENET_MEAN, IMAGENET_STD,
-                           resize_mode=spec.get("resize_mode", "squash"))
+    # input_norm "imagenet" (default: the torchvision weights' own statistics) or "openai": the original code
+    # trains and evaluates its ResNet-18s on OpenAI-CLIP mean/std (training_models/*.ipynb, main.py)
+    norm = spec.get("input_norm", "imagenet")
+    if norm not in ("imagenet", "openai"):
+        raise ValueError(f"torchvision-ft spec 'input_norm' must be 'imagenet' or 'openai', got {norm!r}")
+    mean, std = (CLIP_MEAN, CLIP_STD) if norm == "openai" else (IMAGENET_MEAN, IMAGENET_STD)
+    return ImagePreprocess(int(spec.get("image_size", 224)), mean, std, resize_mode=spec.get("resize_mode", "squash"))
 
 
 def finetune_record(profile: Any, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Everything that makes a fine-tuned checkpoint (its cache key): dataset, data options, recipe, weights."""
     weights = spec.get("weights", "IMAGENET1K_V1")
     record = {"kind": "torchvision-ft", "dataset": profile.dataset,
-              "data_options": {k: v for k, v in profile.data_options.items() if k != "indices"},
+              "data_options": {k: v for k, v in profile.data_options.items()
+                               if k not in ("indices", "sampler", "sample_seed", "sample_start")},
               "spec": {k: v for k, v in spec.items() if k not in ("device", "num_workers")}}
     if weights is not None:
         path, _ = torchvision_weights_path(spec.get("arch", "resnet18"), weights)
@@ -536,19 +543,26 @@ def load_open_clip_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroSho
     """Registry loader for ``source: open_clip``: a hub-layout folder (``model``: ``hf-hub:org/repo`` read
     from ``data/models/open_clip/<org>--<repo>``, or a folder) through :func:`create_open_clip`.
 
-    ``spec``: ``text_norm`` (standard), ``resize_mode`` (squash) for images at another size than the model's.
+    ``spec``: ``text_norm`` (standard), ``resize_mode`` (squash) for images at another size than the model's,
+    ``input_norm``: ``config`` (default: the mean/std of the folder's ``open_clip_config.json``) or
+    ``openai`` (OpenAI CLIP's mean/std, which the original code feeds CLIPA whatever its config says).
     """
     from .openclip_factory import create_open_clip
+    from .zeroshot import preprocess_from_open_clip
 
     ref = spec["model"]
     model_dir = Path(ref) if Path(ref).is_dir() else hub_folder("open_clip", ref)
     if not (model_dir / "open_clip_config.json").is_file():
         raise _missing(f"open_clip model {ref}", model_dir)
+    input_norm = spec.get("input_norm", "config")
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"open_clip spec 'input_norm' must be one of {INPUT_NORMS}, got {input_norm!r}")
     device = _device(profile)
     model, tokenizer = create_open_clip(model_dir, device=device)
+    mean, std = (CLIP_MEAN, CLIP_STD) if input_norm == "openai" else (None, None)
+    prep = preprocess_from_open_clip(model, resize_mode=spec.get("resize_mode", "squash"), mean=mean, std=std)
     zs = build_zero_shot_classifier(model, tokenizer, _profile_class_names(profile), profile.templates,
-                                    device=device, text_norm=spec.get("text_norm", "standard"),
-                                    resize_mode=spec.get("resize_mode", "squash"))
+                                    preprocess=prep, device=device, text_norm=spec.get("text_norm", "standard"))
     zs.checkpoint_files = _folder_files(model_dir)
     return zs
 

@@ -128,8 +128,10 @@ def build_text_embeddings(
 ) -> torch.Tensor:
     """(K, D) class embeddings: each template's text embedding normalized, averaged, re-normalized.
 
-    ``text_norm='original'`` reproduces the original Multi-Shield code's Hugging Face path: the (K, D)
-    class matrix is divided by its norm over the class dimension before the per-row normalization.
+    ``text_norm='original'`` reproduces the original Multi-Shield code's Hugging Face path
+    (``models/CLIP.py``: ``label_emb = get_text_features(...); label_emb /= torch.norm(label_emb, dim=0)``,
+    then the cosine similarity normalizes each row): the *raw* text features (averaged over templates; the
+    original has one) are divided by their norm over the class dimension, then each row is normalized.
     """
     if not classnames:
         raise ValueError("classnames must not be empty")
@@ -142,23 +144,28 @@ def build_text_embeddings(
         texts = [t(name) if callable(t) else t.format(name) for t in templates]
         tokens = tokenizer(texts)
         tokens = tokens.to(device) if isinstance(tokens, torch.Tensor) else tokens
-        emb = F.normalize(model.encode_text(tokens).float(), dim=-1).mean(dim=0)
-        rows.append(F.normalize(emb, dim=-1))
+        feats = model.encode_text(tokens).float()
+        if text_norm == "original":
+            rows.append(feats.mean(dim=0))
+        else:
+            rows.append(F.normalize(F.normalize(feats, dim=-1).mean(dim=0), dim=-1))
     emb = torch.stack(rows)
     if text_norm == "original":
         emb = emb / emb.norm(dim=0, keepdim=True)
     return F.normalize(emb, dim=-1)
 
 
-def preprocess_from_open_clip(model: nn.Module, channels: int = 3, resize_mode: ResizeMode = "squash") -> ImagePreprocess:
-    """An :class:`ImagePreprocess` with the image size, mean and std of an open_clip model's visual tower."""
+def preprocess_from_open_clip(model: nn.Module, channels: int = 3, resize_mode: ResizeMode = "squash",
+                              mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ImagePreprocess:
+    """An :class:`ImagePreprocess` with the image size, mean and std of an open_clip model's visual tower
+    (``mean``/``std`` given here replace the config's)."""
     visual = model.visual
     cfg = getattr(visual, "preprocess_cfg", {}) or {}
     size = cfg.get("size", getattr(visual, "image_size", 224))
     if isinstance(size, (list, tuple)) and len(size) == 1:
         size = size[0]
-    mean = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
-    std = cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
+    mean = mean if mean is not None else cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
+    std = std if std is not None else cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
     interp = cfg.get("interpolation", "bicubic")
     return ImagePreprocess(size, mean, std, channels=channels, resize_mode=resize_mode,
                            interpolation="bicubic" if interp == "bicubic" else "bilinear")
