@@ -335,14 +335,16 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
               overrides: dict[str, Any] | None = None, compact: bool = True, ensemble: bool = True) -> Summary:
     """Compute (or resume) every result of the profile's study; returns a :class:`Summary` (``.done``).
 
-    ``overrides`` replace profile fields for every dataset (e.g. ``{"n_samples": 20}`` for a quick run);
+    ``overrides`` replace profile fields for every dataset (e.g. ``{"n_samples": 20}`` for a quick run;
+    ``datasets`` runs only those of the profile's datasets);
     ``compact=False`` runs the attacks without batch compaction and ``ensemble=False`` without the
     worst-case ensemble (separate results; for benchmarks). When every job is complete the store's index is
     written (only if it changed), so notebooks read exactly this plan.
     """
     summary = Summary()
     workspaces, plans = [], []
-    for ds in get_profile(profile_name).datasets:
+    datasets = (overrides or {}).get("datasets") or get_profile(profile_name).datasets
+    for ds in datasets:
         ws = Workspace(get_profile(profile_name, ds, **(overrides or {})))
         plan = ws.plan(compact=compact, ensemble=ensemble)
         jobs = plan.jobs()

@@ -534,6 +534,7 @@ def load_hf_clip_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotC
                            spec.get("std", CLIP_STD), resize_mode=spec.get("resize_mode", "squash"),
                            interpolation=spec.get("interpolation", "bilinear"))
     zs = ZeroShotClassifier(HFCLIPImageEncoder(clip), emb, prep).to(device).eval()
+    object.__setattr__(zs, "text_tower", (adapter, adapter.tokenize))  # other prompts: with_prompts
     zs.checkpoint_files = _folder_files(folder(spec["vision"])) + _folder_files(folder(spec["text"]))
     return zs
 
