@@ -7,7 +7,7 @@ Side by side, on the same models, images, eps, iterations and seed:
     follow the same trajectories and must reach the same robust accuracy;
 (b) the adaptive rejection-aware attack (``apgd-ce-reject``) and, where registered, the agreement attack on
     ``MultiShield(classifier, vlm)``, with and without compaction;
-(c) the whole main-table workload (``run_study`` with the Runner's ``STUDY_PLAN`` over the profile's eps grid)
+(c) the whole main-table workload (``run_study`` without the ensemble: the paper's attacks over the profile's eps grid)
     in a temporary ``MSLIB_CACHE`` (models linked in, results computed), with and without compaction;
 (d) scaling: 1×, 2×, 4× the samples at two batch sizes.
 
@@ -367,7 +367,7 @@ def temporary_cache():
 
 
 def _hooked_loaders(meter: ComputeMeter):
-    """Patch mslib.models' loaders so every model the Runner loads is timed."""
+    """Patch mslib.models' loaders so every model the executor loads is timed."""
     import mslib.models as models
 
     orig_c, orig_v = models.load_classifier, models.load_vlm
@@ -377,24 +377,25 @@ def _hooked_loaders(meter: ComputeMeter):
 
 
 def section_workload(b: Bench, profile, n, n_iter, summary) -> None:
-    from mslib.experiment import STUDY_PLAN, Runner, run_study, study_eps
+    from mslib.experiment import run_study
+    from mslib.store import Store
 
     overrides = {"n_samples": n, "n_iter": n_iter, "device": profile.device, **speed_settings(profile)}
-    p = get_profile(profile.name, profile.dataset, **overrides)
-    jobs = [(c, t, a, e) for c in p.classifiers for t, atts in STUDY_PLAN.items() for a in atts for e in study_eps(p)]
     restore = _hooked_loaders(b.meter)
     rows, accs = [], {}
     try:
         for variant, compact in (("uncompacted", False), ("compact", True)):
             with temporary_cache():
                 def go(compact=compact, variant=variant):
-                    run_study(profile.name, progress=False, overrides=overrides, compact=compact,
-                              plan=dict(STUDY_PLAN))  # the main-table attacks (not the worst-case ensemble)
-                    runner = Runner(p, progress=False, compact=compact)
-                    accs[variant] = [1 - runner.attacked(c, t, a, e).success.float().mean().item() for c, t, a, e in jobs]
+                    # the main-table attacks (not the worst-case ensemble)
+                    run_study(profile.name, progress=False, overrides=overrides, compact=compact, ensemble=False)
+                    store = Store(profile.name)
+                    plan = store.datasets[0].plan
+                    jobs = [j for group in (*plan.nonadaptive.values(), *plan.adaptive.values()) for j in group]
+                    accs[variant] = [1 - store.load(j, ("success",))["success"].float().mean().item() for j in jobs]
                     return {"robust_acc": sum(accs[variant]) / len(jobs), "jobs": len(jobs)}
-                rows.append(b.run("c", "main-table", "all", variant, n, n_iter, p.batch_size, go,
-                                  work=n * n_iter * len(jobs)))
+                rows.append(b.run("c", "main-table", "all", variant, n, n_iter, profile.batch_size, go,
+                                  work=n * n_iter))
     finally:
         restore()
     diff = max(abs(u - v) for u, v in zip(accs["uncompacted"], accs["compact"]))

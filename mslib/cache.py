@@ -172,11 +172,14 @@ def entry_dir(kind: str, record: Any) -> Path:
     The record is (re)written when it is missing or does not read back as the record (e.g. damaged).
     """
     d = data_root() / kind / record_key(record)
-    rec = d / "record.json"
-    try:
-        ok = canonical_json(read_json(rec)) == canonical_json(record)
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
-        write_json(record, rec)
+    write_json_if_changed(record, d / "record.json")
     return d
+
+
+def write_json_if_changed(obj: Any, path: str | os.PathLike) -> Path:
+    """:func:`write_json` unless ``path`` already reads back as ``obj`` (keeps its mtime for Make)."""
+    try:
+        same = canonical_json(read_json(path)) == canonical_json(obj)
+    except (OSError, ValueError):
+        same = False
+    return Path(path) if same else write_json(obj, path)

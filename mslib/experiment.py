@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, REJECT_AWARE, frozen, run_attack
-from .cache import DamagedFileError, canonical_json, data_root, entry_dir, load_tensors, read_json, \
-    report_damaged, save_tensors, write_json
+from .cache import DamagedFileError, data_root, entry_dir, load_tensors, report_damaged, save_tensors, \
+    write_json_if_changed
 from .defense import MultiShield, decide
 from .plan import TARGETS, DatasetPlan, Job, dataset_plan
 from .profiles import Profile, get_profile
@@ -338,8 +338,8 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
     ``overrides`` replace profile fields for every dataset (e.g. ``{"n_samples": 20}`` for a quick run;
     ``datasets`` runs only those of the profile's datasets);
     ``compact=False`` runs the attacks without batch compaction and ``ensemble=False`` without the
-    worst-case ensemble (separate results; for benchmarks). When every job is complete the store's index is
-    written (only if it changed), so notebooks read exactly this plan.
+    worst-case ensemble (for benchmarks). When every job is complete the store's index is written (only if
+    it changed), so notebooks read exactly this plan.
     """
     summary = Summary()
     workspaces, plans = [], []
@@ -353,23 +353,16 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
         execute(ws, jobs, shard=shard, progress=progress, summary=summary)
         workspaces.append(ws)
         plans.append(plan)
-    if summary.done and ensemble:
-        summary.index = write_index(profile_name, overrides, compact, workspaces, plans)
+    if summary.done:
+        summary.index = write_index(profile_name, overrides, compact, workspaces, plans, ensemble)
     return summary
 
 
 def write_index(profile_name: str, overrides: dict[str, Any] | None, compact: bool, workspaces: list[Workspace],
-                plans: list[DatasetPlan]) -> Path:
+                plans: list[DatasetPlan], ensemble: bool = True) -> Path:
     """Write the store's index of a complete study (only if it changed, so Make sees no new file)."""
     index = study_index(profile_name, overrides, compact, workspaces, plans)
-    path = index_path(profile_name)
-    try:
-        same = canonical_json(read_json(path)) == canonical_json(index)
-    except (OSError, ValueError):
-        same = False
-    if not same:
-        write_json(index, path)
-    return path
+    return write_json_if_changed({**index, "ensemble": ensemble}, index_path(profile_name))
 
 
 # ---- command line -------------------------------------------------------------------------------------

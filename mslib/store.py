@@ -96,7 +96,8 @@ class Store:
         self.datasets: list[DatasetResults] = []
         for ds, entry in index["datasets"].items():
             p = get_profile(profile_name, ds, **overrides)
-            plan = dataset_plan(p, entry["indices"], entry["models"], entry["speed"], compact=index["compact"])
+            plan = dataset_plan(p, entry["indices"], entry["models"], entry["speed"], compact=index["compact"],
+                                ensemble=index.get("ensemble", True))
             self.datasets.append(DatasetResults(plan, torch.tensor(entry["labels"]), tuple(entry["class_names"]),
                                                 torch.tensor(entry["indices"])))
 

@@ -68,3 +68,17 @@ def stand_in_vlm(fashion_small) -> nn.Module:
     vlm = nn.Sequential(lin, nn.Tanh()).eval()
     vlm.num_classes = 10
     return vlm
+
+
+@pytest.fixture(scope="session")
+def smoke_models():
+    """Load (training once if needed) the smoke models in the repo cache, so later runs only read them."""
+    from mslib.models import load_classifier, load_vlm
+    from mslib.profiles import get_profile
+    from results_helpers import OVERRIDES
+
+    p = get_profile("smoke", **OVERRIDES)
+    for name in p.classifiers:
+        load_classifier(p, name)
+    load_vlm(p)
+    return p

@@ -4,10 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from mslib.cache import REPO_ROOT, load_tensors
-from mslib.profiles import get_profile
 
 # 2 batches, few iterations, a light worst-case ensemble (1 agreement target, 8 Square queries), one template
 OVERRIDES = {"n_samples": 10, "batch_size": 5, "n_iter": 2, "eps_grid": (0.0, 0.05, 0.1),
@@ -37,15 +34,3 @@ def batch_files(cache: Path) -> dict[str, dict]:
         d.pop("seconds", None)
         out[f"{f.parent.name}/{f.name}"] = d
     return out
-
-
-@pytest.fixture(scope="session")
-def smoke_models():
-    """Load (training once if needed) the smoke models in the repo cache, so later runs only read them."""
-    from mslib.models import load_classifier, load_vlm
-
-    p = get_profile("smoke", **OVERRIDES)
-    for name in p.classifiers:
-        load_classifier(p, name)
-    load_vlm(p)
-    return p

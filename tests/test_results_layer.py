@@ -19,7 +19,7 @@ from mslib.experiment import ms_broken, run_study
 from mslib.plan import dataset_plan
 from mslib.store import ResultsNotReadyError, Store
 
-from results_helpers import OVERRIDES, fresh_cache, smoke_models  # noqa: F401
+from results_helpers import OVERRIDES, fresh_cache
 
 TABLES = ("main_table", "attacks_table", "security_curves", "tolerance_tradeoff", "eps_half_check",
           "zero_shot_table")

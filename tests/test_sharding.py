@@ -7,7 +7,7 @@ import torch
 from mslib.experiment import run_study
 from mslib.store import ResultsNotReadyError, Store
 
-from results_helpers import OVERRIDES, batch_files, fresh_cache, smoke_models  # noqa: F401
+from results_helpers import OVERRIDES, batch_files, fresh_cache
 
 
 def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypatch, smoke_models):
