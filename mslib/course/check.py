@@ -354,11 +354,12 @@ def adversarial_loss(fn: Callable, model: nn.Module, x: torch.Tensor, y: torch.T
         with torch.no_grad():
             clean = F.cross_entropy(model(xb), yb)
         got = float(loss.detach())
-        if math.isclose(got, float(want), rel_tol=1e-4, abs_tol=1e-5):
+        want = float(want.detach())
+        if math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-5):
             return f"FGSM-RS loss {got:.4f} (clean loss {clean.item():.4f}) matches the reference on 32 images"
         if math.isclose(got, clean.item(), rel_tol=1e-4, abs_tol=1e-5):
             raise _Wrong("that is the loss on the clean images: train on the FGSM-RS examples instead")
-        raise _Wrong(f"loss {got:.4f}, expected {float(want):.4f}: draw delta0 = (torch.rand(x.shape, "
+        raise _Wrong(f"loss {got:.4f}, expected {want:.4f}: draw delta0 = (torch.rand(x.shape, "
                      "generator=generator) * 2 - 1) * eps first, then x_adv = fgsm_rs_perturb(...), then CE on x_adv")
 
     return _run("adversarial_loss", body)
@@ -524,12 +525,12 @@ def agreement_loss(fn: Callable, shield: nn.Module, x: torch.Tensor, y: torch.Te
         with torch.no_grad():
             f, s = shield.branches(x[:32])
         f, s = f.float(), s.float()
-        k = f.shape[1]
-        target = (y[:32] + 1 + torch.arange(32) % (k - 1)) % k  # a wrong class for every image
+        n, k = f.shape
+        target = (y[:n] + 1 + torch.arange(n) % (k - 1)) % k  # a wrong class for every image
         out = _tensor(fn(f.clone(), s.clone(), target), "agreement_loss")
         if out.shape != (f.shape[0],):
             raise _Wrong(f"return one value per sample (shape ({f.shape[0]},)), got {tuple(out.shape)}")
-        want = joint_loss(torch.cat([f, s], dim=1), target)
+        want = joint_loss(torch.cat([f, s], dim=1), torch.stack([y[:n], target], dim=1))  # yt = (y, t) pairs
         if _close(out, want, atol=1e-4):
             return f"matches log softmax(f)_t + log softmax(100·s)_t on {f.shape[0]} images"
         if _close(out, F.log_softmax(f, 1).gather(1, target[:, None]).squeeze(1)
