@@ -390,10 +390,11 @@ def test_eps_explorer_static_and_interactive(cnn_data, shield, monkeypatch):
     assert not course.interactive_mode()  # not in a kernel started by a Jupyter server
 
 
-def test_first_run_training_is_announced():
+def test_first_run_training_is_announced(tmp_path, monkeypatch):
     import mslib
     from mslib import course
 
+    monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))  # looking a model up writes its record: keep it out of the cache
     p = mslib.get_profile("smoke")
     specs = {name: {**spec, "seed": 987654} for name, spec in p.classifier_specs.items()}  # never trained
     fresh = p.replace(classifier_specs=specs)
