@@ -27,7 +27,7 @@ CHECKPOINTS := $(shell find $(DATA)/models -type f ! -name '*.tmp' 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all figures test lab clean distclean venv system-deps results fetch bench help thumbnails $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all figures test lab course clean distclean venv system-deps results fetch bench help thumbnails $(notdir $(basename $(NOTEBOOKS)))
 
 all: figures
 
@@ -39,6 +39,7 @@ help:
 	@echo "make <notebook-name>                     one notebook, e.g. make 02_main_table"
 	@echo "make fetch PROFILE=paper                 download the paper's assets (needs internet)"
 	@echo "make bench                               speed benchmark -> $(OUT)/bench.json"
+	@echo "make course [FORCE=1]                    the course: course/student/ and course/solutions/ from course/lessons/"
 	@echo "make lab | clean | distclean"
 
 # ---- environment -----------------------------------------------------------------------------------
@@ -92,8 +93,17 @@ $(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS) $(READ_SRC)
 
 $(notdir $(basename $(NOTEBOOKS))): %: $(OUT)/%.ipynb
 
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+# ---- the course -----------------------------------------------------------------------------------
+# Student and solution notebooks from one source per lesson; a student notebook someone has edited is kept
+# (FORCE=1 overwrites it). The generated folders are not committed.
+course: $(STAMP)
+	$(PY) -m mslib.course.build --src course/lessons --out course $(if $(FORCE),--force)
+
+# JupyterLab on the repository (the course in course/student/, the study in notebooks/); as root (e.g. in a
+# container) Jupyter refuses to start without --allow-root. LAB_ARGS passes more, e.g. LAB_ARGS="--ip=0.0.0.0 --no-browser".
+LAB_ARGS ?=
+lab: $(STAMP) course
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 fetch: $(STAMP)
 	$(PY) -m mslib.fetch --profile $(PROFILE)
