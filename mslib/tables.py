@@ -54,32 +54,46 @@ def _clf_worst(store: Store, d: DatasetResults, clf: str, eps: float) -> torch.T
     return worst_case(status(o.clf_pred(), d.labels) for o in _outs(store, d.plan.nonadaptive[clf, eps]))
 
 
+def _main_statuses(store: Store, d: DatasetResults, clf: str) -> dict[str, torch.Tensor]:
+    """Per-sample outcomes (correct / rejected / broken) of one classifier's main-table settings.
+
+    ``clf_clean``, ``clf`` (the classifier alone, clean and under APGD-CE+DLR on it), ``ms_clean``,
+    ``ms_nonadaptive`` (those examples transferred to Multi-Shield), ``ms_adaptive`` (the paper's CE then DLR
+    on Multi-Shield), ``ms_worst`` (per sample over every attack of the ensemble).
+    """
+    p, y, k = d.profile, d.labels, d.num_classes
+    clean = store.outputs(d.plan.clean[clf])
+    clf_adv = _outs(store, d.plan.nonadaptive[clf, p.eps])
+    return {"clf_clean": status(clean.clf_pred(), y),
+            "clf": worst_case(status(o.clf_pred(), y) for o in clf_adv),
+            "ms_clean": _ms_status(clean, y, p.tolerance, k),
+            "ms_nonadaptive": _ms_worst(clf_adv, y, p.tolerance, k),
+            "ms_adaptive": _ms_worst(_outs(store, d.plan.adaptive[clf, p.eps]), y, p.tolerance, k),
+            "ms_worst": _ms_worst(_outs(store, d.plan.ensemble[clf]), y, p.tolerance, k)}
+
+
 def main_table(profile_name: str) -> pd.DataFrame:
     """One row per (dataset, classifier): the paper's main results (rates as fractions) with 95% CIs.
 
     Non-adaptive: APGD-CE and APGD-DLR on the classifier, transferred; adaptive: the paper's rejection-aware
-    CE then DLR on Multi-Shield; worst: per sample, over every attack of the ensemble.
+    CE then DLR on Multi-Shield; worst: per sample, over every attack of the ensemble. Multi-Shield's robust
+    accuracy counts a sample as robust when it is correct or rejected (``ms_reject_*`` says how much of it
+    is rejection); ``gain_*``: Multi-Shield's robust accuracy minus the classifier's.
     """
     store = Store(profile_name)
     rows = []
     for d in store.datasets:
         p, y, k = d.profile, d.labels, d.num_classes
         for clf in p.classifiers:
-            clean = store.outputs(d.plan.clean[clf])
-            clf_adv = _outs(store, d.plan.nonadaptive[clf, p.eps])
-            ms_adv = _outs(store, d.plan.adaptive[clf, p.eps])
-            clf_st = worst_case(status(o.clf_pred(), y) for o in clf_adv)
-            non = _rates(_ms_worst(clf_adv, y, p.tolerance, k))
-            ada = _rates(_ms_worst(ms_adv, y, p.tolerance, k))
-            worst = _rates(_ms_worst(_outs(store, d.plan.ensemble[clf]), y, p.tolerance, k))
-            ms_clean = clean.ms_pred(p.tolerance)
+            st = _main_statuses(store, d, clf)
+            non, ada, worst = (_rates(st[s]) for s in ("ms_nonadaptive", "ms_adaptive", "ms_worst"))
             rows.append({
                 "dataset": p.dataset, "classifier": clf, "eps": p.eps, "n": len(y),
-                "clf_clean_acc": metrics.clean_accuracy(clean.clf_pred(), y),
-                "clf_robust_acc": metrics.rate(clf_st == CORRECT),
-                "vlm_clean_acc": metrics.clean_accuracy(clean.vlm_pred(), y),
-                "ms_clean_acc": metrics.clean_accuracy(ms_clean, y),
-                "ms_clean_reject": metrics.rejection_rate(ms_clean, k),
+                "clf_clean_acc": metrics.rate(st["clf_clean"] == CORRECT),
+                "clf_robust_acc": metrics.rate(st["clf"] == CORRECT),
+                "vlm_clean_acc": metrics.clean_accuracy(store.outputs(d.plan.clean[clf]).vlm_pred(), y),
+                "ms_clean_acc": metrics.rate(st["ms_clean"] == CORRECT),
+                "ms_clean_reject": metrics.rate(st["ms_clean"] == REJECTED),
                 "ms_robust_acc_nonadaptive": non["robust"], "ms_reject_nonadaptive": non["reject"],
                 "ms_robust_acc_adaptive": ada["robust"], "ms_reject_adaptive": ada["reject"],
                 "ms_robust_acc_worst": worst["robust"], "ms_reject_worst": worst["reject"],
@@ -89,6 +103,27 @@ def main_table(profile_name: str) -> pd.DataFrame:
     df["gain_nonadaptive"] = df["ms_robust_acc_nonadaptive"] - df["clf_robust_acc"]
     df["gain_worst"] = df["ms_robust_acc_worst"] - df["clf_robust_acc"]
     return df
+
+
+OUTCOME_CODES = {CORRECT: "correct", REJECTED: "rejected", BROKEN: "fooled"}
+
+
+def main_outcomes(profile_name: str) -> pd.DataFrame:
+    """The main table as shares of outcomes: per (dataset, classifier, setting) the fraction of samples
+    ``correct``, ``rejected`` and ``fooled`` (wrong and not rejected); the three add up to one, and robust
+    accuracy is correct + rejected. Settings as in :func:`_main_statuses` (the classifier alone never rejects).
+    """
+    store = Store(profile_name)
+    rows = []
+    for d in store.datasets:
+        p, n = d.profile, len(d.labels)
+        for clf in p.classifiers:
+            for setting, st in _main_statuses(store, d, clf).items():
+                for code, outcome in OUTCOME_CODES.items():
+                    r = metrics.rate(st == code)
+                    rows.append({"dataset": p.dataset, "classifier": clf, "eps": p.eps, "n": n, "setting": setting,
+                                 "outcome": outcome, "share": r.value, "share_lo": r.low, "share_hi": r.high})
+    return pd.DataFrame(rows)
 
 
 def _with_ci(rows: list[dict]) -> pd.DataFrame:
@@ -107,10 +142,28 @@ def _with_ci(rows: list[dict]) -> pd.DataFrame:
     return pd.concat([pd.DataFrame(flat), pd.DataFrame(cis)], axis=1)
 
 
-def headline(df: pd.DataFrame) -> pd.DataFrame:
-    """Average robust-accuracy gain of Multi-Shield over the classifier alone, per dataset."""
-    cols = [c for c in ("gain_worst", "gain_adaptive", "gain_nonadaptive") if c in df.columns]
-    return df.groupby("dataset", sort=False)[cols].mean().reset_index()
+def headline(df: pd.DataFrame, mean: bool = True) -> pd.DataFrame:
+    """Multi-Shield's robust-accuracy gain over the classifier alone, per (dataset, classifier), in the order
+    worst case, adaptive, non-adaptive, beside the robust accuracies it is the difference of (with CIs).
+
+    ``mean``: add, per dataset with several classifiers, a row ``classifier = "mean"`` averaging the rows
+    (the paper's summary; its CI columns are empty).
+    """
+    settings = ("worst", "adaptive", "nonadaptive")
+    cols = ["clf_robust_acc"] + [c for s in settings for c in (f"ms_robust_acc_{s}", f"gain_{s}")]
+    keep = ["dataset", "classifier", "eps", "n", *cols]
+    out = df[keep + [f"{c}_{b}" for c in cols if not c.startswith("gain_") for b in ("lo", "hi")]].copy()
+    if mean:
+        means = []
+        for ds, g in out.groupby("dataset", sort=False):
+            if len(g) > 1:
+                means.append({"dataset": ds, "classifier": "mean", "eps": g.eps.iloc[0], "n": g.n.iloc[0],
+                              **{c: g[c].mean() for c in cols}})
+        if means:
+            out = pd.concat([out, pd.DataFrame(means)], ignore_index=True)
+            order = {ds: i for i, ds in enumerate(dict.fromkeys(out.dataset))}
+            out = out.sort_values("dataset", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    return out
 
 
 ATTACK_DESCRIPTIONS: dict[tuple[str, str], str] = {
@@ -142,8 +195,8 @@ def attacks_table(profile_name: str) -> pd.DataFrame:
     ``chained`` (the paper's adaptive attacks: samples broken at a smaller eps are kept, and DLR runs on what
     CE left unbroken) or ``after previous`` (AutoAttack's scheme:
     only the samples that every earlier attack left unbroken were attacked, the others keep the earlier
-    example, so the row already is a worst case over the rows above). ``robust_acc_cumulative``: worst case
-    over this row and every row above it. The ``worst case`` row is the ensemble's: a sample counts as robust
+    example, so the row already is a worst case over the rows above). ``robust_acc_cumulative`` and
+    ``reject_cumulative``: worst case over this row and every row above it (robust, and of it rejected). The ``worst case`` row is the ensemble's: a sample counts as robust
     only if no attack broke it.
     """
     store = Store(profile_name)
@@ -164,11 +217,13 @@ def attacks_table(profile_name: str) -> pd.DataFrame:
                              "description": ATTACK_DESCRIPTIONS.get((job.target, job.attack), job.attack),
                              "scope": _scope(i, stages), "robust_acc": rates["robust"], "reject": rates["reject"],
                              "robust_acc_cumulative": metrics.rate(worst_case(seen) < BROKEN).value,
+                             "reject_cumulative": metrics.rate(worst_case(seen) == REJECTED).value,
                              "n_forward": out.n_forward})
             w = _rates(worst_case(seen))
             rows.append({**base, "attack": "worst case", "description": "no attack of the ensemble succeeds",
                          "scope": "ensemble", "robust_acc": w["robust"], "reject": w["reject"],
-                         "robust_acc_cumulative": w["robust"].value, "n_forward": n_fwd})
+                         "robust_acc_cumulative": w["robust"].value, "reject_cumulative": w["reject"].value,
+                         "n_forward": n_fwd})
     return _with_ci(rows)
 
 
@@ -178,6 +233,9 @@ def attack_curves(profile_name: str) -> pd.DataFrame:
     after previous ones starts from the samples they broke) and the mean loss (the attack's own scale).
 
     Steps are APGD iterations (one block per target for the agreement attacks) or Square's queries.
+    ``measure`` says what ``success`` counts: for attacks on Multi-Shield (``target`` ``ms``) Multi-Shield
+    broken (a wrong class, not rejected); for transfers (``clf``, ``vlm``) the source model fooled, which is
+    not Multi-Shield broken.
     """
     store = Store(profile_name)
     rows = []
@@ -189,6 +247,8 @@ def attack_curves(profile_name: str) -> pd.DataFrame:
                 loss = list(out.loss_curve or [])
                 for step, c in enumerate(out.success_curve or []):
                     rows.append({"dataset": p.dataset, "classifier": clf, "attack": f"{job.attack}@{job.target}",
+                                 "target": job.target,
+                                 "measure": "Multi-Shield broken" if job.target == "ms" else "source model fooled",
                                  "step": step, "success": c / n,
                                  "loss": loss[step] if step < len(loss) else float("nan")})
     return pd.DataFrame(rows)
@@ -218,28 +278,39 @@ def eps_half_check(profile_name: str) -> pd.DataFrame:
 
 
 def security_curves(profile_name: str) -> pd.DataFrame:
-    """Robust accuracy vs eps (0 included) for the classifier and for Multi-Shield under each attack."""
+    """Robust accuracy vs eps (0 included) for the classifier and for Multi-Shield under each attack.
+
+    ``model`` codes (named in :data:`mslib.labels.SETTINGS`): ``clf`` (the classifier alone under
+    APGD-CE+DLR), ``ms_nonadaptive``, ``ms_adaptive`` and ``ms_worst`` (the ensemble, run at the profile's
+    eps only). ``robust_acc`` counts correct or rejected (for the classifier: correct), ``correct`` only
+    correct, ``reject`` rejected; at eps 0 they are the clean rates, so Multi-Shield's robust accuracy there
+    lies above its (and the classifier's) clean accuracy by its clean rejections.
+    """
     store = Store(profile_name)
     rows = []
     for d in store.datasets:
         p, y, k = d.profile, d.labels, d.num_classes
         for clf in p.classifiers:
             clean = store.outputs(d.plan.clean[clf])
+            ms_clean = _ms_status(clean, y, p.tolerance, k)
             curves = {
-                "classifier (APGD-CE+DLR)": lambda e: _clf_worst(store, d, clf, e),
-                "Multi-Shield, non-adaptive": lambda e: _ms_worst(_outs(store, d.plan.nonadaptive[clf, e]), y,
-                                                                  p.tolerance, k),
-                "Multi-Shield, adaptive": lambda e: _ms_worst(_outs(store, d.plan.adaptive[clf, e]), y, p.tolerance, k),
+                "clf": lambda e: _clf_worst(store, d, clf, e),
+                "ms_nonadaptive": lambda e: _ms_worst(_outs(store, d.plan.nonadaptive[clf, e]), y, p.tolerance, k),
+                "ms_adaptive": lambda e: _ms_worst(_outs(store, d.plan.adaptive[clf, e]), y, p.tolerance, k),
+                "ms_worst": lambda e: _ms_worst(_outs(store, d.plan.ensemble[clf]), y, p.tolerance, k),
             }
-            clean_st = {"classifier (APGD-CE+DLR)": status(clean.clf_pred(), y),
-                        "Multi-Shield, non-adaptive": _ms_status(clean, y, p.tolerance, k),
-                        "Multi-Shield, adaptive": _ms_status(clean, y, p.tolerance, k)}
+            clean_st = {"clf": status(clean.clf_pred(), y), "ms_nonadaptive": ms_clean, "ms_adaptive": ms_clean,
+                        "ms_worst": ms_clean}
             for model, fn in curves.items():
-                for eps in [0.0] + study_eps(p):
+                grid = [p.eps] if model == "ms_worst" else study_eps(p)
+                if model == "ms_worst" and not d.plan.ensemble.get(clf):
+                    continue
+                for eps in [0.0] + grid:
                     st = clean_st[model] if eps == 0 else fn(eps)
                     rate = metrics.rate(st < BROKEN)
-                    rows.append({"dataset": p.dataset, "classifier": clf, "model": model, "eps": eps,
+                    rows.append({"dataset": p.dataset, "classifier": clf, "model": model, "eps": eps, "n": len(y),
                                  "robust_acc": rate.value, "lo": rate.low, "hi": rate.high,
+                                 "correct": float((st == CORRECT).float().mean()),
                                  "reject": float((st == REJECTED).float().mean())})
     return pd.DataFrame(rows)
 
@@ -247,8 +318,13 @@ def security_curves(profile_name: str) -> pd.DataFrame:
 def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
     """Clean accuracy, clean rejection and robust accuracy as the tolerance varies.
 
+    ``clean_acc`` counts correct only; ``clean_robust`` correct or rejected on clean inputs, the way
+    ``robust_acc_*`` count adversarial ones (so robust accuracy is compared with ``clean_robust``, not with
+    ``clean_acc``, which it can exceed).
+
     The cached logits/similarities are re-thresholded at each tolerance; the adaptive examples were crafted
-    against Multi-Shield at the profile's tolerance (the column ``crafted_at`` says so).
+    against Multi-Shield at the profile's tolerance (the column ``crafted_at`` says so). Rates as fractions
+    with 95% CIs (``<col>_lo``, ``<col>_hi``).
     """
     store = Store(profile_name)
     rows = []
@@ -263,28 +339,34 @@ def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
                 ms_clean = clean.ms_pred(tol)
                 non = _rates(_ms_worst(clf_adv, y, tol, k))
                 ada = _rates(_ms_worst(ms_adv, y, tol, k))
-                rows.append({"dataset": p.dataset, "classifier": clf, "tolerance": tol, "eps": p.eps,
-                             "clean_acc": metrics.clean_accuracy(ms_clean, y).value,
-                             "clean_reject": metrics.rejection_rate(ms_clean, k).value,
-                             "robust_acc_nonadaptive": non["robust"].value, "reject_nonadaptive": non["reject"].value,
-                             "robust_acc_adaptive": ada["robust"].value, "reject_adaptive": ada["reject"].value,
+                rows.append({"dataset": p.dataset, "classifier": clf, "tolerance": tol, "eps": p.eps, "n": len(y),
+                             "clean_acc": metrics.clean_accuracy(ms_clean, y),
+                             "clean_reject": metrics.rejection_rate(ms_clean, k),
+                             "clean_robust": metrics.rate((ms_clean == y) | (ms_clean == k)),
+                             "robust_acc_nonadaptive": non["robust"], "reject_nonadaptive": non["reject"],
+                             "robust_acc_adaptive": ada["robust"], "reject_adaptive": ada["reject"],
                              "crafted_at": p.tolerance})
-    return pd.DataFrame(rows)
+    return _with_ci(rows)
 
 
 def zero_shot_table(profile_name: str) -> pd.DataFrame:
     """Zero-shot accuracy of the VLM per dataset and prompt template (each alone, then all averaged) and text
-    normalization."""
+    normalization. ``nan_scores``: the share of images whose similarities hold a NaN (argmax then picks the
+    first class); ``top_class_share``: the share of images given the most frequent prediction (1 when the
+    VLM predicts one class for everything)."""
     store = Store(profile_name)
     rows = []
     for d in store.datasets:
         p = d.profile
         for job in d.plan.zero_shot:
-            pred = store.load(job, ("s",))["s"].argmax(1)
+            s = store.load(job, ("s",))["s"]
+            pred = s.argmax(1)
             acc = metrics.clean_accuracy(pred, d.labels)
             rows.append({"dataset": p.dataset, "vlm": p.vlm, "template": job.option("label"),
                          "text_norm": job.option("text_norm"), "accuracy": acc.value, "lo": acc.low,
-                         "hi": acc.high, "n": acc.n})
+                         "hi": acc.high, "n": acc.n, "num_classes": d.num_classes,
+                         "nan_scores": float(torch.isnan(s).any(dim=1).float().mean()),
+                         "top_class_share": float(torch.bincount(pred, minlength=d.num_classes).max()) / len(pred)})
     return pd.DataFrame(rows)
 
 

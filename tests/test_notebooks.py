@@ -1,6 +1,7 @@
 """Every notebook runs end to end with the smoke profile and writes its tables and figures."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,13 +14,16 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 EXPECTED = {
     "01_zero_shot": ["zero_shot.csv", "zero_shot.md", "zero_shot.tex", "zero_shot.png", "zero_shot.pdf"],
     "02_main_table": ["main_table.csv", "main_table.md", "main_table.tex", "main_table.png", "main_table.pdf",
-                      "headline.csv"],
+                      "main_table.data.csv", "headline.csv", "headline.md", "headline.tex"],
     "03_security_curves": ["security_curves.csv", "security_curves.png", "security_curves.pdf"],
     "04_tolerance": ["tolerance.csv", "tolerance.png", "tolerance.pdf"],
     "05_gallery": ["gallery.csv", "gallery.png", "gallery.pdf"],
     "06_intro_course": ["intro_attack.png", "intro_attack.pdf"],
-    "07_adaptive_attacks": ["attacks_table.csv", "attacks_table.md", "attacks_table.tex"],
+    "07_adaptive_attacks": ["attacks_table.csv", "attacks_table.md", "attacks_table.tex", "attacks_table.png",
+                            "attacks_table.data.csv", "attack_curves.png", "attack_curves.data.csv"],
 }
+# the figures whose source data is written beside them (<stem>.data.csv)
+FIGURE_DATA = ["zero_shot", "main_table", "security_curves", "tolerance", "gallery", "attacks_table", "attack_curves"]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,9 @@ def test_every_notebook_has_a_parameters_cell_and_no_outputs():
         tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, nb.name
         assert tagged[0].source.lstrip().startswith("profile ="), nb.name
+        # out_dir defaults after papermill's injection, so `-p profile smoke` alone writes to figures/smoke
+        assert "out_dir = None" in tagged[0].source and "{profile}" not in tagged[0].source, nb.name
+        assert any('out_dir or f"../figures/{profile}"' in c.source for c in cells), nb.name
         assert all(not c.get("outputs") for c in cells if c.cell_type == "code"), f"{nb.name} carries outputs"
 
 
@@ -72,3 +79,127 @@ def test_main_table_is_consistent(smoke_outputs):
     for _, g in curves.groupby(["dataset", "classifier", "model"]):
         acc = g.sort_values("eps").robust_acc.to_numpy()
         assert (acc[1:] <= acc[:-1] + 1e-9).all(), "security curves must be monotone in eps"
+
+
+def _last_markdown(nb_path: Path) -> str:
+    import nbformat
+
+    for cell in reversed(nbformat.read(nb_path, as_version=4).cells):
+        for o in cell.get("outputs", []):
+            text = o.get("data", {}).get("text/markdown")
+            if text:
+                return "".join(text)
+    raise AssertionError(f"{nb_path.name} displays no Markdown")
+
+
+def test_headline_gains_are_the_tables_differences(smoke_outputs):
+    df = pd.read_csv(smoke_outputs / "main_table.csv").set_index(["dataset", "classifier"])
+    head = pd.read_csv(smoke_outputs / "headline.csv")
+    per = head[head.classifier != "mean"].set_index(["dataset", "classifier"])
+    assert set(per.index) == set(df.index), "the headline must give every (dataset, classifier)"
+    for s in ("worst", "adaptive", "nonadaptive"):
+        diff = df[f"ms_robust_acc_{s}"] - df["clf_robust_acc"]
+        assert (per[f"gain_{s}"] - diff.reindex(per.index)).abs().max() < 1e-12, s
+    for ds, g in per.groupby(level="dataset"):
+        mean = head[(head.dataset == ds) & (head.classifier == "mean")]
+        if len(g) > 1:
+            assert abs(float(mean.gain_worst.iloc[0]) - g.gain_worst.mean()) < 1e-12
+    md = (smoke_outputs / "headline.md").read_text()
+    assert "points" in md and "robust = correct or rejected" in md
+
+
+def test_main_figure_shares_add_up_and_match_the_table(smoke_outputs):
+    from mslib import labels, tables
+
+    shares = tables.main_outcomes("smoke")
+    total = shares.groupby(["dataset", "classifier", "setting"]).share.sum()
+    assert ((total - 1).abs() < 1e-9).all(), "correct + rejected + fooled must be 100%"
+    df = pd.read_csv(smoke_outputs / "main_table.csv").set_index(["dataset", "classifier"])
+    piv = shares.pivot_table(index=["dataset", "classifier", "setting"], columns="outcome", values="share")
+    for s in ("worst", "adaptive", "nonadaptive"):
+        robust = (piv.correct + piv.rejected).xs(f"ms_{s}", level="setting")
+        assert (robust - df[f"ms_robust_acc_{s}"].reindex(robust.index)).abs().max() < 1e-12
+        rejected = piv.rejected.xs(f"ms_{s}", level="setting")
+        assert (rejected - df[f"ms_reject_{s}"].reindex(rejected.index)).abs().max() < 1e-12
+    assert (piv.rejected.xs("clf", level="setting") == 0).all(), "the classifier alone never rejects"
+    # the figure's source data: every setting, the worst case included, in the reader's words and in percent
+    data = pd.read_csv(smoke_outputs / "main_table.data.csv")
+    assert labels.setting("ms_worst") in set(data[labels.column("setting")])
+    sums = data.groupby([labels.column("classifier"), labels.column("setting")])[labels.column("share")].sum()
+    assert ((sums - 100).abs() < 1e-6).all()
+
+
+def test_figure_source_data_and_display_tables_carry_no_raw_codes(smoke_outputs):
+    from mslib import labels
+
+    for stem in FIGURE_DATA:
+        data = pd.read_csv(smoke_outputs / f"{stem}.data.csv")
+        raw = [c for c in data.columns if labels.is_raw_code(c)]
+        raw += sorted({v for c in data.columns if data[c].dtype == object for v in data[c].dropna()
+                       if labels.is_raw_code(v)})
+        assert not raw, f"{stem}.data.csv carries raw codes: {raw[:5]}"
+    for md in sorted(smoke_outputs.glob("*.md")):
+        header = md.read_text().splitlines()[0]
+        raw = [h.strip() for h in header.strip("|").split("|") if labels.is_raw_code(h.strip())]
+        assert not raw, f"{md.name} has raw headers {raw}"
+
+
+def test_every_csv_column_has_a_label(smoke_outputs):
+    from mslib import labels
+
+    for csv in sorted(smoke_outputs.glob("*.csv")):
+        if csv.name.endswith(".data.csv"):
+            continue
+        missing = [c for c in pd.read_csv(csv, nrows=1).columns
+                   if c not in labels.COLUMNS and not c.endswith(("_lo", "_hi"))]
+        assert not missing, f"{csv.name}: columns without a label in mslib.labels.COLUMNS: {missing}"
+
+
+def test_reader_copies_state_percent_with_ci_and_what_robust_means(smoke_outputs):
+    for stem in ("main_table", "headline", "attacks_table", "security_curves", "tolerance", "eps_half_check"):
+        md = (smoke_outputs / f"{stem}.md").read_text()
+        tex = (smoke_outputs / f"{stem}.tex").read_text()
+        assert "robust = correct or rejected" in md and "robust = correct or rejected" in tex, stem
+        lines = [ln.strip().strip("|").split("|") for ln in md.splitlines() if ln.startswith("|")]
+        header, rows = [h.strip() for h in lines[0]], lines[2:]
+        pct = [i for i, h in enumerate(header) if h.endswith("(%)")]
+        assert pct, f"{stem}.md has no rate in percent"
+        for row in rows:
+            for i in pct:
+                assert re.fullmatch(r"–|-?\d+\.\d( \[\d+\.\d, \d+\.\d\])?", row[i].strip()), (stem, header[i], row[i])
+        assert any("[" in row[i] for row in rows for i in pct), f"{stem}.md shows no confidence interval"
+    tex = (smoke_outputs / "main_table.tex").read_text()
+    spec = tex.split("\\begin{tabular}{")[1].split("}")[0]
+    assert sum(ch in "lrc" for ch in spec) <= 10, f"the LaTeX main table has too many columns ({spec})"
+
+
+def test_closing_sentences_state_the_worst_case_first(smoke_outputs):
+    for name in ("02_main_table", "07_adaptive_attacks"):
+        text = _last_markdown(smoke_outputs / f"{name}.ipynb")
+        assert "worst case" in text, name
+        assert text.index("worst case") < text.index("adaptive"), f"{name}: the worst case must come first"
+    head = pd.read_csv(smoke_outputs / "headline.csv")
+    text = _last_markdown(smoke_outputs / "02_main_table.ipynb")
+    for r in head[head.classifier != "mean"].itertuples():
+        assert f"{100 * r.gain_worst:+.1f} points" in text, "the closing sentence must give each worst-case gain"
+
+
+def test_gallery_shows_as_many_images_as_asked(smoke_outputs):
+    assert len(pd.read_csv(smoke_outputs / "gallery.csv")) == 8
+
+
+def test_zero_shot_at_chance_is_explained(smoke_outputs):
+    zs = pd.read_csv(smoke_outputs / "zero_shot.csv")
+    text = _last_markdown(smoke_outputs / "01_zero_shot.ipynb")
+    chance = zs[(zs.accuracy - 1 / zs.num_classes).abs() < 1e-9]
+    if (chance.nan_scores > 0).any():
+        assert "NaN" in text and "chance" in text
+    # a setting at chance without NaN scores would be unexplained
+    assert not ((chance.nan_scores == 0) & (chance.top_class_share == 1)).any()
+
+
+def test_unknown_classifier_names_the_valid_ones(smoke_outputs):
+    from mslib import tables
+
+    with pytest.raises(ValueError, match="standard"):
+        tables.gallery("smoke", "no-such-classifier")

@@ -1,0 +1,219 @@
+"""Human-readable names for the study's codes, in one place: attacks, table columns, settings, datasets.
+
+Tables and CSV files keep the codes (``apgd-dlr-reject@ms``, ``ms_robust_acc_worst``, rates as fractions);
+everything a reader sees — figure legends and axes, the Markdown/LaTeX copies of the tables — goes through
+this module. :func:`display` makes the display copy of a table: percent with 95% CIs, names for codes.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+# Said somewhere visible on every output that shows a robust accuracy.
+ROBUST = "robust = correct or rejected"
+ROBUST_NOTE = ("Robust accuracy with rejection: an adversarial input counts as robust when Multi-Shield "
+               "classifies it correctly or rejects it (robust = correct or rejected). Rates in percent with "
+               "95% Wilson confidence intervals; gains in percentage points.")
+
+DATASETS = {
+    "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "imagenet": "ImageNet", "caltech101": "Caltech-101",
+    "stl10": "STL-10", "food101": "Food-101", "oxford_pets": "Oxford-IIIT Pets", "pets": "Oxford-IIIT Pets",
+}
+
+CLASSIFIERS = {"standard": "standard CNN", "fgsm-rs": "FGSM-RS CNN (adv. trained)"}
+
+# "<attack>@<target>": target clf = the classifier alone (transferred), ms = Multi-Shield, vlm = the VLM alone.
+ATTACKS = {
+    "apgd-ce@clf": "APGD-CE on the classifier (non-adaptive)",
+    "apgd-dlr@clf": "APGD-DLR on the classifier (non-adaptive)",
+    "apgd-ce-reject@ms": "APGD-CE, rejection-aware (adaptive, paper)",
+    "apgd-dlr-reject@ms": "APGD-DLR, rejection-aware (adaptive, paper)",
+    "apgd-dlr-reject-excl@ms": "APGD-DLR, rejection-aware, reject excluded (stronger)",
+    "apgd-ce@vlm": "APGD-CE on the VLM alone (transfer)",
+    "agreement@ms": "agreement attack, joint loss",
+    "agreement-selective@ms": "agreement attack, selective loss",
+    "square-reject@ms": "Square, rejection-aware (gradient-free)",
+    "worst case": "worst case over every attack",
+}
+
+# What a bar of the main figure or a line of the security curves measures: the model, and the inputs.
+SETTINGS = {
+    "clf_clean": "classifier alone, clean",
+    "clf": "classifier alone, APGD-CE+DLR on it",
+    "ms_clean": "Multi-Shield, clean",
+    "ms_nonadaptive": "Multi-Shield, non-adaptive attack",
+    "ms_adaptive": "Multi-Shield, adaptive attack (paper)",
+    "ms_worst": "Multi-Shield, worst case (every attack)",
+}
+
+OUTCOMES = {"correct": "correct", "rejected": "rejected", "fooled": "wrong, not rejected (fooled)"}
+OUTCOME_COLORS = {"correct": "#4c9a5b", "rejected": "#e6a141", "fooled": "#c8453c"}
+
+TEXT_NORMS = {"standard": "standard (each class embedding normalized)",
+              "original": "original code (÷ norm over classes, then per class)"}
+
+SCOPES = {"alone": "on every sample", "chained (smaller ε; DLR after CE)": "chained (smaller ε; DLR after CE)",
+          "after previous": "only where earlier attacks failed (cumulative)", "ensemble": "ensemble"}
+
+COLUMNS = {
+    "dataset": "dataset", "classifier": "classifier", "eps": "ε", "n": "n", "vlm": "VLM",
+    "clf_clean_acc": "classifier: clean acc. (%)",
+    "clf_robust_acc": "classifier: robust acc. (%)",
+    "vlm_clean_acc": "VLM: clean acc. (%)",
+    "ms_clean_acc": "Multi-Shield: clean acc. (%)",
+    "ms_clean_reject": "Multi-Shield: clean rejection (%)",
+    "ms_robust_acc_nonadaptive": "Multi-Shield: robust acc., non-adaptive (%)",
+    "ms_reject_nonadaptive": "Multi-Shield: rejected, non-adaptive (%)",
+    "ms_robust_acc_adaptive": "Multi-Shield: robust acc., adaptive (%)",
+    "ms_reject_adaptive": "Multi-Shield: rejected, adaptive (%)",
+    "ms_robust_acc_worst": "Multi-Shield: robust acc., worst case (%)",
+    "ms_reject_worst": "Multi-Shield: rejected, worst case (%)",
+    "gain_worst": "gain, worst case (points)",
+    "gain_adaptive": "gain, adaptive (points)",
+    "gain_nonadaptive": "gain, non-adaptive (points)",
+    # attacks table
+    "attack": "attack", "description": "what it does", "scope": "run on",
+    "robust_acc": "robust acc. (%)", "reject": "rejected (%)",
+    "robust_acc_cumulative": "robust acc., this and every attack above (%)",
+    "reject_cumulative": "rejected, this and every attack above (%)",
+    "n_forward": "forward passes",
+    # ε/2 check
+    "eps_half": "ε/2", "clf_robust_acc_eps_half": "classifier: robust acc. at ε/2 (%)",
+    # security curves, tolerance, zero-shot, outcomes
+    "model": "model and attack", "correct": "correct (%)", "lo": "95% CI low (%)", "hi": "95% CI high (%)",
+    "tolerance": "tolerance", "clean_acc": "clean acc. (%)", "clean_reject": "clean rejection (%)",
+    "robust_acc_nonadaptive": "robust acc., non-adaptive (%)", "reject_nonadaptive": "rejected, non-adaptive (%)",
+    "robust_acc_adaptive": "robust acc., adaptive (%)", "reject_adaptive": "rejected, adaptive (%)",
+    "crafted_at": "attacks crafted at tolerance",
+    "template": "prompt template", "text_norm": "text normalization", "accuracy": "zero-shot acc. (%)",
+    "setting": "setting", "outcome": "outcome", "share": "share (%)", "num_classes": "classes",
+    "nan_scores": "images with NaN scores (%)", "top_class_share": "images given the commonest class (%)",
+    "measure": "success counts", "target": "attacked model", "step": "step", "success": "succeeded (%)",
+    "loss": "mean loss", "clean_robust": "clean: correct or rejected (%)",
+    # gallery
+    "index": "test index", "true": "true class", "clf_clean": "classifier, clean", "vlm_clean": "VLM, clean",
+    "ms_clean": "Multi-Shield, clean", "clf_adv": "classifier, adversarial", "vlm_adv": "VLM, adversarial",
+    "ms_adv": "Multi-Shield, adversarial",
+}
+
+# Value columns whose entries are codes, and the mapping that names them.
+VALUE_MAPS: dict[str, Mapping[str, str]] = {
+    "dataset": DATASETS, "classifier": CLASSIFIERS, "attack": ATTACKS, "setting": SETTINGS, "model": SETTINGS,
+    "outcome": OUTCOMES, "text_norm": TEXT_NORMS, "scope": SCOPES,
+}
+
+_SNAKE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)+$")
+
+
+def _lookup(mapping: Mapping[str, str], code) -> str:
+    return mapping.get(code, code) if isinstance(code, str) else code
+
+
+def dataset(code: str) -> str:
+    return _lookup(DATASETS, code)
+
+
+def classifier(code: str) -> str:
+    return _lookup(CLASSIFIERS, code)
+
+
+def attack(code: str) -> str:
+    """``apgd-dlr-reject@ms`` → "APGD-DLR, rejection-aware (adaptive, paper)"; an unknown code is spelled out."""
+    if code in ATTACKS:
+        return ATTACKS[code]
+    name, _, target = code.partition("@")
+    where = {"clf": "on the classifier", "ms": "on Multi-Shield", "vlm": "on the VLM"}.get(target, target)
+    return f"{name.upper().replace('-', ' ')} {where}".strip()
+
+
+def setting(code: str) -> str:
+    return _lookup(SETTINGS, code)
+
+
+def column(code: str) -> str:
+    """The header of a table column; an unknown code is spelled out (underscores as spaces)."""
+    if code in COLUMNS:
+        return COLUMNS[code]
+    return code.replace("_", " ")
+
+
+def title(dataset_code: str, eps: float | None = None, n: int | None = None, classifier_code: str | None = None) -> str:
+    """"Fashion-MNIST, standard CNN, ε = 0.1, n = 300" (the parts given)."""
+    parts = [dataset(dataset_code)]
+    if classifier_code is not None:
+        parts.append(classifier(classifier_code))
+    if eps is not None:
+        parts.append(f"ε = {eps:g}")
+    if n is not None:
+        parts.append(f"n = {n}")
+    return ", ".join(parts)
+
+
+def is_raw_code(text) -> bool:
+    """Whether ``text`` looks like an internal code a reader should not meet (snake_case or ``name@target``,
+    or a key of one of the mappings that differs from its label)."""
+    if not isinstance(text, str):
+        return False
+    if _SNAKE.match(text) or re.search(r"[a-z]@[a-z]", text):
+        return True
+    return any(text in m and m[text] != text for m in (ATTACKS, SETTINGS, TEXT_NORMS))
+
+
+def named(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose code columns (attack, setting, model, …) hold names; headers unchanged."""
+    out = df.copy()
+    for col, mapping in VALUE_MAPS.items():
+        if col in out.columns:
+            out[col] = [attack(v) if col == "attack" and isinstance(v, str) else _lookup(mapping, v) for v in out[col]]
+    return out
+
+
+def _pct(v: float, digits: int = 1) -> str:
+    return "–" if pd.isna(v) else f"{100 * v:.{digits}f}"
+
+
+def display(df: pd.DataFrame, rates: Iterable[str] | None = None, points: Iterable[str] = (),
+            ci: Mapping[str, tuple[str, str]] | None = None, drop: Iterable[str] = ()) -> pd.DataFrame:
+    """The reader's copy of a table: codes named, rates in percent with their 95% CI, gains in points.
+
+    ``rates``: the rate columns (default: every column with ``<col>_lo``/``<col>_hi`` beside it); ``ci`` maps
+    a rate column to its CI columns when they are named otherwise (e.g. ``{"accuracy": ("lo", "hi")}``);
+    ``points``: differences of rates, shown as signed percentage points; ``drop``: columns left out.
+    """
+    ci = dict(ci or {})
+    cols = list(df.columns)
+    if rates is None:
+        rates = [c for c in cols if f"{c}_lo" in cols and f"{c}_hi" in cols]
+    rates = list(rates)
+    for c in rates:
+        ci.setdefault(c, (f"{c}_lo", f"{c}_hi"))
+    hidden = {x for pair in ci.values() for x in pair if x in cols} | set(drop)
+    hidden |= {c for c in cols if c.endswith(("_lo", "_hi"))}
+    out = named(df)
+    for c in rates:
+        lo, hi = ci[c]
+        if lo in df.columns and hi in df.columns:
+            out[c] = [_pct(v) if pd.isna(a) else f"{_pct(v)} [{_pct(a)}, {_pct(b)}]"
+                      for v, a, b in zip(df[c], df[lo], df[hi])]
+        else:
+            out[c] = [_pct(v) for v in df[c]]
+    for c in points:
+        out[c] = ["–" if pd.isna(v) else f"{100 * v:+.1f}" for v in df[c]]
+    out = out[[c for c in cols if c not in hidden]]
+    return out.rename(columns={c: column(c) for c in out.columns})
+
+
+__all__ = ["ATTACKS", "CLASSIFIERS", "COLUMNS", "DATASETS", "OUTCOMES", "OUTCOME_COLORS", "ROBUST",
+           "ROBUST_NOTE", "SETTINGS", "TEXT_NORMS", "TOLERANCE_METRICS", "attack", "classifier", "column", "dataset", "display",
+           "is_raw_code", "named", "setting", "title"]
+
+# The tolerance figure's lines: clean and adversarial rates, each saying what it counts.
+TOLERANCE_METRICS = {
+    "clean_acc": "clean: correct",
+    "clean_reject": "clean: rejected",
+    "clean_robust": "clean: correct or rejected",
+    "robust_acc_nonadaptive": "non-adaptive attack: correct or rejected",
+    "robust_acc_adaptive": "adaptive attack (paper): correct or rejected",
+}
