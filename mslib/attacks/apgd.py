@@ -54,10 +54,17 @@ class APGDResult:
             self.zero_grad[todo[first]] = res.zero_grad[first]
 
 
-def zero_gradient(grad: torch.Tensor) -> torch.Tensor:
-    """Per sample: 1 (int8) where every entry of the input gradient is exactly 0, else 0 (AutoAttack's
-    ``check_zero_gradients``: a loss that cannot move the attack, e.g. one that cancels to a constant)."""
-    return (grad.reshape(grad.shape[0], -1).abs().amax(dim=1) == 0).to(torch.int8)
+# Below this max |dL/dx| a gradient counts as zero: a loss that cancels to a constant leaves only float32
+# round-off (~1e-9 for Multi-Shield under the paper's DLR loss, against ~1e-3..1 for a loss that can move),
+# and the sign step of APGD then follows noise.
+ZERO_GRAD_ATOL = 1e-6
+
+
+def zero_gradient(grad: torch.Tensor, atol: float = ZERO_GRAD_ATOL) -> torch.Tensor:
+    """Per sample: 1 (int8) where every entry of the input gradient is zero up to ``atol`` (float32 round-off),
+    else 0. AutoAttack's ``check_zero_gradients`` idea: a loss that cannot move the attack, e.g. one that
+    cancels to a constant, or a saturated one."""
+    return (grad.reshape(grad.shape[0], -1).abs().amax(dim=1) <= atol).to(torch.int8)
 
 
 def checkpoint_schedule(n_iter: int) -> tuple[int, int, int]:
@@ -216,4 +223,5 @@ def n_iter_checkpoints(n_iter: int) -> list[int]:
         k = max(k - dec, kmin)
 
 
-__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints", "zero_gradient"]
+__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints", "zero_gradient",
+           "ZERO_GRAD_ATOL"]
