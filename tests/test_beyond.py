@@ -139,3 +139,162 @@ def test_apgd_records_the_zero_gradient_share_at_its_start():
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
     direct = apgd(model, x, y, 0.1, losses.dlr_reject_loss_paper, losses.misclassified_not_rejected, noise, n_iter=2)
     assert (direct.zero_grad == 1).all()
+
+
+# ---- the paper profile's robust CLIP VLMs, offline on stand-ins -----------------------------------------
+def test_paper_robust_clip_vlms_are_optional_assets_that_load_offline_on_stand_ins(tmp_path, monkeypatch):
+    from mslib import get_profile, load_vlm
+    from mslib.fetch import missing_assets
+    from mslib.plan import variant_profile, vlm_variants
+    from mslib.profiles import PROFILES
+    from mslib.standins import subset_profile, write_standins
+
+    for var in ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    sub = {"food101": ["resnet18-ft"]}
+    monkeypatch.setitem(PROFILES, "paper-robust", subset_profile("paper-robust", list(sub), sub))
+    monkeypatch.setitem(PROFILES, "paper", subset_profile("paper", list(sub), sub))
+    robust = [a.name for a in missing_assets("paper-robust") if "chs20" in a.name]
+    assert sorted(robust) == ["hf-hub:chs20/fare4-clip", "hf-hub:chs20/tecoa4-clip"]
+    assert not any("chs20" in a.name for a in missing_assets("paper"))  # optional: only where enabled
+    write_standins(tmp_path, list(sub), sub, profile="paper-robust")
+    monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
+    assert missing_assets("paper-robust") == []
+    p = get_profile("paper-robust", "food101", device="cpu", n_samples=4)
+    assert set(vlm_variants(p)) == {"fare4-clip-vit-l14", "tecoa4-clip-vit-l14"}
+    x = torch.rand(2, 3, 224, 224)
+    for name in vlm_variants(p):
+        vlm = load_vlm(variant_profile(p, name))  # the same open_clip path as CLIPA
+        assert vlm.identity["source"] == "open_clip" and len(vlm.identity["sha256"]) >= 1
+        with torch.no_grad():
+            sims = vlm(x)
+        assert sims.shape == (2, vlm.num_classes) and sims.abs().max() <= 1 + 1e-5
+
+
+# ---- the study: the baseline, the health flags and the robust-VLM configuration, end to end --------------
+def _smoke_variants():
+    from mslib.profiles import get_profile
+
+    return get_profile("smoke").extra["vlm_variants"]
+
+
+BEYOND = {**OVERRIDES, "extra": {**OVERRIDES["extra"], "vlm_variants": _smoke_variants()}}
+
+
+@pytest.fixture(scope="module")
+def beyond_run(tmp_path_factory, smoke_models):
+    from mslib.experiment import run_study
+    from mslib.store import Store
+
+    cache = fresh_cache(tmp_path_factory.mktemp("beyond") / "cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        summary = run_study("smoke", progress=False, overrides=BEYOND)
+        assert summary.done
+        yield cache, Store("smoke")
+
+
+def _in(cache, fn, *args):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        return fn(*args)
+
+
+def test_the_plan_holds_the_baseline_the_vlm_attack_and_the_variant(beyond_run):
+    cache, store = beyond_run
+    d = store.datasets[0]
+    plan = d.plan
+    (name,) = plan.variants
+    v = plan.variants[name]
+    assert v.profile.vlm == name and v.profile.vlm_spec["source"] == "lit-fare"
+    assert set(plan.baseline) == set(d.profile.classifiers) and len(plan.baseline["standard"]) == 6
+    assert [j.target for j in plan.baseline["standard"][2:]] == ["conf"] * 4
+    assert all(j.defense == "conf" for j in plan.baseline["standard"][2:])
+    keys = {j.key for j in plan.jobs()}
+    assert keys == set(store.index["jobs"])  # the store's index covers every job, the variant's included
+    assert {j.key for j in v.jobs()} <= keys and not {j.key for j in v.jobs()} & {j.key for j in plan.clean.values()}
+    # every job of the variant differs from the base plan's: the VLM identity is in the context
+    assert "vlm:" + name in store.index["datasets"]["fashion_mnist"]["models"]
+
+
+def test_the_rejector_is_attacked_at_the_threshold_matched_to_multi_shield(beyond_run):
+    from mslib import beyond
+
+    cache, store = beyond_run
+    d = store.datasets[0]
+    k = d.num_classes
+    for plan in beyond.configs(d).values():
+        for clf in d.profile.classifiers:
+            clean = store.outputs(plan.clean[clf])
+            thr = _in(cache, beyond.conf_threshold, store, plan, clf)  # also checks the recorded thresholds
+            n_ms = int((clean.ms_pred(plan.profile.tolerance) == k).sum())
+            assert int((confidence_decide(clean.f, thr) == k).sum()) == n_ms
+            job = plan.baseline[clf][2]
+            assert {float(t) for t in store.load(job, ("threshold",))["threshold"]} == {thr}
+
+
+def test_tables_show_both_vlm_configurations_the_baseline_and_the_health_flags(beyond_run):
+    from mslib import beyond
+
+    cache, store = beyond_run
+    df = _in(cache, beyond.beyond_table, "smoke")
+    vlms = set(df.vlm) - {""}
+    assert len(vlms) == 2
+    for clf in ("standard", "fgsm-rs"):
+        rows = df[df.classifier == clf]
+        assert sorted(rows.defense) == sorted(["classifier alone"] + ["Multi-Shield", "confidence rejector"] * 2)
+        conf = rows[rows.defense == "confidence rejector"]
+        ms = rows[rows.defense == "Multi-Shield"].set_index("vlm")
+        for r in conf.itertuples():  # equal clean cost by construction
+            assert r.clean_reject == pytest.approx(ms.loc[r.vlm, "clean_reject"])
+        assert (rows.robust_acc_every <= rows.robust_acc_worst + 1e-9).all()
+    health = _in(cache, beyond.attack_health, "smoke")
+    paper_dlr = health[health.attack.isin(["apgd-dlr-reject@ms", "apgd-dlr-reject@conf"])]
+    excl = health[health.attack.isin(["apgd-dlr-reject-excl@ms", "apgd-dlr-reject-excl@conf"])]
+    # the paper's DLR loss cancels where y and the rejection logit are the top two: the flag must show it
+    assert (paper_dlr.zero_grad > 0.5).all() and (paper_dlr.flag == "zero gradients").all()
+    assert excl.n_zero_grad.sum() < paper_dlr.n_zero_grad.sum()
+    assert (health[health.gradient_free].n_measured == 0).all()
+    cmp = _in(cache, beyond.comparisons, "smoke")
+    assert "robust VLM vs clean VLM in Multi-Shield" in set(cmp.question)
+    assert ((cmp.difference_lo <= cmp.difference + 1e-12) & (cmp.difference <= cmp.difference_hi + 1e-12)).all()
+    assert len(beyond.conclusions(cmp)) == len(cmp)
+    rc = _in(cache, beyond.risk_coverage, "smoke")
+    assert rc.groupby(["classifier", "vlm", "defense"]).adaptive.sum().eq(1).all()
+    vr = _in(cache, beyond.vlm_robustness, "smoke")
+    assert len(vr) == 2 and vr.robust_zero_shot_acc.notna().all()
+
+
+def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
+    from mslib.cache import file_sha256, read_json
+    from mslib.models import load_vlm
+    from mslib.models.local import model_dir
+    from mslib.models.openclip_factory import WEIGHTS_NAME
+    from mslib.cache import record_key
+    from mslib.models.robust import fare_dir, fare_record
+    from mslib.plan import variant_profile
+    from mslib.profiles import get_profile
+
+    cache, store = beyond_run
+    p = get_profile("smoke", **BEYOND)
+    (name,) = p.extra["vlm_variants"]
+    vp = variant_profile(p, name)
+    spec = {**vp.vlm_spec, "base": {"source": "lit", **vp.vlm_spec["base"]}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        folder = fare_dir(vp, spec)
+        info = read_json(folder / "train_info.json")
+        mtime = (folder / WEIGHTS_NAME).stat().st_mtime_ns
+        vlm = load_vlm(vp)  # from the cache: no retraining
+        assert (folder / WEIGHTS_NAME).stat().st_mtime_ns == mtime
+        record = read_json(folder / "record.json")
+        base = model_dir("lit", vp, spec["base"])
+        assert record["base_sha256"] == file_sha256(base / WEIGHTS_NAME)  # another base model retrains
+        key = record_key(fare_record(vp, spec))
+        assert folder.name == key
+        assert record_key(fare_record(vp, {**spec, "eps": 0.05})) != key
+        assert record_key(fare_record(vp, {**spec, "seed": 1})) != key
+    assert vlm.identity["source"] == "lit-fare" and vlm.identity["sha256"][1] == file_sha256(folder / WEIGHTS_NAME)
+    for key in ("train_seconds", "base_zero_shot_test_accuracy", "fare_zero_shot_test_accuracy",
+                "base_zero_shot_pgd_accuracy", "fare_zero_shot_pgd_accuracy"):
+        assert key in info

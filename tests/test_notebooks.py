@@ -19,6 +19,8 @@ EXPECTED = {
     "05_gallery": ["gallery.csv", "gallery.png", "gallery.pdf"],
     "06_intro_course": ["intro_attack.png", "intro_attack.pdf"],
     "07_adaptive_attacks": ["attacks_table.csv", "attacks_table.md", "attacks_table.tex"],
+    "08_beyond_the_paper": ["beyond_table.csv", "beyond_table.md", "risk_coverage.png", "risk_coverage.pdf",
+                            "attack_health.csv", "comparisons.csv", "vlm_robustness.csv"],
 }
 
 
