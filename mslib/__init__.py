@@ -1,7 +1,7 @@
 """mslib: the Multi-Shield study package (defense, attacks, metrics, data and model loaders)."""
 from __future__ import annotations
 
-from .defense import MultiShield, decide, rejection_logits
+from .defense import ConfidenceRejector, MultiShield, decide, rejection_logits
 from .models import ZeroShotClassifier, build_zero_shot_classifier, load_classifier, load_vlm
 from .profiles import Profile, get_profile
 from . import attacks, metrics
@@ -19,6 +19,7 @@ def __getattr__(name: str):  # lazy: data loading pulls in more than the core ne
 
 
 __all__ = [
+    "ConfidenceRejector",
     "MultiShield",
     "Profile",
     "ZeroShotClassifier",

@@ -7,8 +7,13 @@ K + 1 logits: the classifier's K logits and, last, the rejection score
 
 The prediction is rejected (label K) exactly when the VLM's similarity for ŷ lies more than ``tolerance``
 below its best similarity; otherwise it is ŷ.
+
+:class:`ConfidenceRejector` is the baseline with the same interface that needs no VLM: the classifier alone,
+rejecting when its max softmax probability is below a threshold.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -95,3 +100,139 @@ class MultiShield(nn.Module):
     @property
     def reject_label(self) -> int | None:
         return getattr(self.classifier, "num_classes", None) or getattr(self.vlm, "num_classes", None)
+
+
+# ---- a baseline that needs no VLM: reject when the classifier is unsure ----------------------------------
+# log(threshold) is floored here, far below log(1/K) for any realistic K: threshold 0 never rejects.
+_LOG_FLOOR = -1e4
+
+
+def log_confidence(f: torch.Tensor) -> torch.Tensor:
+    """log of the classifier's max softmax probability, log p_max = −logsumexp(f − max f), per sample."""
+    return -torch.logsumexp(f - f.max(dim=1, keepdim=True).values, dim=1)
+
+
+def _log_threshold(threshold: float, like: torch.Tensor) -> torch.Tensor:
+    lt = math.log(threshold) if threshold > 0 else _LOG_FLOOR
+    return torch.tensor(max(lt, _LOG_FLOOR), dtype=like.dtype, device=like.device)
+
+
+def confidence_logits(f: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N, K+1) logits of the confidence rejector: ``f − max f`` (the top class scores exactly 0) and, last,
+    the rejection score ``log(threshold) − log p_max``.
+
+    The rejection logit wins the argmax exactly when log p_max < log(threshold) (a tie goes to the class,
+    so the rule is strict: p_max == threshold is not rejected). Over the K+1 logits the softmax equals the
+    softmax of [log p_1..log p_K, log threshold], so rejection-aware losses see the rejection score
+    move with the classifier's confidence and the whole output is differentiable.
+    """
+    shifted = f - f.max(dim=1, keepdim=True).values
+    r = _log_threshold(threshold, f) - log_confidence(f)
+    return torch.cat([shifted, r[:, None]], dim=1)
+
+
+def confidence_decide(f: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Labels in 0..K from classifier logits: K (rejected) where log p_max < log(threshold), else argmax f.
+
+    The same comparison as the argmax of :func:`confidence_logits` (its rejection score is compared with the
+    top class's exact 0), so ``predict`` and the logits never disagree.
+    """
+    r = _log_threshold(threshold, f) - log_confidence(f)
+    y_hat = f.argmax(dim=1)
+    return torch.where(r > 0, torch.full_like(y_hat, f.shape[1]), y_hat)
+
+
+def threshold_for_rejections(f: torch.Tensor, n_reject: int) -> float:
+    """The confidence threshold at which the rejector rejects exactly ``n_reject`` of the samples with clean
+    logits ``f`` (fewer or more only where confidences tie at the cut, even as float64 probabilities).
+
+    Exact quantile rule: sort log p_max ascending and take the (n_reject+1)-th value as log(threshold)
+    (strictly below it is rejected); ``n_reject = N`` cuts just above the largest, so all are rejected even
+    where p_max rounds to 1 (the threshold then exceeds 1). The threshold is a probability, so the cut goes
+    through exp/log: the candidate whose float32 log gives exactly ``n_reject`` rejections is returned.
+    """
+    n = f.shape[0]
+    check_int_range(n_reject, 0, n, "n_reject")
+    if n_reject == 0:
+        return 0.0
+    lc = log_confidence(f)
+    srt = torch.sort(lc).values.double().tolist()
+
+    def count(thr: float) -> int:
+        return int((lc < _log_threshold(thr, lc)).sum())
+
+    if n_reject < n:
+        lo, hi = srt[n_reject - 1], srt[n_reject]
+        cuts = [hi, (lo + hi) / 2, float(torch.nextafter(torch.tensor(hi, dtype=lc.dtype),
+                                                          torch.tensor(lo, dtype=lc.dtype)))]
+    else:
+        top = srt[-1]
+        cuts = [top + d * max(1.0, abs(top)) for d in (1e-6, 1e-5, 1e-4, 1e-3)]
+    candidates = [math.exp(c) for c in cuts]
+    return min(candidates, key=lambda t: abs(count(t) - n_reject))
+
+
+def threshold_for_rate(f: torch.Tensor, rate: float) -> float:
+    """The threshold whose clean rejection rate on logits ``f`` is ``rate`` (rounded to a whole sample)."""
+    if not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
+        raise ValueError(f"rate must be a number in [0, 1], got {rate!r}")
+    return threshold_for_rejections(f, int(round(rate * f.shape[0])))
+
+
+def matched_threshold(f: torch.Tensor, s: torch.Tensor, tolerance: float) -> float:
+    """The confidence threshold that rejects as many clean samples as Multi-Shield does (at ``tolerance``),
+    from the clean classifier logits ``f`` and VLM similarities ``s`` of those samples."""
+    n_ms = int((decide(f, s, tolerance) == f.shape[1]).sum())
+    return threshold_for_rejections(f, n_ms)
+
+
+def check_int_range(value: object, lo: int, hi: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+class ConfidenceRejector(nn.Module):
+    """The classifier alone, rejecting when its max softmax probability is below ``threshold``.
+
+    Same interface as :class:`MultiShield`: ``forward(x)`` → K+1 logits (last = rejected, see
+    :func:`confidence_logits`), ``predict(x)`` → labels in 0..K, ``rejects = True`` for the rejection-aware
+    attacks. Pick ``threshold`` with :func:`threshold_for_rate` or :func:`matched_threshold`.
+    """
+
+    rejects = True
+
+    def __init__(self, classifier: nn.Module, threshold: float) -> None:
+        super().__init__()
+        if not isinstance(classifier, nn.Module):
+            raise TypeError(f"classifier must be a torch.nn.Module (images in [0, 1] -> logits), "
+                            f"got {type(classifier).__name__}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+                math.isfinite(threshold) and threshold >= 0):
+            raise ValueError(f"threshold must be a finite number >= 0 (a probability; > 1 rejects all), "
+                             f"got {threshold!r}")
+        self.classifier = classifier
+        self.threshold = float(threshold)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a tensor of shape (N, C, H, W) in [0, 1], got {shape}")
+        check_unit_range(x, "x")
+        return check_finite_output(self.classifier(x), "the classifier of ConfidenceRejector")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return confidence_logits(self.logits(x), self.threshold)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels in 0..K (K = rejected)."""
+        return confidence_decide(self.logits(x), self.threshold)
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.classifier, "num_classes", None)
+
+    @property
+    def reject_label(self) -> int | None:
+        return self.num_classes

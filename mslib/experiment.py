@@ -30,8 +30,8 @@ from torch import nn
 from .attacks import ATTACKS, REJECT_AWARE, frozen, run_attack
 from .cache import DamagedFileError, data_root, entry_dir, load_tensors, report_damaged, save_tensors, \
     write_json_if_changed
-from .defense import MultiShield, decide
-from .plan import TARGETS, DatasetPlan, Job, dataset_plan
+from .defense import ConfidenceRejector, MultiShield, confidence_decide, decide, matched_threshold
+from .plan import TARGETS, DatasetPlan, Job, dataset_plan, variant_profile, vlm_variants
 from .profiles import Profile, get_profile
 
 VLM_LOGIT_SCALE = 100.0
@@ -107,6 +107,20 @@ def ms_broken(f: torch.Tensor, s: torch.Tensor, y: torch.Tensor, tolerance: floa
     return (pred != y) & (pred != f.shape[1])
 
 
+def conf_broken(f: torch.Tensor, y: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per sample: the confidence rejector (at ``threshold``) outputs a wrong class that is not "rejected"."""
+    pred = confidence_decide(f, threshold)
+    return (pred != y) & (pred != f.shape[1])
+
+
+def job_broken(job: Job, f: torch.Tensor, s: torch.Tensor, y: torch.Tensor, threshold: float | None = None
+               ) -> torch.Tensor:
+    """Per sample: the defense ``job`` is scored against (:attr:`Job.defense`) is broken by outputs f, s."""
+    if job.defense == "conf":
+        return conf_broken(f, y, threshold)
+    return ms_broken(f, s, y, job.tolerance)
+
+
 def batch_files(folder: Path, start: int) -> tuple[Path, Path]:
     """(outputs file, images file) of the batch starting at sample ``start`` of a result folder."""
     return folder / f"batch_{start:07d}.pt", folder / f"batch_{start:07d}.x.pt"
@@ -122,39 +136,81 @@ class Workspace:
         self.profile = profile
         self.images, self.labels, self.class_names, self.indices = load_eval_set(profile, with_indices=True)
         self._models: dict[str, nn.Module] = {}
+        self._thresholds: dict[str, float] = {}
 
     def model(self, name: str) -> nn.Module:
-        """A classifier by name, or ``"vlm"``; loaded (trained on first use) outside inference mode."""
+        """A classifier by name, ``"vlm"`` or ``"vlm:<variant>"``; loaded (trained on first use) outside
+        inference mode."""
         if name not in self._models:
             from .models import load_classifier, load_vlm
 
-            raw = load_vlm(self.profile) if name == "vlm" else load_classifier(self.profile, name)
+            if name == "vlm":
+                raw = load_vlm(self.profile)
+            elif name.startswith("vlm:"):
+                raw = load_vlm(variant_profile(self.profile, name[4:]))
+            else:
+                raw = load_classifier(self.profile, name)
             model = prepare_model(raw, self.profile)
             model.identity = raw.identity
             self._models[name] = model
         return self._models[name]
 
     def identities(self) -> dict[str, dict[str, Any]]:
-        return {name: self.model(name).identity for name in (*self.profile.classifiers, "vlm")}
+        names = (*self.profile.classifiers, "vlm", *(f"vlm:{v}" for v in vlm_variants(self.profile)))
+        return {name: self.model(name).identity for name in names}
 
     def plan(self, compact: bool = True, ensemble: bool = True) -> DatasetPlan:
         return dataset_plan(self.profile, self.indices.tolist(), self.identities(), speed_settings(self.profile),
                             compact=compact, ensemble=ensemble)
 
-    def target_model(self, clf: str, target: str) -> nn.Module:
+    def variant(self, name: str) -> "Workspace":
+        """The same samples and classifiers with VLM variant ``name`` as the VLM (models shared, not reloaded)."""
+        ws = Workspace.__new__(Workspace)
+        ws.profile = variant_profile(self.profile, name)
+        ws.images, ws.labels, ws.class_names, ws.indices = self.images, self.labels, self.class_names, self.indices
+        ws._models = {c: self.model(c) for c in self.profile.classifiers} | {"vlm": self.model(f"vlm:{name}")}
+        ws._thresholds = {}
+        return ws
+
+    def target_model(self, clf: str, target: str, threshold: float | None = None) -> nn.Module:
         if target == "clf":
             return self.model(clf)
         if target == "ms":
             return MultiShield(self.model(clf), self.model("vlm"), tolerance=self.profile.tolerance)
         if target == "vlm":
             return ScaledLogits(self.model("vlm"))
+        if target == "conf":
+            return ConfidenceRejector(self.model(clf), threshold)
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
     def evaluate(self, clf: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        classifier, vlm = self.model(clf), self.model("vlm")
+        """Classifier logits and VLM similarities of ``x`` (for the VLM alone, ``clf=""``: f is s)."""
+        vlm = self.model("vlm")
         with torch.inference_mode():
             x = x.to(self.profile.device)
-            return classifier(x).float().cpu(), vlm(x).float().cpu()
+            s = vlm(x).float().cpu()
+            return (self.model(clf)(x).float().cpu() if clf else s.clone()), s
+
+    def threshold(self, job: Job) -> float | None:
+        """The confidence rejector's threshold for an attack on it: matched to Multi-Shield's clean rejections
+        on the job's samples, from the stored clean outputs (their missing batches are computed first, all
+        of them, whatever the shard: the threshold depends on every sample). None for other defenses."""
+        if job.defense != "conf":
+            return None
+        clean = job.clean_job()
+        if clean.key not in self._thresholds:
+            folder = entry_dir("results", clean.record())
+            for b in self.starts():
+                if batch_state(folder, b) != "done":
+                    out = _compute_batch(self, clean, None, b)
+                    out_file, x_file = batch_files(folder, b)
+                    save_tensors({"x": out.pop("x")}, x_file)
+                    save_tensors(out, out_file)
+            parts = [load_tensors(batch_files(folder, b)[0]) for b in self.starts()]
+            f = torch.cat([p["f"] for p in parts])
+            s = torch.cat([p["s"] for p in parts])
+            self._thresholds[clean.key] = matched_threshold(f, s, job.tolerance)
+        return self._thresholds[clean.key]
 
     def starts(self, shard: tuple[int, int] | None = None) -> list[int]:
         starts = list(range(0, self.images.shape[0], self.profile.batch_size))
@@ -217,13 +273,15 @@ def _attack_batch(ws: Workspace, job: Job, model: nn.Module, start: int) -> dict
     t0 = time.perf_counter()
     x_adv = x.clone()
     reused = torch.zeros(x.shape[0], dtype=torch.bool)
+    zero_grad = torch.full((x.shape[0],), -1, dtype=torch.int8)
+    threshold = ws.threshold(job)
     f = s = None
     for a in job.after:  # earlier results of this batch: the first one that broke a sample provides it
         out_a, x_a = batch_files(entry_dir("results", a.record()), start)
         prev = load_tensors(out_a)
         if f is None:
             f, s = prev["f"].clone(), prev["s"].clone()
-        new = ms_broken(prev["f"], prev["s"], y, job.tolerance) & ~reused
+        new = job_broken(job, prev["f"], prev["s"], y, threshold) & ~reused
         if new.any():
             x_adv[new] = load_tensors(x_a)["x"][new]
             f[new], s[new] = prev["f"][new], prev["s"][new]
@@ -238,6 +296,8 @@ def _attack_batch(ws: Workspace, job: Job, model: nn.Module, start: int) -> dict
                          indices=ws.indices[sl][todo], **opts)
         x_adv[todo] = res.x_adv
         success[todo] = res.success
+        if res.zero_grad is not None:
+            zero_grad[todo] = res.zero_grad
         # the attack's own successes (for a transfer: its source model fooled) on top of the samples reused
         curve = [int(reused.sum()) + c for c in res.success_curve]
         loss_curve = [v * todo.numel() / x.shape[0] for v in res.loss_curve]
@@ -247,9 +307,12 @@ def _attack_batch(ws: Workspace, job: Job, model: nn.Module, start: int) -> dict
             f, s = f_new, s_new
         else:
             f[todo], s[todo] = f_new, s_new
-    return {"x": x_adv, "f": f, "s": s, "success": success, "reused": reused,
-            "success_curve": torch.tensor(curve), "loss_curve": torch.tensor(loss_curve), "n_forward": n_fwd,
-            "seconds": time.perf_counter() - t0}
+    out = {"x": x_adv, "f": f, "s": s, "success": success, "reused": reused, "zero_grad": zero_grad,
+           "success_curve": torch.tensor(curve), "loss_curve": torch.tensor(loss_curve), "n_forward": n_fwd,
+           "seconds": time.perf_counter() - t0}
+    if threshold is not None:
+        out["threshold"] = torch.tensor(threshold, dtype=torch.float64)
+    return out
 
 
 def _compute_batch(ws: Workspace, job: Job, model: nn.Module | None, start: int) -> dict[str, Any]:
@@ -269,8 +332,8 @@ def _check_job(job: Job) -> None:
         raise ValueError(f"unknown attack {job.attack!r}; choose one of {sorted(ATTACKS)}")
     if job.target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {job.target!r}")
-    if job.attack in REJECT_AWARE and job.target != "ms":
-        raise ValueError(f"{job.attack} needs a rejecting model: use target='ms'")
+    if job.attack in REJECT_AWARE and job.target not in ("ms", "conf"):
+        raise ValueError(f"{job.attack} needs a rejecting model: use target='ms' or 'conf'")
 
 
 def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = None, progress: bool = True,
@@ -293,7 +356,7 @@ def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = 
             summary.complete += 1
         if not todo:
             continue
-        model = ws.target_model(job.classifier, job.target) if job.kind == "attack" else None
+        model = ws.target_model(job.classifier, job.target, ws.threshold(job)) if job.kind == "attack" else None
         bar: Iterable[int] = todo
         if progress:
             from tqdm.auto import tqdm
@@ -350,7 +413,10 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
         jobs = plan.jobs()
         if progress:
             print(f"{profile_name}/{ds}: {len(jobs)} jobs", file=sys.stderr, flush=True)
-        execute(ws, jobs, shard=shard, progress=progress, summary=summary)
+        variant_keys = {j.key for v in plan.variants.values() for j in v.jobs()}
+        execute(ws, [j for j in jobs if j.key not in variant_keys], shard=shard, progress=progress, summary=summary)
+        for name, vplan in plan.variants.items():  # each VLM variant: the same samples, another VLM
+            execute(ws.variant(name), vplan.jobs(), shard=shard, progress=progress, summary=summary)
         workspaces.append(ws)
         plans.append(plan)
     if summary.done:

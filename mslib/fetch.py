@@ -109,6 +109,7 @@ def profile_assets(profile_name: str) -> list[Asset]:
     """Every external asset of every dataset of a profile (locally trained models are not assets)."""
     from . import paper_data
     from .models.paper import hub_folder, robustbench_checkpoint_paths, robustbench_dir, torchvision_weights_path
+    from .plan import vlm_variants
     from .profiles import PROFILES, get_profile
 
     if profile_name not in PROFILES:
@@ -131,7 +132,8 @@ def profile_assets(profile_name: str) -> list[Asset]:
             root = Path(p.data_options["root"]) if p.data_options.get("root") else None
             add(Asset("dataset", ds, paper_data.dataset_path(ds, p.data_options), cmd,
                       {"dataset": ds, "check": _dataset_complete(ds, root)}))
-        specs = list(p.classifier_specs.items()) + [(p.vlm, p.vlm_spec)]
+        # the profile's VLM variants are assets only where the profile enables them (e.g. paper-robust)
+        specs = list(p.classifier_specs.items()) + [(p.vlm, p.vlm_spec)] + list(vlm_variants(p).items())
         for name, spec in specs:
             src = spec.get("source")
             if src == "robustbench":
@@ -209,10 +211,11 @@ def asset_hashes(profile_name: str, dataset: str | None = None) -> dict[str, str
 
 def _asset_of_dataset(asset: Asset, profile: Any) -> bool:
     from .models.paper import hub_folder
+    from .plan import vlm_variants
 
     if asset.kind == "dataset":
         return asset.params.get("dataset", "imagenet") == profile.dataset
-    specs = list(profile.classifier_specs.values()) + [profile.vlm_spec]
+    specs = list(profile.classifier_specs.values()) + [profile.vlm_spec] + list(vlm_variants(profile).values())
     if asset.kind == "robustbench":
         return any(s.get("source") == "robustbench" and s.get("model") == asset.params["model"]
                    and s.get("dataset") == asset.params["dataset"] for s in specs)

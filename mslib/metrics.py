@@ -100,3 +100,45 @@ def evaluate(clean_pred: torch.Tensor, adv_pred: torch.Tensor, labels: torch.Ten
         out["clean_reject"] = rejection_rate(clean_pred, reject_label)
         out["adv_reject"] = rejection_rate(adv_pred, reject_label)
     return out
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference of two proportions on the same samples, ``a − b``, with its 95% interval."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    only_a: int  # samples where a holds and b does not
+    only_b: int
+
+    def __str__(self) -> str:
+        return f"{100 * self.value:+.1f} points [{100 * self.low:+.1f}, {100 * self.high:+.1f}] (n={self.n})"
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor, z: float = 1.959963984540054) -> Difference:
+    """``mean(a) − mean(b)`` for two boolean outcomes on the same samples, with Newcombe's (1998, method 10)
+    95% interval for paired proportions: Wilson intervals of each rate combined through the correlation of
+    the pairs (sound at 0 and 1 and when the two rates are close, unlike the Wald interval)."""
+    a, b = torch.as_tensor(a).bool().reshape(-1), torch.as_tensor(b).bool().reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes must have the same length, got {a.numel()} and {b.numel()}")
+    n = int(a.numel())
+    if n == 0:
+        return Difference(float("nan"), float("nan"), float("nan"), 0, 0, 0)
+    both, only_a = int((a & b).sum()), int((a & ~b).sum())
+    only_b, neither = int((~a & b).sum()), int((~a & ~b).sum())
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = wilson_interval(both + only_a, n, z)
+    l2, u2 = wilson_interval(both + only_b, n, z)
+    denom = (both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a)
+    num = both * neither - only_a * only_b
+    if denom == 0:
+        phi = 0.0
+    else:  # Newcombe's continuity-corrected correlation
+        phi = (max(num - n / 2, 0) if num > 0 else num) / math.sqrt(denom)
+    d = p1 - p2
+    delta = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    eps = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return Difference(d, max(-1.0, d - delta), min(1.0, d + eps), n, only_a, only_b)

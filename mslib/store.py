@@ -22,8 +22,9 @@ from .defense import decide
 from .plan import DatasetPlan, Job, dataset_plan
 from .profiles import get_profile
 
-OUTPUT_FIELDS = ("f", "s", "success", "reused")
-BOOKKEEPING = ("success_curve", "loss_curve", "n_forward", "seconds")
+OUTPUT_FIELDS = ("f", "s", "success", "reused", "zero_grad")
+# per-batch values; "threshold": the confidence rejector's (attacks on it only)
+BOOKKEEPING = ("success_curve", "loss_curve", "n_forward", "seconds", "threshold")
 
 
 class ResultsNotReadyError(LookupError):

@@ -83,7 +83,7 @@ def main_table(profile_name: str) -> pd.DataFrame:
     store = Store(profile_name)
     rows = []
     for d in store.datasets:
-        p, y, k = d.profile, d.labels, d.num_classes
+        p, y = d.profile, d.labels
         for clf in p.classifiers:
             st = _main_statuses(store, d, clf)
             non, ada, worst = (_rates(st[s]) for s in ("ms_nonadaptive", "ms_adaptive", "ms_worst"))

@@ -21,6 +21,8 @@ EXPECTED = {
     "06_intro_course": ["intro_attack.png", "intro_attack.pdf"],
     "07_adaptive_attacks": ["attacks_table.csv", "attacks_table.md", "attacks_table.tex", "attacks_table.png",
                             "attacks_table.data.csv", "attack_curves.png", "attack_curves.data.csv"],
+    "08_beyond_the_paper": ["beyond_table.csv", "beyond_table.md", "risk_coverage.png", "risk_coverage.pdf",
+                            "attack_health.csv", "comparisons.csv", "vlm_robustness.csv"],
 }
 # the figures whose source data is written beside them (<stem>.data.csv)
 FIGURE_DATA = ["zero_shot", "main_table", "security_curves", "tolerance", "gallery", "attacks_table", "attack_curves"]

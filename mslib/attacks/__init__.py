@@ -35,6 +35,7 @@ class AttackResult:
     n_forward: int = 0
     n_backward: int = 0
     seconds: float = 0.0
+    zero_grad: torch.Tensor | None = None  # int8 per sample: 1 zero input gradient at the start, 0 not, -1 unmeasured
 
 
 # An attack function attacks one batch (already on the model's device) and returns an APGDResult-like
@@ -198,6 +199,10 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
             out.loss_curve = _add(out.loss_curve, [v * x.shape[0] for v in res.loss_curve])
             out.n_forward += res.n_forward
             out.n_backward += res.n_backward
+            if getattr(res, "zero_grad", None) is not None:
+                if out.zero_grad is None:
+                    out.zero_grad = torch.full((images.shape[0],), -1, dtype=torch.int8)
+                out.zero_grad[sl] = res.zero_grad.cpu()
     out.loss_curve = [v / max(images.shape[0], 1) for v in out.loss_curve]
     out.seconds = time.perf_counter() - t0
     check_perturbation(images, out.x_adv, eps)

@@ -31,6 +31,9 @@ class APGDResult:
     loss_curve: list[float] = field(default_factory=list)
     n_forward: int = 0
     n_backward: int = 0
+    # per sample: 1 if the loss gradient w.r.t. the input was exactly zero at the first start point, 0 if
+    # not, -1 if never measured (broken before any gradient step, or a gradient-free attack)
+    zero_grad: torch.Tensor | None = None
 
     def absorb(self, todo: torch.Tensor, res: "APGDResult") -> None:
         """Merge a run on the samples ``todo`` (e.g. a restart) into this result: successes and better
@@ -44,6 +47,24 @@ class APGDResult:
         self.loss_curve += list(res.loss_curve)
         self.n_forward += res.n_forward
         self.n_backward += res.n_backward
+        if res.zero_grad is not None:
+            if self.zero_grad is None:
+                self.zero_grad = torch.full((self.success.shape[0],), -1, dtype=torch.int8, device=res.zero_grad.device)
+            first = self.zero_grad[todo] < 0  # keep each sample's first measurement (its first start point)
+            self.zero_grad[todo[first]] = res.zero_grad[first]
+
+
+# Below this max |dL/dx| a gradient counts as zero: a loss that cancels to a constant leaves only float32
+# round-off (~1e-9 for Multi-Shield under the paper's DLR loss, against ~1e-3..1 for a loss that can move),
+# and the sign step of APGD then follows noise.
+ZERO_GRAD_ATOL = 1e-6
+
+
+def zero_gradient(grad: torch.Tensor, atol: float = ZERO_GRAD_ATOL) -> torch.Tensor:
+    """Per sample: 1 (int8) where every entry of the input gradient is zero up to ``atol`` (float32 round-off),
+    else 0. AutoAttack's ``check_zero_gradients`` idea: a loss that cannot move the attack, e.g. one that
+    cancels to a constant, or a saturated one."""
+    return (grad.reshape(grad.shape[0], -1).abs().amax(dim=1) <= atol).to(torch.int8)
 
 
 def checkpoint_schedule(n_iter: int) -> tuple[int, int, int]:
@@ -98,6 +119,7 @@ def apgd(
     logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn)
     res.n_forward += n
     res.n_backward += n
+    res.zero_grad = zero_gradient(grad)
 
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
     out_x.copy_(x_adv)  # AutoAttack keeps the start as the fallback "adversarial" point
@@ -201,4 +223,5 @@ def n_iter_checkpoints(n_iter: int) -> list[int]:
         k = max(k - dec, kmin)
 
 
-__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints"]
+__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints", "zero_gradient",
+           "ZERO_GRAD_ATOL"]

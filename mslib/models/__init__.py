@@ -29,6 +29,7 @@ CLASSIFIER_SOURCES: dict[str, str] = {
 }
 VLM_SOURCES: dict[str, str] = {
     "lit": "mslib.models.local:load_lit_vlm",
+    "lit-fare": "mslib.models.robust:load_lit_fare",
     "open_clip": "mslib.models.paper:load_open_clip_vlm",
     "hf-clip": "mslib.models.paper:load_hf_clip_vlm",
 }

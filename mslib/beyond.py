@@ -1,0 +1,354 @@
+"""Beyond the paper: two questions and a health check, as tables read from the results store (no compute).
+
+1. At the same cost in clean rejections, does the VLM agreement signal beat a rejector that needs no VLM?
+   :func:`beyond_table` puts Multi-Shield beside the confidence rejector (the classifier alone, rejecting
+   below a max-softmax threshold matched to Multi-Shield's clean rejections on the same samples, attacked by
+   the same machinery) and the classifier alone; :func:`risk_coverage` sweeps both rejectors' operating
+   points; :func:`comparisons` gives paired differences with 95% intervals.
+2. Does Multi-Shield become robust when its VLM is? Every table shows each VLM configuration of the study
+   (the profile's VLM and its ``vlm_variants``, e.g. the FARE-fine-tuned LiT) side by side;
+   :func:`vlm_robustness` reports each VLM's clean and robust (APGD-CE on the VLM alone) zero-shot accuracy.
+3. :func:`attack_health` flags weak attacks: the share of attacked samples whose loss gradient is exactly
+   zero at the start point, and whether the gradient-free Square attack breaks samples that every gradient
+   attack before it left unbroken (gradient masking).
+
+A sample is *broken* under a defense when its output is a wrong class that is not "rejected"; worst case
+over attacks is per sample. Rates are fractions with 95% Wilson intervals.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import pandas as pd
+import torch
+
+from . import metrics
+from .defense import confidence_decide, matched_threshold, threshold_for_rejections
+from .plan import DatasetPlan, Job
+from .store import DatasetResults, Outputs, Store
+from .tables import BROKEN, CORRECT, REJECTED, _with_ci, status, worst_case
+
+CONFIDENCE = "confidence rejector"
+CLASSIFIER = "classifier alone"
+RATE_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+ZERO_GRAD_WARN = 0.1  # a zero-gradient share above this flags the attack as unable to move
+
+
+def configs(d: DatasetResults) -> dict[str, DatasetPlan]:
+    """VLM name -> the plan of that configuration: the profile's VLM first, then its variants."""
+    return {d.plan.profile.vlm: d.plan, **{name: v for name, v in d.plan.variants.items()}}
+
+
+def conf_threshold(store: Store, plan: DatasetPlan, clf: str) -> float:
+    """The confidence rejector's threshold of a configuration: matched to Multi-Shield's clean rejections,
+    recomputed from the stored clean outputs (and checked against the one the attacks recorded)."""
+    clean = store.outputs(plan.clean[clf])
+    thr = matched_threshold(clean.f, clean.s, plan.profile.tolerance)
+    for job in plan.baseline.get(clf, ()):
+        if job.target == "conf":
+            recorded = {float(t) for t in store.load(job, ("threshold",))["threshold"] if t is not None}
+            if recorded and recorded != {thr}:
+                raise ValueError(f"{job.label}: attacked at threshold {sorted(recorded)}, but the stored clean "
+                                 f"outputs give {thr}; the results are inconsistent (recompute them)")
+    return thr
+
+
+def _conf_status(out: Outputs, y: torch.Tensor, thr: float, k: int) -> torch.Tensor:
+    return status(confidence_decide(out.f, thr), y, k)
+
+
+def _ms_status(out: Outputs, y: torch.Tensor, tol: float, k: int) -> torch.Tensor:
+    return status(out.ms_pred(tol), y, k)
+
+
+def _worst(store: Store, jobs: Iterable[Job], score) -> torch.Tensor:
+    return worst_case(score(store.outputs(j)) for j in jobs)
+
+
+def every_output(store: Store, d: DatasetResults, clf: str) -> list[Outputs]:
+    """Every stored output of classifier ``clf`` at the profile's eps, over all VLM configurations: the clean
+    one first, then every attack on the classifier, on Multi-Shield, on the VLM and on the confidence
+    rejector. Each is an eps-perturbation of the same images, so a defense may be scored on all of them."""
+    jobs: dict[str, Job] = {}
+    for plan in configs(d).values():
+        for j in (plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf]):
+            jobs.setdefault(j.key, j)
+    return [store.outputs(j) for j in jobs.values()]
+
+
+def _adaptive(stages: tuple[Job, ...]) -> tuple[Job, ...]:
+    return tuple(j for j in stages if j.attack in ("apgd-ce-reject", "apgd-dlr-reject") and j.target != "clf")
+
+
+def _defense_rows(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, clf: str,
+                  every: list[Outputs]) -> list[dict]:
+    """Multi-Shield and the matched confidence rejector of one configuration."""
+    p, y, k = plan.profile, d.labels, d.num_classes
+    clean = store.outputs(plan.clean[clf])
+    base = {"dataset": p.dataset, "classifier": clf, "vlm": vlm, "eps": p.eps, "n": len(y)}
+    rows = []
+    ms = lambda o: _ms_status(o, y, p.tolerance, k)  # noqa: E731
+    non = _worst(store, plan.nonadaptive[clf, p.eps], ms)
+    ada = _worst(store, plan.adaptive[clf, p.eps], ms)
+    worst = _worst(store, plan.ensemble[clf], ms)
+    rows.append({**base, "defense": "Multi-Shield", "operating_point": f"tolerance {p.tolerance:g}",
+                 "clean_acc": metrics.rate(ms(clean) == CORRECT), "clean_reject": metrics.rate(ms(clean) == REJECTED),
+                 "robust_acc_nonadaptive": metrics.rate(non < BROKEN), "robust_acc_adaptive": metrics.rate(ada < BROKEN),
+                 "robust_acc_worst": metrics.rate(worst < BROKEN), "reject_worst": metrics.rate(worst == REJECTED),
+                 "robust_acc_every": metrics.rate(worst_case(ms(o) for o in every) < BROKEN),
+                 "n_attacks_worst": len(plan.ensemble[clf])})
+    thr = conf_threshold(store, plan, clf)
+    cf = lambda o: _conf_status(o, y, thr, k)  # noqa: E731
+    stages = plan.baseline[clf]
+    non = _worst(store, plan.nonadaptive[clf, p.eps], cf)
+    ada = _worst(store, _adaptive(stages), cf)
+    worst = _worst(store, stages, cf)
+    rows.append({**base, "defense": CONFIDENCE, "operating_point": f"threshold {thr:.4g} (matched)",
+                 "clean_acc": metrics.rate(cf(clean) == CORRECT), "clean_reject": metrics.rate(cf(clean) == REJECTED),
+                 "robust_acc_nonadaptive": metrics.rate(non < BROKEN), "robust_acc_adaptive": metrics.rate(ada < BROKEN),
+                 "robust_acc_worst": metrics.rate(worst < BROKEN), "reject_worst": metrics.rate(worst == REJECTED),
+                 "robust_acc_every": metrics.rate(worst_case(cf(o) for o in every) < BROKEN),
+                 "n_attacks_worst": len(stages)})
+    return rows
+
+
+def _classifier_row(store: Store, d: DatasetResults, clf: str, every: list[Outputs]) -> dict:
+    p, y = d.profile, d.labels
+    clean = store.outputs(d.plan.clean[clf])
+    st = _worst(store, d.plan.nonadaptive[clf, p.eps], lambda o: status(o.clf_pred(), y))
+    robust = metrics.rate(st == CORRECT)
+    every_st = worst_case(status(o.clf_pred(), y) for o in every)
+    return {"dataset": p.dataset, "classifier": clf, "vlm": "", "eps": p.eps, "n": len(y), "defense": CLASSIFIER,
+            "operating_point": "no rejection", "clean_acc": metrics.rate(clean.clf_pred() == y),
+            "clean_reject": metrics.rate(torch.zeros_like(y, dtype=torch.bool)),
+            "robust_acc_nonadaptive": robust, "robust_acc_adaptive": robust, "robust_acc_worst": robust,
+            "reject_worst": metrics.rate(torch.zeros_like(y, dtype=torch.bool)),
+            "robust_acc_every": metrics.rate(every_st == CORRECT), "n_attacks_worst": 2}
+
+
+def beyond_table(profile_name: str) -> pd.DataFrame:
+    """One row per (dataset, classifier, VLM configuration, defense) at the profile's eps, with 95% CIs.
+
+    Defenses: ``Multi-Shield`` (that VLM, the profile's tolerance), ``confidence rejector`` (threshold matched
+    to that Multi-Shield's clean rejections), and once per classifier the ``classifier alone``. Columns: clean
+    accuracy and rejection; robust accuracy non-adaptive (APGD-CE/DLR on the classifier, transferred),
+    adaptive (the paper's rejection-aware CE then DLR on that defense's K+1 logits) and worst (per sample
+    over the defense's whole ensemble: for Multi-Shield the study's, for the rejector the transferred
+    attacks, CE/DLR-reject, the stronger DLR and Square on its logits; for the classifier APGD-CE+DLR);
+    ``robust_acc_every``: per sample over every stored example of the classifier at eps (all attacks on
+    every defense and VLM configuration, see :func:`every_output`), the strongest evaluation here.
+    """
+    store = Store(profile_name)
+    rows = []
+    for d in store.datasets:
+        for clf in d.profile.classifiers:
+            every = every_output(store, d, clf)
+            rows.append(_classifier_row(store, d, clf, every))
+            for vlm, plan in configs(d).items():
+                rows += _defense_rows(store, d, vlm, plan, clf, every)
+    return _with_ci(rows)
+
+
+def risk_coverage(profile_name: str) -> pd.DataFrame:
+    """Worst-case robust accuracy against clean rejection as each rejector's operating point moves.
+
+    Per (dataset, classifier, VLM configuration): Multi-Shield over tolerances (the profile's grid, its
+    tolerance, and the tolerances that reject each share of :data:`RATE_GRID` of the clean samples) and the
+    confidence rejector over thresholds (each share of the grid and each Multi-Shield point's clean
+    rejection). At every point each sample is scored, under that rejector, on every stored example of the
+    classifier at the profile's eps (:func:`every_output`) and counts as robust only if none breaks it. ``adaptive`` is True only at the operating point the attacks were run against;
+    elsewhere the examples were crafted for another point, so those robust accuracies are upper bounds.
+    """
+    store = Store(profile_name)
+    rows = []
+    for d in store.datasets:
+        y, k = d.labels, d.num_classes
+        for clf in d.profile.classifiers:
+            every = every_output(store, d, clf)
+            for vlm, plan in configs(d).items():
+                p = plan.profile
+                outs = [store.outputs(plan.clean[clf])] + every
+                clean = outs[0]
+                gaps = (clean.s.max(1).values - clean.s.gather(1, clean.f.argmax(1, keepdim=True)).squeeze(1))
+                sorted_gaps = torch.sort(gaps, descending=True).values
+                tols = set(p.tolerance_grid) | {p.tolerance}
+                for r in RATE_GRID:  # the tolerance rejecting a share r: just at the (r·N)-th largest gap
+                    m = int(round(r * len(y)))
+                    tols.add(float(sorted_gaps[m]) if m < len(y) else 0.0)
+                ms_points = []
+                for tol in sorted(tols):
+                    sts = [_ms_status(o, y, tol, k) for o in outs]
+                    w, c = worst_case(sts), sts[0]
+                    ms_points.append(int((c == REJECTED).sum()))
+                    rows.append(_rc_row(p, clf, vlm, "Multi-Shield", "tolerance", tol, c, w, tol == p.tolerance))
+                matched = conf_threshold(store, plan, clf)
+                counts = {int(round(r * len(y))) for r in RATE_GRID} | set(ms_points)
+                thrs = {threshold_for_rejections(clean.f, m) for m in counts} | {matched}
+                for thr in sorted(thrs):
+                    sts = [_conf_status(o, y, thr, k) for o in outs]
+                    rows.append(_rc_row(p, clf, vlm, CONFIDENCE, "threshold", thr, sts[0], worst_case(sts),
+                                        thr == matched))
+    return pd.DataFrame(rows)
+
+
+def _rc_row(p, clf, vlm, defense, knob, value, clean_st, worst_st, adaptive) -> dict:
+    robust = metrics.rate(worst_st < BROKEN)
+    return {"dataset": p.dataset, "classifier": clf, "vlm": vlm, "defense": defense, "knob": knob, "value": value,
+            "clean_reject": float((clean_st == REJECTED).float().mean()),
+            "clean_acc": float((clean_st == CORRECT).float().mean()),
+            "robust_acc_worst": robust.value, "lo": robust.low, "hi": robust.high, "adaptive": bool(adaptive)}
+
+
+def _every_status(store: Store, d: DatasetResults, plan: DatasetPlan, clf: str, defense: str,
+                  every: list[Outputs]) -> torch.Tensor:
+    y, k, p = d.labels, d.num_classes, plan.profile
+    if defense == "Multi-Shield":
+        return worst_case(_ms_status(o, y, p.tolerance, k) for o in every)
+    thr = conf_threshold(store, plan, clf)
+    return worst_case(_conf_status(o, y, thr, k) for o in every)
+
+
+def comparisons(profile_name: str) -> pd.DataFrame:
+    """Paired differences of worst-case robust accuracy (same samples, 95% Newcombe intervals), as fractions.
+
+    Each side is scored per sample on every stored example of the classifier at eps (:func:`every_output`).
+
+    Per (dataset, classifier): for each VLM configuration, Multi-Shield − confidence rejector (equal clean
+    rejections) and Multi-Shield − classifier alone; for each VLM variant, Multi-Shield with it − Multi-Shield
+    with the profile's VLM, and the same for their confidence rejectors. ``clean_reject_a``/``_b``: the two
+    sides' clean rejection rates (equal for the matched comparisons up to ties).
+    """
+    store = Store(profile_name)
+    rows = []
+    for d in store.datasets:
+        y, k = d.labels, d.num_classes
+        for clf in d.profile.classifiers:
+            every = every_output(store, d, clf)
+            clf_st = worst_case(status(o.clf_pred(), y) for o in every)
+            cfg = configs(d)
+            worst = {(vlm, dfn): _every_status(store, d, plan, clf, dfn, every) for vlm, plan in cfg.items()
+                     for dfn in ("Multi-Shield", CONFIDENCE)}
+            rejects = {}
+            for vlm, plan in cfg.items():
+                clean = store.outputs(plan.clean[clf])
+                rejects[vlm, "Multi-Shield"] = float((clean.ms_pred(plan.profile.tolerance) == k).float().mean())
+                rejects[vlm, CONFIDENCE] = float((confidence_decide(clean.f, conf_threshold(store, plan, clf))
+                                                  == k).float().mean())
+            rejects[None, CLASSIFIER] = 0.0
+
+            def add(question, a, b, st_a, st_b):
+                diff = metrics.paired_difference(st_a < BROKEN, st_b < BROKEN)
+                rows.append({"dataset": d.profile.dataset, "classifier": clf, "question": question,
+                             "a": f"{a[1]} [{a[0]}]" if a[0] else a[1], "b": f"{b[1]} [{b[0]}]" if b[0] else b[1],
+                             "robust_acc_a": float((st_a < BROKEN).float().mean()),
+                             "robust_acc_b": float((st_b < BROKEN).float().mean()),
+                             "clean_reject_a": rejects[a], "clean_reject_b": rejects[b],
+                             "difference": diff.value, "difference_lo": diff.low, "difference_hi": diff.high,
+                             "only_a": diff.only_a, "only_b": diff.only_b, "n": diff.n})
+
+            base_vlm = d.profile.vlm
+            for vlm in cfg:
+                add("VLM signal vs confidence at equal clean rejection", (vlm, "Multi-Shield"), (vlm, CONFIDENCE),
+                    worst[vlm, "Multi-Shield"], worst[vlm, CONFIDENCE])
+                add("Multi-Shield vs its classifier alone", (vlm, "Multi-Shield"), (None, CLASSIFIER),
+                    worst[vlm, "Multi-Shield"], clf_st)
+            for vlm in cfg:
+                if vlm == base_vlm:
+                    continue
+                add("robust VLM vs clean VLM in Multi-Shield", (vlm, "Multi-Shield"), (base_vlm, "Multi-Shield"),
+                    worst[vlm, "Multi-Shield"], worst[base_vlm, "Multi-Shield"])
+                add("robust VLM Multi-Shield vs the clean-VLM confidence rejector", (vlm, "Multi-Shield"),
+                    (base_vlm, CONFIDENCE), worst[vlm, "Multi-Shield"], worst[base_vlm, CONFIDENCE])
+    return pd.DataFrame(rows)
+
+
+def vlm_robustness(profile_name: str) -> pd.DataFrame:
+    """Per (dataset, VLM configuration): the VLM's clean zero-shot accuracy (the profile's prompts averaged)
+    and its robust zero-shot accuracy under APGD-CE on the VLM alone at the profile's eps (every sample)."""
+    store = Store(profile_name)
+    rows = []
+    for d in store.datasets:
+        for vlm, plan in configs(d).items():
+            clean = store.outputs(plan.clean[plan.profile.classifiers[0]])
+            row = {"dataset": d.profile.dataset, "vlm": vlm, "source": plan.profile.vlm_spec.get("source"),
+                   "eps": plan.profile.eps, "clean_zero_shot_acc": metrics.rate(clean.vlm_pred() == d.labels)}
+            if plan.vlm_attack:
+                adv = store.outputs(plan.vlm_attack[0])
+                row["robust_zero_shot_acc"] = metrics.rate(adv.vlm_pred() == d.labels)
+            rows.append(row)
+    return _with_ci(rows)
+
+
+def _new_breaks(store: Store, job: Job, broken: torch.Tensor, before: torch.Tensor | None) -> int:
+    """Samples a stage broke itself: broken in its outputs, not reused from its ``after`` jobs (or, for a
+    stage run on every sample, not broken by any stage before it)."""
+    if job.after:
+        reused = store.load(job, ("reused",))["reused"]
+        return int((broken & ~reused).sum())
+    return int((broken & ~before).sum()) if before is not None else int(broken.sum())
+
+
+def attack_health(profile_name: str) -> pd.DataFrame:
+    """Per (dataset, classifier, VLM configuration, defense, attack of its worst-case ensemble) at the
+    profile's eps: is the attack able to move, and does a gradient-free attack find what gradients missed?
+
+    ``n_measured``: samples the attack started a gradient step on (not already broken, not reused);
+    ``zero_grad``: the share of them whose loss gradient was exactly zero at the start point (AutoAttack's
+    ``check_zero_gradients``; CIs in ``zero_grad_lo``/``_hi``); ``new_breaks``: samples this stage broke
+    that no stage before it had; ``flag``: ``zero gradients`` when that share exceeds
+    :data:`ZERO_GRAD_WARN`, ``gradient masking`` when Square (gradient-free, run last on what every gradient
+    attack left unbroken) breaks any sample, else empty.
+    """
+    store = Store(profile_name)
+    rows = []
+    for d in store.datasets:
+        y, k = d.labels, d.num_classes
+        for clf in d.profile.classifiers:
+            for vlm, plan in configs(d).items():
+                p = plan.profile
+                thr = conf_threshold(store, plan, clf)
+                for defense, stages, score in (
+                        ("Multi-Shield", plan.ensemble[clf], lambda o: _ms_status(o, y, p.tolerance, k)),
+                        (CONFIDENCE, plan.baseline[clf], lambda o: _conf_status(o, y, thr, k))):
+                    before = None
+                    for job in stages:
+                        broken = score(store.outputs(job)) == BROKEN
+                        zg = store.load(job, ("zero_grad",)).get("zero_grad")
+                        measured = zg >= 0 if zg is not None else torch.zeros_like(y, dtype=torch.bool)
+                        share = metrics.rate((zg == 1)[measured]) if zg is not None else metrics.rate(measured[:0])
+                        new = _new_breaks(store, job, broken, before)
+                        gradient_free = job.attack.startswith("square")
+                        flag = ("gradient masking" if gradient_free and new > 0 else
+                                "zero gradients" if share.n and share.value > ZERO_GRAD_WARN else "")
+                        rows.append({"dataset": p.dataset, "classifier": clf, "vlm": vlm, "defense": defense,
+                                     "attack": f"{job.attack}@{job.target}", "gradient_free": gradient_free,
+                                     "n_measured": share.n, "n_zero_grad": share.count, "zero_grad": share,
+                                     "new_breaks": new, "flag": flag})
+                        before = broken if before is None else before | broken
+    return _with_ci(rows)
+
+
+def _pts(v: float) -> str:
+    return f"{100 * v:+.1f}"
+
+
+def conclusions(cmp: pd.DataFrame) -> list[str]:
+    """One sentence per comparison row of :func:`comparisons`, with the difference and its 95% interval,
+    saying which side wins or that the interval cannot tell them apart."""
+    out = []
+    for r in cmp.itertuples():
+        if r.difference_lo > 0:
+            verdict = f"{r.a} wins by {_pts(r.difference)} points"
+        elif r.difference_hi < 0:
+            verdict = f"{r.b} wins by {_pts(-r.difference)} points"
+        else:
+            verdict = f"no clear winner ({_pts(r.difference)} points for {r.a})"
+        out.append(f"{r.dataset}/{r.classifier}, {r.question}: {verdict} [95% CI {_pts(r.difference_lo)}, "
+                   f"{_pts(r.difference_hi)}]; worst-case robust accuracy {100 * r.robust_acc_a:.1f}% vs "
+                   f"{100 * r.robust_acc_b:.1f}% at clean rejection {100 * r.clean_reject_a:.1f}% vs "
+                   f"{100 * r.clean_reject_b:.1f}% (n={r.n}).")
+    return out
+
+
+__all__ = ["CLASSIFIER", "CONFIDENCE", "attack_health", "beyond_table", "comparisons", "conclusions",
+           "conf_threshold", "configs", "risk_coverage", "vlm_robustness"]
