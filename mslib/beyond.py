@@ -337,14 +337,13 @@ def conclusions(cmp: pd.DataFrame) -> list[str]:
     saying which side wins or that the interval cannot tell them apart."""
     out = []
     for r in cmp.itertuples():
-        if r.difference_lo > 0:
-            verdict = f"{r.a} wins by {_pts(r.difference)} points"
-        elif r.difference_hi < 0:
-            verdict = f"{r.b} wins by {_pts(-r.difference)} points"
+        if r.difference_hi < 0:  # b wins: say it in b's direction, b − a with its interval
+            verdict = (f"{r.b} wins by {_pts(-r.difference)} points [95% CI {_pts(-r.difference_hi)}, "
+                       f"{_pts(-r.difference_lo)}]")
         else:
-            verdict = f"no clear winner ({_pts(r.difference)} points for {r.a})"
-        out.append(f"{r.dataset}/{r.classifier}, {r.question}: {verdict} [95% CI {_pts(r.difference_lo)}, "
-                   f"{_pts(r.difference_hi)}]; worst-case robust accuracy {100 * r.robust_acc_a:.1f}% vs "
+            lead = f"{r.a} wins by" if r.difference_lo > 0 else f"no clear winner: {r.a} minus {r.b} is"
+            verdict = f"{lead} {_pts(r.difference)} points [95% CI {_pts(r.difference_lo)}, {_pts(r.difference_hi)}]"
+        out.append(f"{r.dataset}/{r.classifier}, {r.question}: {verdict}; worst-case robust accuracy {100 * r.robust_acc_a:.1f}% vs "
                    f"{100 * r.robust_acc_b:.1f}% at clean rejection {100 * r.clean_reject_a:.1f}% vs "
                    f"{100 * r.clean_reject_b:.1f}% (n={r.n}).")
     return out
