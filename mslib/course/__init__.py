@@ -18,9 +18,9 @@ from torch import nn
 from . import check, reference
 from .widgets import eps_explorer, interactive_mode
 
-# Rough CPU seconds per training image and epoch on 2 cores (measured on the tiny profile's recipes), for the
-# first-run announcement only.
-_SECONDS_PER_IMAGE_EPOCH = {"standard": 1.2e-3, "fgsm-rs": 2.4e-3, "lit-layer": 1.0e-3}
+# Rough seconds per training image and epoch on a busy 2-core CPU (the tiny recipes took 4.5, 17 and 60 min
+# there while other jobs ran; about 10 min together on free cores), for the first-run announcement only.
+_SECONDS_PER_IMAGE_EPOCH = {"standard": 1.5e-3, "fgsm-rs": 3.0e-3, "lit-layer": 2.0e-3}
 _FULL_TRAIN_SPLIT = 60000  # Fashion-MNIST's training split, when a spec trains on all of it
 
 
@@ -56,8 +56,8 @@ def load_models(profile: Any, classifiers=(), vlm: bool = False) -> tuple[nn.Mod
     if todo:
         total = sum(s for _, s in todo)
         names = ", ".join(f"{m} (~{max(1, round(s / 60))} min)" for m, s in todo)
-        print(f"First run on profile '{p.name}': training {names} — about {max(1, round(total / 60))} min on a "
-              "2-core CPU, once; later runs load them from the cache.", flush=True)
+        print(f"First run on profile '{p.name}': training {names} — up to about {max(1, round(total / 60))} min on a "
+              "busy 2-core CPU (less on free cores), once; later runs load them from the cache.", flush=True)
     else:
         print(f"Profile '{p.name}': every model this lesson needs is cached (nothing to train).")
     models = [mslib.load_classifier(p, name) for name in classifiers]
