@@ -32,6 +32,9 @@ FIGURE_DATA = ["zero_shot", "main_table", "security_curves", "tolerance", "galle
 def smoke_outputs(tmp_path_factory) -> Path:
     import papermill as pm
 
+    from mslib.experiment import run_study
+
+    assert run_study("smoke", progress=False).done  # the notebooks only read results: compute them first
     out = tmp_path_factory.mktemp("figures_smoke")
     for nb in NOTEBOOKS:
         pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": "smoke", "out_dir": str(out)},
