@@ -46,6 +46,7 @@ def prepare_job(profile_name: str, overrides: dict[str, Any] | None = None, cach
     if cache:
         os.environ["MSLIB_CACHE"] = cache
     from .models import load_classifier, load_vlm
+    from .plan import variant_profile, vlm_variants
     from .profiles import get_profile
 
     loaded = []
@@ -56,6 +57,9 @@ def prepare_job(profile_name: str, overrides: dict[str, Any] | None = None, cach
             loaded.append(f"{ds}/{name}")
         load_vlm(p)
         loaded.append(f"{ds}/{p.vlm}")
+        for variant in vlm_variants(p):  # e.g. a FARE fine-tune: trained once here, not once per shard
+            load_vlm(variant_profile(p, variant))
+            loaded.append(f"{ds}/{variant}")
     return loaded
 
 

@@ -222,7 +222,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "vlm": ("lit-vit-s", _FASHION_LIT),
                 "eps_grid": (0.0, 0.05, 0.1, 0.15), "tolerance_grid": (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2),
                 "extra": {"results_of": "tiny",
-                          "vlm_variants": {"lit-vit-s-fare": _fare(_FASHION_LIT, train_subset=15000)}},
+                          "vlm_variants": {"lit-vit-s-fare": _fare(_FASHION_LIT, train_subset=30000, lr=1e-3)}},
             },
         },
     },

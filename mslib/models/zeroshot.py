@@ -151,7 +151,9 @@ def build_text_embeddings(
             rows.append(F.normalize(F.normalize(feats, dim=-1).mean(dim=0), dim=-1))
     emb = torch.stack(rows)
     if text_norm == "original":
-        emb = emb / emb.norm(dim=0, keepdim=True)
+        # a feature that is 0 for every class (the LiT's MiniLM tower has two) stays 0 instead of 0/0 = NaN,
+        # which would turn every similarity into NaN
+        emb = emb / emb.norm(dim=0, keepdim=True).clamp_min(1e-12)
     return F.normalize(emb, dim=-1)
 
 
