@@ -99,6 +99,23 @@ COLUMNS = {
 }
 
 # Value columns whose entries are codes, and the mapping that names them.
+# notebook 08 (mslib.beyond): baselines, VLM configurations, risk-coverage, attack health, paired comparisons
+COLUMNS.update({
+    "defense": "defense", "operating_point": "operating point",
+    "robust_acc_worst": "robust acc., worst case (%)", "reject_worst": "rejected, worst case (%)",
+    "robust_acc_every": "robust acc., worst over every stored example (%)",
+    "n_attacks_worst": "attacks in the worst case", "source": "VLM source",
+    "clean_zero_shot_acc": "VLM: clean zero-shot acc. (%)", "robust_zero_shot_acc": "VLM: robust zero-shot acc. (%)",
+    "knob": "swept parameter", "value": "value", "adaptive": "attacked at this point",
+    "gradient_free": "gradient-free attack", "n_measured": "samples measured",
+    "n_zero_grad": "samples with zero gradient", "zero_grad": "zero-gradient share (%)",
+    "new_breaks": "new breaks by the gradient-free attack", "flag": "flag", "question": "question",
+    "a": "configuration A", "b": "configuration B", "robust_acc_a": "A: robust acc. (%)",
+    "robust_acc_b": "B: robust acc. (%)", "clean_reject_a": "A: clean rejection (%)",
+    "clean_reject_b": "B: clean rejection (%)", "difference": "A − B (points)",
+    "only_a": "robust only under A", "only_b": "robust only under B",
+})
+
 VALUE_MAPS: dict[str, Mapping[str, str]] = {
     "dataset": DATASETS, "classifier": CLASSIFIERS, "attack": ATTACKS, "setting": SETTINGS, "model": SETTINGS,
     "outcome": OUTCOMES, "text_norm": TEXT_NORMS, "scope": SCOPES,
