@@ -140,6 +140,20 @@ def write_checksums(folder: str | os.PathLike, names: list[str]) -> Path:
     return write_json({n: file_sha256(folder / n) for n in sorted(names)}, folder / "checksums.json")
 
 
+def folder_intact(folder: str | os.PathLike, weights: str) -> bool:
+    """Whether a model folder holds ``weights`` and every file matches its ``checksums.json``; a damaged
+    folder is reported (it is never used: the caller retrains, training being deterministic)."""
+    folder = Path(folder)
+    if not (folder / weights).is_file():
+        return False
+    try:
+        verify_checksums(folder)
+    except DamagedFileError as e:
+        report_damaged(e, "retraining the model")
+        return False
+    return True
+
+
 def verify_checksums(folder: str | os.PathLike) -> None:
     """Raise :class:`DamagedFileError` unless every file listed in ``folder/checksums.json`` matches it."""
     folder = Path(folder)

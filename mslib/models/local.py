@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import (DamagedFileError, entry_dir, load_tensors, read_json, report_damaged, save_tensors,
-                     verify_checksums, write_checksums, write_json)
+from ..cache import (DamagedFileError, entry_dir, folder_intact, load_tensors, read_json, report_damaged,
+                     save_tensors, write_checksums, write_json)
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_zero_shot_classifier
 
 # Bump when a change here changes what a recipe produces (invalidates cached checkpoints).
@@ -366,13 +366,7 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
         raise ValueError("lit spec: image_size must be a multiple of patch_size")
     folder = model_dir("lit", profile, spec)
     templates = list(profile.templates)
-    trained = (folder / WEIGHTS_NAME).is_file()
-    if trained:
-        try:
-            verify_checksums(folder)
-        except DamagedFileError as e:  # never use it: retrain (training is deterministic for the recipe)
-            report_damaged(e, "retraining the model")
-            trained = False
+    trained = folder_intact(folder, WEIGHTS_NAME)
     if not trained:
         from ..data import load_split
 

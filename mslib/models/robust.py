@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import DamagedFileError, entry_dir, file_sha256, report_damaged, verify_checksums, write_checksums, \
-    write_json
+from ..cache import entry_dir, file_sha256, folder_intact, write_checksums, write_json
 from .local import _LIT_KEYS, _check_spec, _class_names, _lr_at, _normal_mode, _optimizer_step, _train_data, \
     _zero_shot, evaluate, load_lit_vlm, model_dir
 from .zeroshot import ImagePreprocess, ZeroShotClassifier
@@ -145,13 +144,7 @@ def load_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClas
     base_zs = load_lit_vlm(profile, f"{name}-base", base_spec)  # trains the clean model if it is missing
     base_dir = model_dir("lit", profile, base_spec)
     folder = fare_dir(profile, {**spec, "base": base_spec})
-    trained = (folder / WEIGHTS_NAME).is_file()
-    if trained:
-        try:
-            verify_checksums(folder)
-        except DamagedFileError as e:  # never use it: retrain (training is deterministic for the recipe)
-            report_damaged(e, "retraining the model")
-            trained = False
+    trained = folder_intact(folder, WEIGHTS_NAME)
     if not trained:
         from ..data import load_split
 
