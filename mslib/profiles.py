@@ -178,6 +178,20 @@ _PAPER_ROBUST_VLMS = {
 }
 _PAPER_PROMPT = "photo of  a {}"
 
+_TINY: dict[str, Any] = {
+    # sized so that `make figures` runs cold (models + every attack) in ~20 min on 2 CPU cores
+    "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 30, "n_restarts": 1, "batch_size": 100,
+               "device": "cpu"},
+    "datasets": {
+        "fashion_mnist": {
+            "n_samples": 300, "eps": 0.1, "templates": FASHION_TEMPLATES,
+            "classifiers": {"standard": _FASHION_CNN_STANDARD, "fgsm-rs": _FASHION_CNN_ROBUST},
+            "vlm": ("lit-vit-s", _FASHION_LIT),
+            "eps_grid": (0.0, 0.05, 0.1, 0.15), "tolerance_grid": (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2),
+        },
+    },
+}
+
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 10, "n_restarts": 1, "batch_size": 100,
@@ -196,36 +210,14 @@ PROFILES: dict[str, dict[str, Any]] = {
             },
         },
     },
-    "tiny": {
-        # sized so that `make figures` runs cold (models + every attack) in ~20 min on 2 CPU cores
-        "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 30, "n_restarts": 1, "batch_size": 100,
-                   "device": "cpu"},
-        "datasets": {
-            "fashion_mnist": {
-                "n_samples": 300, "eps": 0.1, "templates": FASHION_TEMPLATES,
-                "classifiers": {"standard": _FASHION_CNN_STANDARD, "fgsm-rs": _FASHION_CNN_ROBUST},
-                "vlm": ("lit-vit-s", _FASHION_LIT),
-                "eps_grid": (0.0, 0.05, 0.1, 0.15), "tolerance_grid": (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2),
-            },
-        },
-    },
+    "tiny": _TINY,
     # tiny plus a robust VLM configuration (the same study with the FARE-fine-tuned LiT in Multi-Shield): a
     # superset of tiny that shares its results ("results_of"), so after `make figures` only the fine-tune
     # and the robust configuration's attacks run; kept out of tiny to hold its ~20 min cold budget
-    "tiny-plus": {
-        "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 30, "n_restarts": 1, "batch_size": 100,
-                   "device": "cpu"},
-        "datasets": {
-            "fashion_mnist": {
-                "n_samples": 300, "eps": 0.1, "templates": FASHION_TEMPLATES,
-                "classifiers": {"standard": _FASHION_CNN_STANDARD, "fgsm-rs": _FASHION_CNN_ROBUST},
-                "vlm": ("lit-vit-s", _FASHION_LIT),
-                "eps_grid": (0.0, 0.05, 0.1, 0.15), "tolerance_grid": (0.0, 1e-3, 5e-3, 1e-2, 2e-2, 5e-2),
-                "extra": {"results_of": "tiny",
-                          "vlm_variants": {"lit-vit-s-fare": _fare(_FASHION_LIT, train_subset=30000, lr=1e-3)}},
-            },
-        },
-    },
+    "tiny-plus": {"common": _TINY["common"], "datasets": {"fashion_mnist": {
+        **_TINY["datasets"]["fashion_mnist"],
+        "extra": {"results_of": "tiny",
+                  "vlm_variants": {"lit-vit-s-fare": _fare(_FASHION_LIT, train_subset=30000, lr=1e-3)}}}}},
     "paper": {
         "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 100, "n_restarts": 1, "batch_size": 100,
                    "device": "cuda"},
