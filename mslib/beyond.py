@@ -17,7 +17,7 @@ over attacks is per sample. Rates are fractions with 95% Wilson intervals.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -74,6 +74,13 @@ def every_output(store: Store, d: DatasetResults, clf: str) -> list[Outputs]:
         for j in (plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf]):
             jobs.setdefault(j.key, j)
     return [store.outputs(j) for j in jobs.values()]
+
+
+def _each_classifier(store: Store) -> Iterator[tuple[DatasetResults, str, list[Outputs]]]:
+    """(dataset results, classifier, :func:`every_output` of it) for every classifier of the study."""
+    for d in store.datasets:
+        for clf in d.profile.classifiers:
+            yield d, clf, every_output(store, d, clf)
 
 
 def _adaptive(stages: tuple[Job, ...]) -> tuple[Job, ...]:
@@ -140,12 +147,10 @@ def beyond_table(profile_name: str) -> pd.DataFrame:
     """
     store = Store(profile_name)
     rows = []
-    for d in store.datasets:
-        for clf in d.profile.classifiers:
-            every = every_output(store, d, clf)
-            rows.append(_classifier_row(store, d, clf, every))
-            for vlm, plan in configs(d).items():
-                rows += _defense_rows(store, d, vlm, plan, clf, every)
+    for d, clf, every in _each_classifier(store):
+        rows.append(_classifier_row(store, d, clf, every))
+        for vlm, plan in configs(d).items():
+            rows += _defense_rows(store, d, vlm, plan, clf, every)
     return _with_ci(rows)
 
 
@@ -161,33 +166,31 @@ def risk_coverage(profile_name: str) -> pd.DataFrame:
     """
     store = Store(profile_name)
     rows = []
-    for d in store.datasets:
+    for d, clf, every in _each_classifier(store):
         y, k = d.labels, d.num_classes
-        for clf in d.profile.classifiers:
-            every = every_output(store, d, clf)
-            for vlm, plan in configs(d).items():
-                p = plan.profile
-                outs = [store.outputs(plan.clean[clf])] + every
-                clean = outs[0]
-                gaps = (clean.s.max(1).values - clean.s.gather(1, clean.f.argmax(1, keepdim=True)).squeeze(1))
-                sorted_gaps = torch.sort(gaps, descending=True).values
-                tols = set(p.tolerance_grid) | {p.tolerance}
-                for r in RATE_GRID:  # the tolerance rejecting a share r: just at the (r·N)-th largest gap
-                    m = int(round(r * len(y)))
-                    tols.add(float(sorted_gaps[m]) if m < len(y) else 0.0)
-                ms_points = []
-                for tol in sorted(tols):
-                    sts = [_ms_status(o, y, tol, k) for o in outs]
-                    w, c = worst_case(sts), sts[0]
-                    ms_points.append(int((c == REJECTED).sum()))
-                    rows.append(_rc_row(p, clf, vlm, "Multi-Shield", "tolerance", tol, c, w, tol == p.tolerance))
-                matched = conf_threshold(store, plan, clf)
-                counts = {int(round(r * len(y))) for r in RATE_GRID} | set(ms_points)
-                thrs = {threshold_for_rejections(clean.f, m) for m in counts} | {matched}
-                for thr in sorted(thrs):
-                    sts = [_conf_status(o, y, thr, k) for o in outs]
-                    rows.append(_rc_row(p, clf, vlm, CONFIDENCE, "threshold", thr, sts[0], worst_case(sts),
-                                        thr == matched))
+        for vlm, plan in configs(d).items():
+            p = plan.profile
+            outs = [store.outputs(plan.clean[clf])] + every
+            clean = outs[0]
+            gaps = (clean.s.max(1).values - clean.s.gather(1, clean.f.argmax(1, keepdim=True)).squeeze(1))
+            sorted_gaps = torch.sort(gaps, descending=True).values
+            tols = set(p.tolerance_grid) | {p.tolerance}
+            for r in RATE_GRID:  # the tolerance rejecting a share r: just at the (r·N)-th largest gap
+                m = int(round(r * len(y)))
+                tols.add(float(sorted_gaps[m]) if m < len(y) else 0.0)
+            ms_points = []
+            for tol in sorted(tols):
+                sts = [_ms_status(o, y, tol, k) for o in outs]
+                w, c = worst_case(sts), sts[0]
+                ms_points.append(int((c == REJECTED).sum()))
+                rows.append(_rc_row(p, clf, vlm, "Multi-Shield", "tolerance", tol, c, w, tol == p.tolerance))
+            matched = conf_threshold(store, plan, clf)
+            counts = {int(round(r * len(y))) for r in RATE_GRID} | set(ms_points)
+            thrs = {threshold_for_rejections(clean.f, m) for m in counts} | {matched}
+            for thr in sorted(thrs):
+                sts = [_conf_status(o, y, thr, k) for o in outs]
+                rows.append(_rc_row(p, clf, vlm, CONFIDENCE, "threshold", thr, sts[0], worst_case(sts),
+                                    thr == matched))
     return pd.DataFrame(rows)
 
 
@@ -220,45 +223,43 @@ def comparisons(profile_name: str) -> pd.DataFrame:
     """
     store = Store(profile_name)
     rows = []
-    for d in store.datasets:
+    for d, clf, every in _each_classifier(store):
         y, k = d.labels, d.num_classes
-        for clf in d.profile.classifiers:
-            every = every_output(store, d, clf)
-            clf_st = worst_case(status(o.clf_pred(), y) for o in every)
-            cfg = configs(d)
-            worst = {(vlm, dfn): _every_status(store, d, plan, clf, dfn, every) for vlm, plan in cfg.items()
-                     for dfn in ("Multi-Shield", CONFIDENCE)}
-            rejects = {}
-            for vlm, plan in cfg.items():
-                clean = store.outputs(plan.clean[clf])
-                rejects[vlm, "Multi-Shield"] = float((clean.ms_pred(plan.profile.tolerance) == k).float().mean())
-                rejects[vlm, CONFIDENCE] = float((confidence_decide(clean.f, conf_threshold(store, plan, clf))
-                                                  == k).float().mean())
-            rejects[None, CLASSIFIER] = 0.0
+        clf_st = worst_case(status(o.clf_pred(), y) for o in every)
+        cfg = configs(d)
+        worst = {(vlm, dfn): _every_status(store, d, plan, clf, dfn, every) for vlm, plan in cfg.items()
+                 for dfn in ("Multi-Shield", CONFIDENCE)}
+        rejects = {}
+        for vlm, plan in cfg.items():
+            clean = store.outputs(plan.clean[clf])
+            rejects[vlm, "Multi-Shield"] = float((clean.ms_pred(plan.profile.tolerance) == k).float().mean())
+            rejects[vlm, CONFIDENCE] = float((confidence_decide(clean.f, conf_threshold(store, plan, clf))
+                                              == k).float().mean())
+        rejects[None, CLASSIFIER] = 0.0
 
-            def add(question, a, b, st_a, st_b):
-                diff = metrics.paired_difference(st_a < BROKEN, st_b < BROKEN)
-                rows.append({"dataset": d.profile.dataset, "classifier": clf, "question": question,
-                             "a": f"{a[1]} [{a[0]}]" if a[0] else a[1], "b": f"{b[1]} [{b[0]}]" if b[0] else b[1],
-                             "robust_acc_a": float((st_a < BROKEN).float().mean()),
-                             "robust_acc_b": float((st_b < BROKEN).float().mean()),
-                             "clean_reject_a": rejects[a], "clean_reject_b": rejects[b],
-                             "difference": diff.value, "difference_lo": diff.low, "difference_hi": diff.high,
-                             "only_a": diff.only_a, "only_b": diff.only_b, "n": diff.n})
+        def add(question, a, b, st_a, st_b):
+            diff = metrics.paired_difference(st_a < BROKEN, st_b < BROKEN)
+            rows.append({"dataset": d.profile.dataset, "classifier": clf, "question": question,
+                         "a": f"{a[1]} [{a[0]}]" if a[0] else a[1], "b": f"{b[1]} [{b[0]}]" if b[0] else b[1],
+                         "robust_acc_a": float((st_a < BROKEN).float().mean()),
+                         "robust_acc_b": float((st_b < BROKEN).float().mean()),
+                         "clean_reject_a": rejects[a], "clean_reject_b": rejects[b],
+                         "difference": diff.value, "difference_lo": diff.low, "difference_hi": diff.high,
+                         "only_a": diff.only_a, "only_b": diff.only_b, "n": diff.n})
 
-            base_vlm = d.profile.vlm
-            for vlm in cfg:
-                add("VLM signal vs confidence at equal clean rejection", (vlm, "Multi-Shield"), (vlm, CONFIDENCE),
-                    worst[vlm, "Multi-Shield"], worst[vlm, CONFIDENCE])
-                add("Multi-Shield vs its classifier alone", (vlm, "Multi-Shield"), (None, CLASSIFIER),
-                    worst[vlm, "Multi-Shield"], clf_st)
-            for vlm in cfg:
-                if vlm == base_vlm:
-                    continue
-                add("robust VLM vs clean VLM in Multi-Shield", (vlm, "Multi-Shield"), (base_vlm, "Multi-Shield"),
-                    worst[vlm, "Multi-Shield"], worst[base_vlm, "Multi-Shield"])
-                add("robust VLM Multi-Shield vs the clean-VLM confidence rejector", (vlm, "Multi-Shield"),
-                    (base_vlm, CONFIDENCE), worst[vlm, "Multi-Shield"], worst[base_vlm, CONFIDENCE])
+        base_vlm = d.profile.vlm
+        for vlm in cfg:
+            add("VLM signal vs confidence at equal clean rejection", (vlm, "Multi-Shield"), (vlm, CONFIDENCE),
+                worst[vlm, "Multi-Shield"], worst[vlm, CONFIDENCE])
+            add("Multi-Shield vs its classifier alone", (vlm, "Multi-Shield"), (None, CLASSIFIER),
+                worst[vlm, "Multi-Shield"], clf_st)
+        for vlm in cfg:
+            if vlm == base_vlm:
+                continue
+            add("robust VLM vs clean VLM in Multi-Shield", (vlm, "Multi-Shield"), (base_vlm, "Multi-Shield"),
+                worst[vlm, "Multi-Shield"], worst[base_vlm, "Multi-Shield"])
+            add("robust VLM Multi-Shield vs the clean-VLM confidence rejector", (vlm, "Multi-Shield"),
+                (base_vlm, CONFIDENCE), worst[vlm, "Multi-Shield"], worst[base_vlm, CONFIDENCE])
     return pd.DataFrame(rows)
 
 
