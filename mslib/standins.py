@@ -278,20 +278,13 @@ def _bert_tokenizer_files(folder: Path) -> int:
 def write_open_clip_clipa(repo: str = "hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B", seed: int = 0) -> Path:
     """An open_clip hub-layout folder (open_clip_config.json + open_clip_pytorch_model.bin, the hub repo's
     names) holding a tiny model of CLIPA's architecture, with the BERT-style tokenizer files beside it."""
-    import open_clip
-
     from .models.paper import hub_folder
 
     folder = hub_folder("open_clip", repo)
     vocab_size = _bert_tokenizer_files(folder)
     model_cfg = {"embed_dim": 16, "vision_cfg": dict(_TINY_CLIPA_VISION),
                  "text_cfg": {**_TINY_CLIPA_TEXT, "vocab_size": vocab_size}}
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg,
-                                                              "preprocess_cfg": CLIPA_PREPROCESS}))
-    torch.manual_seed(seed)
-    model = open_clip.model.CLIP(**model_cfg).eval()
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return folder
+    return _open_clip_hub_folder(folder, model_cfg, CLIPA_PREPROCESS, seed)
 
 
 # OpenAI CLIP ViT-L/14's open_clip config (model_configs/ViT-L-14-quickgelu.json: the architecture of the
@@ -306,16 +299,21 @@ OPENAI_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.2686
 def write_open_clip_vit(repo: str = "hf-hub:chs20/fare4-clip", seed: int = 0) -> Path:
     """An open_clip hub-layout folder holding a tiny model of OpenAI CLIP ViT-L/14's architecture (the robust
     FARE/TeCoA checkpoints' layout: open_clip_config.json + open_clip_pytorch_model.bin, open_clip's tokenizer)."""
-    import open_clip
-
     from .models.paper import hub_folder
 
     folder = hub_folder("open_clip", repo)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": _TINY_OPENAI_VIT,
-                                                              "preprocess_cfg": OPENAI_PREPROCESS}))
+    return _open_clip_hub_folder(folder, _TINY_OPENAI_VIT, OPENAI_PREPROCESS, seed)
+
+
+def _open_clip_hub_folder(folder: Path, model_cfg: dict, preprocess_cfg: dict, seed: int) -> Path:
+    """open_clip's hub layout in ``folder``: its config and a random-weight ``CLIP(**model_cfg)`` state dict."""
+    import open_clip
+
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg,
+                                                              "preprocess_cfg": preprocess_cfg}))
     torch.manual_seed(seed)
-    model = open_clip.model.CLIP(**_TINY_OPENAI_VIT).eval()
+    model = open_clip.model.CLIP(**model_cfg).eval()
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder
 
