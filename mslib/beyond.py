@@ -65,18 +65,29 @@ def _worst(store: Store, jobs: Iterable[Job], score) -> torch.Tensor:
     return worst_case(score(store.outputs(j)) for j in jobs)
 
 
-def every_output(store: Store, d: DatasetResults, clf: str) -> list[Outputs]:
-    """Every stored output of classifier ``clf`` at the profile's eps, over all VLM configurations: the clean
-    one first, then every attack on the classifier, on Multi-Shield, on the VLM and on the confidence
-    rejector. Each is an eps-perturbation of the same images, so a defense may be scored on all of them."""
-    jobs: dict[str, Job] = {}
-    for plan in configs(d).values():
+def every_output(store: Store, d: DatasetResults, clf: str) -> dict[str, list[Outputs]]:
+    """Per VLM configuration, every stored output of classifier ``clf`` at the profile's eps in it: the clean
+    one first, then every attack on the classifier, on Multi-Shield, on the VLM and on the confidence rejector.
+
+    Each is an eps-perturbation of the same images, so a defense may be scored on all of them, with one
+    limit: an output's VLM scores ``s`` are its own configuration's VLM's. The classifier and the confidence
+    rejector (logits ``f`` only) may be scored on every configuration's outputs (:func:`_flat`); Multi-Shield
+    with VLM ``v`` only on ``every[v]`` (another VLM's scores would score another defense).
+    """
+    out: dict[str, list[Outputs]] = {}
+    for vlm, plan in configs(d).items():
+        jobs: dict[str, Job] = {}
         for j in (plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf]):
             jobs.setdefault(j.key, j)
-    return [store.outputs(j) for j in jobs.values()]
+        out[vlm] = [store.outputs(j) for j in jobs.values()]
+    return out
 
 
-def _each_classifier(store: Store) -> Iterator[tuple[DatasetResults, str, list[Outputs]]]:
+def _flat(every: dict[str, list[Outputs]]) -> list[Outputs]:
+    return [o for outs in every.values() for o in outs]
+
+
+def _each_classifier(store: Store) -> Iterator[tuple[DatasetResults, str, dict[str, list[Outputs]]]]:
     """(dataset results, classifier, :func:`every_output` of it) for every classifier of the study."""
     for d in store.datasets:
         for clf in d.profile.classifiers:
@@ -88,7 +99,7 @@ def _adaptive(stages: tuple[Job, ...]) -> tuple[Job, ...]:
 
 
 def _defense_rows(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, clf: str,
-                  every: list[Outputs]) -> list[dict]:
+                  every: dict[str, list[Outputs]]) -> list[dict]:
     """Multi-Shield and the matched confidence rejector of one configuration."""
     p, y, k = plan.profile, d.labels, d.num_classes
     clean = store.outputs(plan.clean[clf])
@@ -102,7 +113,7 @@ def _defense_rows(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, 
                  "clean_acc": metrics.rate(ms(clean) == CORRECT), "clean_reject": metrics.rate(ms(clean) == REJECTED),
                  "robust_acc_nonadaptive": metrics.rate(non < BROKEN), "robust_acc_adaptive": metrics.rate(ada < BROKEN),
                  "robust_acc_worst": metrics.rate(worst < BROKEN), "reject_worst": metrics.rate(worst == REJECTED),
-                 "robust_acc_every": metrics.rate(worst_case(ms(o) for o in every) < BROKEN),
+                 "robust_acc_every": metrics.rate(worst_case(ms(o) for o in every[vlm]) < BROKEN),
                  "n_attacks_worst": len(plan.ensemble[clf])})
     thr = conf_threshold(store, plan, clf)
     cf = lambda o: _conf_status(o, y, thr, k)  # noqa: E731
@@ -114,17 +125,17 @@ def _defense_rows(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, 
                  "clean_acc": metrics.rate(cf(clean) == CORRECT), "clean_reject": metrics.rate(cf(clean) == REJECTED),
                  "robust_acc_nonadaptive": metrics.rate(non < BROKEN), "robust_acc_adaptive": metrics.rate(ada < BROKEN),
                  "robust_acc_worst": metrics.rate(worst < BROKEN), "reject_worst": metrics.rate(worst == REJECTED),
-                 "robust_acc_every": metrics.rate(worst_case(cf(o) for o in every) < BROKEN),
+                 "robust_acc_every": metrics.rate(worst_case(cf(o) for o in _flat(every)) < BROKEN),
                  "n_attacks_worst": len(stages)})
     return rows
 
 
-def _classifier_row(store: Store, d: DatasetResults, clf: str, every: list[Outputs]) -> dict:
+def _classifier_row(store: Store, d: DatasetResults, clf: str, every: dict[str, list[Outputs]]) -> dict:
     p, y = d.profile, d.labels
     clean = store.outputs(d.plan.clean[clf])
     st = _worst(store, d.plan.nonadaptive[clf, p.eps], lambda o: status(o.clf_pred(), y))
     robust = metrics.rate(st == CORRECT)
-    every_st = worst_case(status(o.clf_pred(), y) for o in every)
+    every_st = worst_case(status(o.clf_pred(), y) for o in _flat(every))
     return {"dataset": p.dataset, "classifier": clf, "vlm": "", "eps": p.eps, "n": len(y), "defense": CLASSIFIER,
             "operating_point": "no rejection", "clean_acc": metrics.rate(clean.clf_pred() == y),
             "clean_reject": metrics.rate(torch.zeros_like(y, dtype=torch.bool)),
@@ -142,8 +153,10 @@ def beyond_table(profile_name: str) -> pd.DataFrame:
     adaptive (the paper's rejection-aware CE then DLR on that defense's K+1 logits) and worst (per sample
     over the defense's whole ensemble: for Multi-Shield the study's, for the rejector the transferred
     attacks, CE/DLR-reject, the stronger DLR and Square on its logits; for the classifier APGD-CE+DLR);
-    ``robust_acc_every``: per sample over every stored example of the classifier at eps (all attacks on
-    every defense and VLM configuration, see :func:`every_output`), the strongest evaluation here.
+    ``robust_acc_every``: per sample over every stored example of the classifier at eps that the defense
+    can be scored on (:func:`every_output`: for the classifier and the confidence rejector, every attack of
+    every VLM configuration; for Multi-Shield, every attack of its own configuration), the strongest
+    evaluation here.
     """
     store = Store(profile_name)
     rows = []
@@ -161,7 +174,8 @@ def risk_coverage(profile_name: str) -> pd.DataFrame:
     tolerance, and the tolerances that reject each share of :data:`RATE_GRID` of the clean samples) and the
     confidence rejector over thresholds (each share of the grid and each Multi-Shield point's clean
     rejection). At every point each sample is scored, under that rejector, on every stored example of the
-    classifier at the profile's eps (:func:`every_output`) and counts as robust only if none breaks it. ``adaptive`` is True only at the operating point the attacks were run against;
+    classifier at the profile's eps that it can be scored on (:func:`every_output`) and counts as robust only
+    if none breaks it. ``adaptive`` is True only at the operating point the attacks were run against;
     elsewhere the examples were crafted for another point, so those robust accuracies are upper bounds.
     """
     store = Store(profile_name)
@@ -170,8 +184,8 @@ def risk_coverage(profile_name: str) -> pd.DataFrame:
         y, k = d.labels, d.num_classes
         for vlm, plan in configs(d).items():
             p = plan.profile
-            outs = [store.outputs(plan.clean[clf])] + every
-            clean = outs[0]
+            clean = store.outputs(plan.clean[clf])
+            outs = [clean] + every[vlm]  # Multi-Shield: this configuration's VLM scores only
             gaps = (clean.s.max(1).values - clean.s.gather(1, clean.f.argmax(1, keepdim=True)).squeeze(1))
             sorted_gaps = torch.sort(gaps, descending=True).values
             tols = set(p.tolerance_grid) | {p.tolerance}
@@ -188,7 +202,7 @@ def risk_coverage(profile_name: str) -> pd.DataFrame:
             counts = {int(round(r * len(y))) for r in RATE_GRID} | set(ms_points)
             thrs = {threshold_for_rejections(clean.f, m) for m in counts} | {matched}
             for thr in sorted(thrs):
-                sts = [_conf_status(o, y, thr, k) for o in outs]
+                sts = [_conf_status(o, y, thr, k) for o in [clean] + _flat(every)]
                 rows.append(_rc_row(p, clf, vlm, CONFIDENCE, "threshold", thr, sts[0], worst_case(sts),
                                     thr == matched))
     return pd.DataFrame(rows)
@@ -202,19 +216,20 @@ def _rc_row(p, clf, vlm, defense, knob, value, clean_st, worst_st, adaptive) -> 
             "robust_acc_worst": robust.value, "lo": robust.low, "hi": robust.high, "adaptive": bool(adaptive)}
 
 
-def _every_status(store: Store, d: DatasetResults, plan: DatasetPlan, clf: str, defense: str,
-                  every: list[Outputs]) -> torch.Tensor:
+def _every_status(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, clf: str, defense: str,
+                  every: dict[str, list[Outputs]]) -> torch.Tensor:
     y, k, p = d.labels, d.num_classes, plan.profile
     if defense == "Multi-Shield":
-        return worst_case(_ms_status(o, y, p.tolerance, k) for o in every)
+        return worst_case(_ms_status(o, y, p.tolerance, k) for o in every[vlm])
     thr = conf_threshold(store, plan, clf)
-    return worst_case(_conf_status(o, y, thr, k) for o in every)
+    return worst_case(_conf_status(o, y, thr, k) for o in _flat(every))
 
 
 def comparisons(profile_name: str) -> pd.DataFrame:
     """Paired differences of worst-case robust accuracy (same samples, 95% Newcombe intervals), as fractions.
 
-    Each side is scored per sample on every stored example of the classifier at eps (:func:`every_output`).
+    Each side is scored per sample on every stored example of the classifier at eps that it can be scored
+    on (:func:`every_output`).
 
     Per (dataset, classifier): for each VLM configuration, Multi-Shield − confidence rejector (equal clean
     rejections) and Multi-Shield − classifier alone; for each VLM variant, Multi-Shield with it − Multi-Shield
@@ -225,9 +240,9 @@ def comparisons(profile_name: str) -> pd.DataFrame:
     rows = []
     for d, clf, every in _each_classifier(store):
         y, k = d.labels, d.num_classes
-        clf_st = worst_case(status(o.clf_pred(), y) for o in every)
+        clf_st = worst_case(status(o.clf_pred(), y) for o in _flat(every))
         cfg = configs(d)
-        worst = {(vlm, dfn): _every_status(store, d, plan, clf, dfn, every) for vlm, plan in cfg.items()
+        worst = {(vlm, dfn): _every_status(store, d, vlm, plan, clf, dfn, every) for vlm, plan in cfg.items()
                  for dfn in ("Multi-Shield", CONFIDENCE)}
         rejects = {}
         for vlm, plan in cfg.items():

@@ -265,6 +265,38 @@ def test_tables_show_both_vlm_configurations_the_baseline_and_the_health_flags(b
     assert len(vr) == 2 and vr.robust_zero_shot_acc.notna().all()
 
 
+def test_multi_shield_is_scored_only_with_its_own_vlm_scores(beyond_run):
+    """A stored example carries the scores of the VLM it was made with: Multi-Shield with the robust VLM must
+    not be scored on the clean-VLM configuration's examples (their ``s`` is the other VLM's), while the
+    confidence rejector and the classifier (logits only) may use every configuration's."""
+    from mslib import beyond
+    from mslib.tables import BROKEN, status, worst_case
+
+    cache, store = beyond_run
+    d = store.datasets[0]
+    y, k = d.labels, d.num_classes
+    cfg = beyond.configs(d)
+    base, variant = list(cfg)
+    df = _in(cache, beyond.beyond_table, "smoke").set_index(["classifier", "vlm", "defense"])
+    cmp = _in(cache, beyond.comparisons, "smoke")
+    for clf in d.profile.classifiers:
+        assert not torch.equal(store.outputs(cfg[base].clean[clf]).s, store.outputs(cfg[variant].clean[clf]).s)
+        for vlm, plan in cfg.items():
+            own = [plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf]]
+            by_hand = worst_case(status(store.outputs(j).ms_pred(plan.profile.tolerance), y, k) for j in own)
+            assert df.loc[(clf, vlm, "Multi-Shield"), "robust_acc_every"] == pytest.approx(
+                float((by_hand < BROKEN).float().mean()))
+        row = cmp[(cmp.classifier == clf) & (cmp.question == "robust VLM vs clean VLM in Multi-Shield")].iloc[0]
+        assert row.robust_acc_a == pytest.approx(df.loc[(clf, variant, "Multi-Shield"), "robust_acc_every"])
+        assert row.robust_acc_b == pytest.approx(df.loc[(clf, base, "Multi-Shield"), "robust_acc_every"])
+        # the classifier alone: every configuration's examples (the classifier is the same in both)
+        every = [store.outputs(j) for plan in cfg.values() for j in (plan.clean[clf], *plan.ensemble[clf],
+                                                                      *plan.baseline[clf])]
+        clf_st = worst_case(status(o.clf_pred(), y) for o in every)
+        assert df.loc[(clf, "", "classifier alone"), "robust_acc_every"] == pytest.approx(
+            float((clf_st < BROKEN).float().mean()))
+
+
 def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
     from mslib.cache import file_sha256, read_json
     from mslib.models import load_vlm
