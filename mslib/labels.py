@@ -38,6 +38,10 @@ ATTACKS = {
     "worst case": "worst case over every attack",
 }
 
+# The same attacks on the confidence rejector (notebook 08's baseline): its K+1 logits instead of Multi-Shield's.
+ATTACKS.update({k.replace("@ms", "@conf"): f"{v}, on the confidence rejector" for k, v in list(ATTACKS.items())
+                if k.endswith("@ms")})
+
 # What a bar of the main figure or a line of the security curves measures: the model, and the inputs.
 SETTINGS = {
     "clf_clean": "classifier alone, clean",
@@ -109,7 +113,7 @@ COLUMNS.update({
     "knob": "swept parameter", "value": "value", "adaptive": "attacked at this point",
     "gradient_free": "gradient-free attack", "n_measured": "samples measured",
     "n_zero_grad": "samples with zero gradient", "zero_grad": "zero-gradient share (%)",
-    "new_breaks": "new breaks by the gradient-free attack", "flag": "flag", "question": "question",
+    "new_breaks": "samples it broke that no earlier attack had", "flag": "flag", "question": "question",
     "a": "configuration A", "b": "configuration B", "robust_acc_a": "A: robust acc. (%)",
     "robust_acc_b": "B: robust acc. (%)", "clean_reject_a": "A: clean rejection (%)",
     "clean_reject_b": "B: clean rejection (%)", "difference": "A − B (points)",
@@ -141,7 +145,8 @@ def attack(code: str) -> str:
     if code in ATTACKS:
         return ATTACKS[code]
     name, _, target = code.partition("@")
-    where = {"clf": "on the classifier", "ms": "on Multi-Shield", "vlm": "on the VLM"}.get(target, target)
+    where = {"clf": "on the classifier", "ms": "on Multi-Shield", "vlm": "on the VLM",
+             "conf": "on the confidence rejector"}.get(target, target)
     return f"{name.upper().replace('-', ' ')} {where}".strip()
 
 
@@ -191,19 +196,28 @@ def _pct(v: float, digits: int = 1) -> str:
     return "–" if pd.isna(v) else f"{100 * v:.{digits}f}"
 
 
+def _pts(v: float) -> str:
+    return "–" if pd.isna(v) else f"{100 * v:+.1f}"
+
+
 def display(df: pd.DataFrame, rates: Iterable[str] | None = None, points: Iterable[str] = (),
             ci: Mapping[str, tuple[str, str]] | None = None, drop: Iterable[str] = ()) -> pd.DataFrame:
     """The reader's copy of a table: codes named, rates in percent with their 95% CI, gains in points.
 
     ``rates``: the rate columns (default: every column with ``<col>_lo``/``<col>_hi`` beside it); ``ci`` maps
     a rate column to its CI columns when they are named otherwise (e.g. ``{"accuracy": ("lo", "hi")}``);
-    ``points``: differences of rates, shown as signed percentage points; ``drop``: columns left out.
+    ``points``: differences of rates, shown as signed percentage points (with ``<col>_lo``/``_hi`` as their CI);
+    ``drop``: columns left out. Columns whose header says "(%)" or "(points)" are formatted so even if not listed;
+    boolean columns read "yes"/"no".
     """
     ci = dict(ci or {})
     cols = list(df.columns)
+    # a header that says "(%)" or "(points)" is always formatted so, listed or not: a fraction under "(%)"
+    # is a plausible wrong number
+    points = list(dict.fromkeys([*points, *(c for c in cols if column(c).endswith("(points)"))]))
     if rates is None:
-        rates = [c for c in cols if f"{c}_lo" in cols and f"{c}_hi" in cols]
-    rates = list(rates)
+        rates = [c for c in cols if f"{c}_lo" in cols and f"{c}_hi" in cols and c not in points]
+    rates = list(dict.fromkeys([*rates, *(c for c in cols if column(c).endswith("(%)") and c not in points)]))
     for c in rates:
         ci.setdefault(c, (f"{c}_lo", f"{c}_hi"))
     hidden = {x for pair in ci.values() for x in pair if x in cols} | set(drop)
@@ -217,7 +231,12 @@ def display(df: pd.DataFrame, rates: Iterable[str] | None = None, points: Iterab
         else:
             out[c] = [_pct(v) for v in df[c]]
     for c in points:
-        out[c] = ["–" if pd.isna(v) else f"{100 * v:+.1f}" for v in df[c]]
+        lo, hi = f"{c}_lo", f"{c}_hi"
+        out[c] = [_pts(v) if lo not in cols or pd.isna(v) else f"{_pts(v)} [{_pts(df[lo][i])}, {_pts(df[hi][i])}]"
+                  for i, v in zip(df.index, df[c])]
+    for c in cols:  # flags read as words
+        if df[c].dtype == bool:
+            out[c] = ["yes" if v else "no" for v in df[c]]
     out = out[[c for c in cols if c not in hidden]]
     return out.rename(columns={c: column(c) for c in out.columns})
 

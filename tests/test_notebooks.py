@@ -178,6 +178,25 @@ def test_reader_copies_state_percent_with_ci_and_what_robust_means(smoke_outputs
     assert sum(ch in "lrc" for ch in spec) <= 10, f"the LaTeX main table has too many columns ({spec})"
 
 
+def test_every_reader_table_shows_percent_and_points_as_its_headers_say(smoke_outputs):
+    # a fraction under a "(%)" header reads as a plausible wrong number (0.097 % for 9.7 %)
+    pct = re.compile(r"–|-?\d+\.\d( \[\d+\.\d, \d+\.\d\])?")
+    pts = re.compile(r"–|[+-]\d+\.\d( \[[+-]\d+\.\d, [+-]\d+\.\d\])?")
+    checked = set()
+    for md in sorted(smoke_outputs.glob("*.md")):
+        lines = [ln.strip().strip("|").split("|") for ln in md.read_text().splitlines() if ln.startswith("|")]
+        header, rows = [h.strip() for h in lines[0]], lines[2:]
+        for i, h in enumerate(header):
+            rule = pct if h.endswith("(%)") else pts if h.endswith("(points)") else None
+            for row in rows if rule else ():
+                assert rule.fullmatch(row[i].strip()), (md.name, h, row[i])
+                checked.add(md.stem)
+        assert not any(v.strip() in ("True", "False") for row in rows for v in row), f"{md.name} shows True/False"
+    assert {"comparisons", "risk_coverage", "beyond_table", "attack_health", "vlm_robustness"} <= checked
+    cmp = (smoke_outputs / "comparisons.md").read_text()
+    assert re.search(r"\| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \|", cmp), "paired differences need their CI"
+
+
 def test_closing_sentences_state_the_worst_case_first(smoke_outputs):
     for name in ("02_main_table", "07_adaptive_attacks"):
         text = _last_markdown(smoke_outputs / f"{name}.ipynb")
