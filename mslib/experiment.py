@@ -98,7 +98,7 @@ def _require_assets(profile: Profile) -> None:
         from .fetch import require_assets
     except ImportError:  # the paper-asset checker is optional for the offline profiles
         return
-    require_assets(profile.name)
+    require_assets(profile.name, [profile])  # this dataset's, with the run's overrides (e.g. classifiers)
 
 
 def ms_broken(f: torch.Tensor, s: torch.Tensor, y: torch.Tensor, tolerance: float) -> torch.Tensor:

@@ -34,9 +34,12 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .cache import data_root, file_sha256, read_json, write_json
+
+if TYPE_CHECKING:
+    from .profiles import Profile
 
 PARTIAL = ".partial-"  # infix of the temporary folders datasets are extracted into
 
@@ -105,8 +108,10 @@ def _dataset_complete(name: str, root: Path | None = None) -> Callable[[Path], b
     return check
 
 
-def profile_assets(profile_name: str) -> list[Asset]:
-    """Every external asset of every dataset of a profile (locally trained models are not assets)."""
+def profile_assets(profile_name: str, profiles: Sequence[Profile] | None = None) -> list[Asset]:
+    """Every external asset of every dataset of a profile (locally trained models are not assets); with
+    ``profiles`` (per-dataset profiles, overrides applied, e.g. ``datasets``/``classifiers`` narrowed for a
+    dry run), only theirs."""
     from . import paper_data
     from .models.paper import hub_folder, robustbench_checkpoint_paths, robustbench_dir, torchvision_weights_path
     from .plan import vlm_variants
@@ -120,8 +125,10 @@ def profile_assets(profile_name: str) -> list[Asset]:
     def add(a: Asset) -> None:
         assets.setdefault((a.kind, str(a.path)), a)
 
-    for ds in PROFILES[profile_name]["datasets"]:
-        p = get_profile(profile_name, ds)
+    if profiles is None:
+        profiles = [get_profile(profile_name, ds) for ds in PROFILES[profile_name]["datasets"]]
+    for p in profiles:
+        ds = p.dataset
         if ds == "imagenet":
             add(Asset("dataset", "ImageNet validation split (ImageFolder <wnid>/*.JPEG)",
                       paper_data.dataset_path("imagenet", p.data_options),
@@ -163,9 +170,10 @@ def profile_assets(profile_name: str) -> list[Asset]:
     return list(assets.values())
 
 
-def missing_assets(profile_name: str) -> list[Asset]:
-    """The assets of ``profile_name`` that are not on disk (empty when the profile can run offline)."""
-    return [a for a in profile_assets(profile_name) if not a.present()]
+def missing_assets(profile_name: str, profiles: Sequence[Profile] | None = None) -> list[Asset]:
+    """The assets of ``profile_name`` (or of just ``profiles``) that are not on disk (empty when it can run
+    offline)."""
+    return [a for a in profile_assets(profile_name, profiles) if not a.present()]
 
 
 class MissingAssetsError(FileNotFoundError):
@@ -184,9 +192,10 @@ class MissingAssetsError(FileNotFoundError):
         super().__init__("\n".join(lines))
 
 
-def require_assets(profile_name: str) -> None:
-    """Raise :class:`MissingAssetsError` listing every missing asset of the profile, or return quietly."""
-    missing = missing_assets(profile_name)
+def require_assets(profile_name: str, profiles: Sequence[Profile] | None = None) -> None:
+    """Raise :class:`MissingAssetsError` listing every missing asset of the profile (or of just ``profiles``),
+    or return quietly."""
+    missing = missing_assets(profile_name, profiles)
     if missing:
         raise MissingAssetsError(profile_name, missing)
 

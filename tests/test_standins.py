@@ -64,3 +64,24 @@ def test_standins_cli_writes_one_dataset(tmp_path, capsys):
     assert (tmp_path / "datasets" / "stl10_binary" / "train_X.bin").is_file()
     assert (tmp_path / "models" / "torchvision" / "resnet18-f37072fd.pth").is_file()
     assert "still missing" in capsys.readouterr().out  # the other datasets' assets were not asked for
+
+
+def test_a_narrowed_run_needs_only_its_own_assets(tmp_path, monkeypatch):
+    """`--set datasets=... classifiers=...` (the documented dry run) checks the assets of what it runs, not of
+    the whole profile: STL-10's stand-ins alone let an STL-10 workspace start, and the rest stays missing."""
+    from mslib.experiment import Workspace
+    from mslib.fetch import MissingAssetsError, missing_assets
+    from mslib.profiles import get_profile
+    from mslib.standins import main
+
+    for var in ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert main([str(tmp_path), "--datasets", "stl10", "--classifier", "stl10=resnet18-ft"]) == 0
+    monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
+    stl10 = get_profile("paper", "stl10", n_samples=4, device="cpu")
+    assert missing_assets("paper", [stl10]) == []
+    assert {a.kind for a in missing_assets("paper")} >= {"dataset", "robustbench"}  # the others' are still absent
+    ws = Workspace(stl10)
+    assert len(ws.labels) == 4
+    with pytest.raises(MissingAssetsError, match="cifar10|robustbench"):
+        Workspace(get_profile("paper", "cifar10", n_samples=4, device="cpu"))
