@@ -72,12 +72,13 @@ def every_output(store: Store, d: DatasetResults, clf: str) -> dict[str, list[Ou
     Each is an eps-perturbation of the same images, so a defense may be scored on all of them, with one
     limit: an output's VLM scores ``s`` are its own configuration's VLM's. The classifier and the confidence
     rejector (logits ``f`` only) may be scored on every configuration's outputs (:func:`_flat`); Multi-Shield
-    with VLM ``v`` only on ``every[v]`` (another VLM's scores would score another defense).
+    with VLM ``v`` only on ``every[v]``, which for a variant includes the profile's configuration's examples
+    rescored with ``v`` (``plan.transfer``: transfer attacks from the clean-VLM defense).
     """
     out: dict[str, list[Outputs]] = {}
     for vlm, plan in configs(d).items():
         jobs: dict[str, Job] = {}
-        for j in (plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf]):
+        for j in (plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf], *plan.transfer.get(clf, ())):
             jobs.setdefault(j.key, j)
         out[vlm] = [store.outputs(j) for j in jobs.values()]
     return out

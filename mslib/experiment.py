@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -322,6 +323,11 @@ def _compute_batch(ws: Workspace, job: Job, model: nn.Module | None, start: int)
         return {"x": x.clone(), "f": f, "s": s}
     if job.kind == "zero-shot":
         return {"x": x[:0].clone(), "s": _evaluate_zero_shot(ws, job, x)}
+    if job.kind == "rescore":  # another configuration's examples, scored with this workspace's models
+        (source,) = job.after
+        x_src = load_tensors(batch_files(entry_dir("results", source.record()), start)[1])["x"]
+        f, s = ws.evaluate(job.classifier, x_src)
+        return {"x": x_src[:0].clone(), "f": f, "s": s}  # the images stay with the job that made them
     return _attack_batch(ws, job, model, start)
 
 
@@ -413,10 +419,12 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
         jobs = plan.jobs()
         if progress:
             print(f"{profile_name}/{ds}: {len(jobs)} jobs", file=sys.stderr, flush=True)
-        variant_keys = {j.key for v in plan.variants.values() for j in v.jobs()}
-        execute(ws, [j for j in jobs if j.key not in variant_keys], shard=shard, progress=progress, summary=summary)
+        own = dataclasses.replace(plan, variants={}).jobs()  # with the profile's VLM
+        execute(ws, own, shard=shard, progress=progress, summary=summary)
+        own_keys = {j.key for j in own}
         for name, vplan in plan.variants.items():  # each VLM variant: the same samples, another VLM
-            execute(ws.variant(name), vplan.jobs(), shard=shard, progress=progress, summary=summary)
+            execute(ws.variant(name), [j for j in vplan.jobs() if j.key not in own_keys], shard=shard,
+                    progress=progress, summary=summary)
         workspaces.append(ws)
         plans.append(plan)
     if summary.done:

@@ -21,6 +21,7 @@ profile and the identities, so the read-only store rebuilds exactly the executor
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ TEXT_NORMS = ("standard", "original")
 class Job:
     """One cached result. ``context`` is the canonical JSON of the samples and model identities."""
 
-    kind: str  # "clean" | "attack" | "zero-shot"
+    kind: str  # "clean" | "attack" | "zero-shot" | "rescore" (the examples of its one ``after`` job, rescored)
     dataset: str
     context: str
     classifier: str = ""
@@ -114,7 +115,8 @@ class Job:
             return f"{self.dataset} zero-shot {self.option('label')} ({self.option('text_norm')})"
         vlm = json.loads(self.context)["models"].get("vlm", {}).get("source", "")
         tag = f" [{vlm}]" if vlm and vlm not in ("lit", "open_clip", "hf-clip") else ""  # a variant's VLM
-        return f"{self.dataset}/{self.classifier or 'vlm'}{tag} {self.attack}@{self.target} eps={self.eps:g}"
+        what = f"{self.dataset}/{self.classifier or 'vlm'}{tag} {self.attack}@{self.target} eps={self.eps:g}"
+        return what + (" (examples of another configuration, rescored)" if self.kind == "rescore" else "")
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,10 @@ class DatasetPlan:
     vlm_attack: tuple[Job, ...] = ()
     # VLM variant name (profile.extra["vlm_variants"]) -> the study at profile.eps with that VLM instead
     variants: dict[str, "DatasetPlan"] = field(default_factory=dict)
+    # in a variant's plan, classifier -> "rescore" jobs: the examples of every attack of the profile's own
+    # configuration on Multi-Shield, the VLM and the rejector, scored with this configuration's models (an
+    # attack that broke the clean-VLM defense is a transfer attack on this one)
+    transfer: dict[str, tuple[Job, ...]] = field(default_factory=dict)
 
     def jobs(self) -> list[Job]:
         """Every job once, each after the jobs it builds on."""
@@ -147,7 +153,8 @@ class DatasetPlan:
             out[job.key] = job
 
         for group in (self.clean.values(), *self.nonadaptive.values(), *self.adaptive.values(),
-                      *self.ensemble.values(), self.zero_shot, *self.baseline.values(), self.vlm_attack):
+                      *self.ensemble.values(), self.zero_shot, *self.baseline.values(), self.vlm_attack,
+                      *self.transfer.values()):
             for job in group:
                 visit(job)
         for variant in self.variants.values():
@@ -284,7 +291,12 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
         if vid is None:
             raise KeyError(f"no identity for VLM variant {name!r} (expected key 'vlm:{name}' in identities)")
         ids = {**{c: identities[c] for c in p.classifiers}, "vlm": vid}
-        variants[name] = dataset_plan(variant_profile(p, name), idx, ids, speed, compact=compact, ensemble=ensemble)
+        v = dataset_plan(variant_profile(p, name), idx, ids, speed, compact=compact, ensemble=ensemble)
+        transfer = {clf: tuple(Job("rescore", p.dataset, v.clean[clf].context, clf, j.target, j.attack, j.eps,
+                                   j.options, j.tolerance, (j,))
+                               for j in (*stages.get(clf, ()), *baseline.get(clf, ())) if j.target != "clf")
+                    for clf in p.classifiers}
+        variants[name] = dataclasses.replace(v, transfer=transfer)
     return DatasetPlan(p, clean, nonadaptive, adaptive, stages, zero_shot, baseline=baseline,
                        vlm_attack=vlm_attack, variants=variants)
 

@@ -282,7 +282,7 @@ def test_multi_shield_is_scored_only_with_its_own_vlm_scores(beyond_run):
     for clf in d.profile.classifiers:
         assert not torch.equal(store.outputs(cfg[base].clean[clf]).s, store.outputs(cfg[variant].clean[clf]).s)
         for vlm, plan in cfg.items():
-            own = [plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf]]
+            own = [plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf], *plan.transfer.get(clf, ())]
             by_hand = worst_case(status(store.outputs(j).ms_pred(plan.profile.tolerance), y, k) for j in own)
             assert df.loc[(clf, vlm, "Multi-Shield"), "robust_acc_every"] == pytest.approx(
                 float((by_hand < BROKEN).float().mean()))
@@ -291,10 +291,29 @@ def test_multi_shield_is_scored_only_with_its_own_vlm_scores(beyond_run):
         assert row.robust_acc_b == pytest.approx(df.loc[(clf, base, "Multi-Shield"), "robust_acc_every"])
         # the classifier alone: every configuration's examples (the classifier is the same in both)
         every = [store.outputs(j) for plan in cfg.values() for j in (plan.clean[clf], *plan.ensemble[clf],
-                                                                      *plan.baseline[clf])]
+                                                                      *plan.baseline[clf], *plan.transfer.get(clf, ()))]
         clf_st = worst_case(status(o.clf_pred(), y) for o in every)
         assert df.loc[(clf, "", "classifier alone"), "robust_acc_every"] == pytest.approx(
             float((clf_st < BROKEN).float().mean()))
+
+
+def test_the_clean_vlm_configurations_examples_are_rescored_with_the_robust_vlm(beyond_run):
+    """Every attack on the clean-VLM Multi-Shield, VLM and rejector is a transfer attack on the robust-VLM
+    configuration: its images, rescored with that configuration's models (same classifier: identical logits;
+    another VLM: other scores), keyed by the source job and by the variant's models."""
+    cache, store = beyond_run
+    d = store.datasets[0]
+    (variant,) = d.plan.variants.values()
+    for clf in d.profile.classifiers:
+        sources = [j for j in (*d.plan.ensemble[clf], *d.plan.baseline[clf]) if j.target != "clf"]
+        rescored = variant.transfer[clf]
+        assert [j.after for j in rescored] == [(j,) for j in sources] and {j.kind for j in rescored} == {"rescore"}
+        assert all(j.context == variant.clean[clf].context for j in rescored)
+        for src, job in zip(sources, rescored):
+            a, b = store.outputs(src), store.outputs(job)
+            assert torch.allclose(a.f, b.f, atol=1e-4), job.label  # the classifier on the very same images
+            assert not torch.allclose(a.s, b.s), job.label  # scored by the robust VLM, not the clean one
+        assert not any(store.load(j, ("x",)).get("x", torch.empty(0)).numel() for j in rescored)  # no copies
 
 
 def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
