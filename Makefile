@@ -81,7 +81,7 @@ test: $(STAMP) system-deps
 results: $(RESULTS)
 $(RESULTS): $(STAMP) $(RESULTS_SRC) $(CHECKPOINTS) | system-deps
 	$(if $(SHARDS),$(PY) -m mslib.launch --profile $(PROFILE) --shards $(SHARDS) --executor $(LAUNCHER) $(LAUNCH_ARGS),\
-	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)) $(foreach s,$(SET),--set "$(s)"))
+	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)) $(foreach s,$(SET),--set '$(subst ','\'',$(s))'))
 	@[ -n "$(SHARD)" ] || { mkdir -p $(@D) && touch $@; }
 
 figures: $(EXECUTED)

@@ -19,6 +19,8 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -29,8 +31,8 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, REJECT_AWARE, frozen, run_attack
-from .cache import DamagedFileError, data_root, entry_dir, load_tensors, report_damaged, save_tensors, \
-    write_json_if_changed
+from .cache import DamagedFileError, canonical_json, data_root, entry_dir, load_tensors, report_damaged, \
+    save_tensors, write_json_if_changed
 from .defense import ConfidenceRejector, MultiShield, confidence_decide, decide, matched_threshold
 from .plan import TARGETS, DatasetPlan, Job, dataset_plan, variant_profile, vlm_variants
 from .profiles import Profile, get_profile
@@ -94,12 +96,13 @@ class ScaledLogits(nn.Module):
         return self.vlm(x) * self.scale
 
 
-def _require_assets(profile: Profile) -> None:
+def _require_assets(*profiles: Profile) -> None:
+    """The assets of these per-dataset profiles (the run's overrides applied, e.g. fewer classifiers)."""
     try:
         from .fetch import require_assets
     except ImportError:  # the paper-asset checker is optional for the offline profiles
         return
-    require_assets(profile.name, [profile])  # this dataset's, with the run's overrides (e.g. classifiers)
+    require_assets(profiles[0].name, list(profiles))
 
 
 def ms_broken(f: torch.Tensor, s: torch.Tensor, y: torch.Tensor, tolerance: float) -> torch.Tensor:
@@ -342,12 +345,23 @@ def _check_job(job: Job) -> None:
         raise ValueError(f"{job.attack} needs a rejecting model: use target='ms' or 'conf'")
 
 
+def _check_models(ws: Workspace, job: Job) -> None:
+    """A job runs only in a workspace holding the very models its key names (a base configuration's job in
+    a VLM variant's workspace would store the variant's outputs under the base key)."""
+    for role, identity in json.loads(job.context)["models"].items():
+        name = job.classifier if role == "classifier" else role
+        if json.loads(canonical_json(ws.model(name).identity)) != identity:
+            raise ValueError(f"{job.label}: this workspace's {role} is not the model the job's key names "
+                             f"(running it here would store another model's outputs under its key)")
+
+
 def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = None, progress: bool = True,
             summary: Summary | None = None) -> Summary:
     """Run ``jobs`` (each after the jobs in its ``after``) on this shard's batches; return what was done."""
     summary = summary or Summary()
     for job in jobs:
         _check_job(job)
+        _check_models(ws, job)
         folder = entry_dir("results", job.record())
         states = {b: batch_state(folder, b) for b in ws.starts()}
         mine = ws.starts(shard)
@@ -413,12 +427,14 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
     summary = Summary()
     workspaces, plans = [], []
     datasets = (overrides or {}).get("datasets") or get_profile(profile_name).datasets
-    for ds in datasets:
-        ws = Workspace(get_profile(profile_name, ds, **(overrides or {})))
+    profiles = [get_profile(profile_name, ds, **(overrides or {})) for ds in datasets]
+    _require_assets(*profiles)  # every dataset's, before any computation (not hours later, at the next one)
+    for p in profiles:
+        ws = Workspace(p)
         plan = ws.plan(compact=compact, ensemble=ensemble)
         jobs = plan.jobs()
         if progress:
-            print(f"{profile_name}/{ds}: {len(jobs)} jobs", file=sys.stderr, flush=True)
+            print(f"{profile_name}/{p.dataset}: {len(jobs)} jobs", file=sys.stderr, flush=True)
         own = dataclasses.replace(plan, variants={}).jobs()  # with the profile's VLM
         execute(ws, own, shard=shard, progress=progress, summary=summary)
         own_keys = {j.key for j in own}
@@ -453,6 +469,9 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+_BARE_WORD = re.compile(r"[A-Za-z_][\w.:/-]*")  # device=cpu, sampler=original: taken as a string
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["n_samples=4", "device=cpu", "classifiers=('Standard',)"]`` → profile overrides (Python literals or
     strings; lists become tuples)."""
@@ -467,6 +486,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
+            if not _BARE_WORD.fullmatch(text):  # meant as a literal but malformed: never a silent string
+                raise ValueError(f"--set {key}: {text!r} is neither a Python literal nor a bare word "
+                                 f"(quote strings inside tuples and dicts, e.g. ('a','b'))") from None
             value = text
         out[key] = tuple(value) if isinstance(value, list) else value
     return out

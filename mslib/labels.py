@@ -39,8 +39,8 @@ ATTACKS = {
 }
 
 # The same attacks on the confidence rejector (notebook 08's baseline): its K+1 logits instead of Multi-Shield's.
-ATTACKS.update({k.replace("@ms", "@conf"): f"{v}, on the confidence rejector" for k, v in list(ATTACKS.items())
-                if k.endswith("@ms")})
+ATTACKS.update({k.replace("@ms", "@conf"): f"{v.replace('(adaptive, paper)', '(the paper’s loss)')}, on the "
+                "confidence rejector" for k, v in list(ATTACKS.items()) if k.endswith("@ms")})
 
 # What a bar of the main figure or a line of the security curves measures: the model, and the inputs.
 SETTINGS = {

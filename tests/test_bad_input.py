@@ -351,3 +351,30 @@ def test_half_a_pair_does_not_fall_through_to_another_copy(env_dir, tmp_path):
     lab.unlink()
     with pytest.raises(FileNotFoundError, match=f"found {img} but not its partner t10k-labels-idx1-ubyte"):
         data.load_fashion_mnist("test", {"download": False})
+
+
+# ---- `--set FIELD=VALUE` (make results SET=...): a malformed literal is an error, never a silent string ----
+@pytest.mark.parametrize("item, expected", [
+    ("device=cpu", {"device": "cpu"}), ("n_samples=4", {"n_samples": 4}), ("vlm=lit-vit-s", {"vlm": "lit-vit-s"}),
+    ("datasets=('cifar10','food101')", {"datasets": ("cifar10", "food101")}),
+    ("eps_grid=[0.0,0.0157]", {"eps_grid": (0.0, 0.0157)}),
+    ('extra={"square_queries":20}', {"extra": {"square_queries": 20}}),
+])
+def test_set_overrides_parse_literals_and_bare_words(item, expected):
+    from mslib.experiment import parse_overrides
+
+    assert parse_overrides([item]) == expected
+
+
+@pytest.mark.parametrize("item, match", [
+    ("extra={square_queries:20}", "neither a Python literal"),  # what a shell that ate the quotes passes
+    ("datasets=(cifar10,food101)", "neither a Python literal"),
+    ("eps_grid=(0.0,4/255)", "neither a Python literal"),
+    ("n_sample=4", "unknown profile field"), ("n_samples", "key=value"),
+])
+def test_set_overrides_refuse_malformed_values(item, match):
+    from mslib.experiment import main, parse_overrides
+
+    with pytest.raises(ValueError, match=match):
+        parse_overrides([item])
+    assert main(["--profile", "smoke", "--set", item]) == 2  # one line on stderr, exit 2, nothing computed

@@ -213,7 +213,7 @@ def test_the_plan_holds_the_baseline_the_vlm_attack_and_the_variant(beyond_run):
     keys = {j.key for j in plan.jobs()}
     assert keys == set(store.index["jobs"])  # the store's index covers every job, the variant's included
     assert {j.key for j in v.jobs()} <= keys and not {j.key for j in v.jobs()} & {j.key for j in plan.clean.values()}
-    # every job of the variant differs from the base plan's: the VLM identity is in the context
+    # the variant's own jobs differ from the base plan's (the VLM identity is in the context)
     assert "vlm:" + name in store.index["datasets"]["fashion_mnist"]["models"]
 
 
@@ -314,6 +314,25 @@ def test_the_clean_vlm_configurations_examples_are_rescored_with_the_robust_vlm(
             assert torch.allclose(a.f, b.f, atol=1e-4), job.label  # the classifier on the very same images
             assert not torch.allclose(a.s, b.s), job.label  # scored by the robust VLM, not the clean one
         assert not any(store.load(j, ("x",)).get("x", torch.empty(0)).numel() for j in rescored)  # no copies
+
+
+def test_a_job_runs_only_in_a_workspace_holding_the_models_its_key_names(beyond_run):
+    """A variant's plan reaches the base configuration's jobs (its rescore jobs build on them); running one
+    of those in the variant's workspace would store the robust VLM's outputs under the clean VLM's key."""
+    from mslib.experiment import Workspace, execute
+    from mslib.profiles import get_profile
+
+    cache, store = beyond_run
+    d = store.datasets[0]
+    (name,) = d.plan.variants
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSLIB_CACHE", str(cache))
+        ws = Workspace(get_profile("smoke", d.profile.dataset, **BEYOND))
+        base_job = d.plan.ensemble["standard"][2]
+        assert execute(ws, [base_job], progress=False).computed == 0  # its own workspace: done, reused
+        with pytest.raises(ValueError, match="not the model the job's key names"):
+            execute(ws.variant(name), [base_job], progress=False)
+        execute(ws.variant(name), list(d.plan.variants[name].transfer["standard"]), progress=False)
 
 
 def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
