@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 import torch
 
-from . import metrics
+from . import labels, metrics
 from .defense import confidence_decide, matched_threshold, threshold_for_rejections
 from .plan import DatasetPlan, Job
 from .store import DatasetResults, Outputs, Store
@@ -360,7 +360,8 @@ def conclusions(cmp: pd.DataFrame) -> list[str]:
         else:
             lead = f"{r.a} wins by" if r.difference_lo > 0 else f"no clear winner: {r.a} minus {r.b} is"
             verdict = f"{lead} {_pts(r.difference)} points [95% CI {_pts(r.difference_lo)}, {_pts(r.difference_hi)}]"
-        out.append(f"{r.dataset}/{r.classifier}, {r.question}: {verdict}; worst-case robust accuracy {100 * r.robust_acc_a:.1f}% vs "
+        out.append(f"{labels.dataset(r.dataset)}, {labels.classifier(r.classifier)}, {r.question}: {verdict}; "
+                   f"worst-case robust accuracy {100 * r.robust_acc_a:.1f}% vs "
                    f"{100 * r.robust_acc_b:.1f}% at clean rejection {100 * r.clean_reject_a:.1f}% vs "
                    f"{100 * r.clean_reject_b:.1f}% (n={r.n}).")
     return out

@@ -227,3 +227,12 @@ def test_unknown_classifier_names_the_valid_ones(smoke_outputs):
 
     with pytest.raises(ValueError, match="standard"):
         tables.gallery("smoke", "no-such-classifier")
+
+
+def test_beyond_sentences_use_the_readers_names(smoke_outputs):
+    import nbformat
+
+    cells = nbformat.read(smoke_outputs / "08_beyond_the_paper.ipynb", as_version=4).cells
+    text = "".join("".join(o.get("data", {}).get("text/markdown", "")) for c in cells for o in c.get("outputs", []))
+    assert "Fashion-MNIST" in text and "wins by" in text
+    assert "fashion_mnist" not in text and not re.search(r"[a-z]@[a-z]", text), text[:300]
