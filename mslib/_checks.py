@@ -98,12 +98,13 @@ def check_tolerance(value: object, name: str = "tolerance") -> float:
     return float(value)
 
 
-def check_int(value: object, name: str, minimum: int) -> int:
-    """``value`` if it is an int (not bool) >= ``minimum``, else raise."""
+def check_int(value: object, name: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` if it is an int (not bool) in ``minimum``..``maximum`` (no upper bound if None), else raise."""
+    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise TypeError(f"{name} must be an integer {bound}, got {type(value).__name__} {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
     return value
 
 

@@ -26,7 +26,7 @@ from . import labels, metrics
 from .defense import confidence_decide, matched_threshold, threshold_for_rejections
 from .plan import DatasetPlan, Job
 from .store import DatasetResults, Outputs, Store
-from .tables import BROKEN, CORRECT, REJECTED, _with_ci, status, worst_case
+from .tables import BROKEN, CORRECT, REJECTED, _ms_status, _with_ci, status, worst_case
 
 CONFIDENCE = "confidence rejector"
 CLASSIFIER = "classifier alone"
@@ -55,10 +55,6 @@ def conf_threshold(store: Store, plan: DatasetPlan, clf: str) -> float:
 
 def _conf_status(out: Outputs, y: torch.Tensor, thr: float, k: int) -> torch.Tensor:
     return status(confidence_decide(out.f, thr), y, k)
-
-
-def _ms_status(out: Outputs, y: torch.Tensor, tol: float, k: int) -> torch.Tensor:
-    return status(out.ms_pred(tol), y, k)
 
 
 def _worst(store: Store, jobs: Iterable[Job], score) -> torch.Tensor:
@@ -345,21 +341,18 @@ def attack_health(profile_name: str) -> pd.DataFrame:
     return _with_ci(rows)
 
 
-def _pts(v: float) -> str:
-    return f"{100 * v:+.1f}"
-
-
 def conclusions(cmp: pd.DataFrame) -> list[str]:
     """One sentence per comparison row of :func:`comparisons`, with the difference and its 95% interval,
     saying which side wins or that the interval cannot tell them apart."""
     out = []
     for r in cmp.itertuples():
         if r.difference_hi < 0:  # b wins: say it in b's direction, b − a with its interval
-            verdict = (f"{r.b} wins by {_pts(-r.difference)} points [95% CI {_pts(-r.difference_hi)}, "
-                       f"{_pts(-r.difference_lo)}]")
+            verdict = (f"{r.b} wins by {labels.as_points(-r.difference)} points "
+                       f"[95% CI {labels.as_points(-r.difference_hi)}, {labels.as_points(-r.difference_lo)}]")
         else:
             lead = f"{r.a} wins by" if r.difference_lo > 0 else f"no clear winner: {r.a} minus {r.b} is"
-            verdict = f"{lead} {_pts(r.difference)} points [95% CI {_pts(r.difference_lo)}, {_pts(r.difference_hi)}]"
+            verdict = (f"{lead} {labels.as_points(r.difference)} points "
+                       f"[95% CI {labels.as_points(r.difference_lo)}, {labels.as_points(r.difference_hi)}]")
         out.append(f"{labels.dataset(r.dataset)}, {labels.classifier(r.classifier)}, {r.question}: {verdict}; "
                    f"worst-case robust accuracy {100 * r.robust_acc_a:.1f}% vs "
                    f"{100 * r.robust_acc_b:.1f}% at clean rejection {100 * r.clean_reject_a:.1f}% vs "

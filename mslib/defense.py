@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_finite_output, check_tolerance, check_unit_range
+from ._checks import check_finite_output, check_int, check_tolerance, check_unit_range
 
 
 def rejection_logits(f: torch.Tensor, s: torch.Tensor, tolerance: float) -> torch.Tensor:
@@ -152,7 +152,7 @@ def threshold_for_rejections(f: torch.Tensor, n_reject: int) -> float:
     through exp/log: the candidate whose float32 log gives exactly ``n_reject`` rejections is returned.
     """
     n = f.shape[0]
-    check_int_range(n_reject, 0, n, "n_reject")
+    check_int(n_reject, "n_reject", 0, maximum=n)
     if n_reject == 0:
         return 0.0
     lc = log_confidence(f)
@@ -186,12 +186,6 @@ def matched_threshold(f: torch.Tensor, s: torch.Tensor, tolerance: float) -> flo
     return threshold_for_rejections(f, n_ms)
 
 
-def check_int_range(value: object, lo: int, hi: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return value
-
-
 class ConfidenceRejector(nn.Module):
     """The classifier alone, rejecting when its max softmax probability is below ``threshold``.
 
@@ -207,12 +201,8 @@ class ConfidenceRejector(nn.Module):
         if not isinstance(classifier, nn.Module):
             raise TypeError(f"classifier must be a torch.nn.Module (images in [0, 1] -> logits), "
                             f"got {type(classifier).__name__}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-                math.isfinite(threshold) and threshold >= 0):
-            raise ValueError(f"threshold must be a finite number >= 0 (a probability; > 1 rejects all), "
-                             f"got {threshold!r}")
         self.classifier = classifier
-        self.threshold = float(threshold)
+        self.threshold = check_tolerance(threshold, "threshold")  # a probability; > 1 rejects all
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:

@@ -196,7 +196,8 @@ def _pct(v: float, digits: int = 1) -> str:
     return "–" if pd.isna(v) else f"{100 * v:.{digits}f}"
 
 
-def _pts(v: float) -> str:
+def as_points(v: float) -> str:
+    """A difference of rates as signed percentage points ("+4.0"; "–" if missing)."""
     return "–" if pd.isna(v) else f"{100 * v:+.1f}"
 
 
@@ -232,7 +233,8 @@ def display(df: pd.DataFrame, rates: Iterable[str] | None = None, points: Iterab
             out[c] = [_pct(v) for v in df[c]]
     for c in points:
         lo, hi = f"{c}_lo", f"{c}_hi"
-        out[c] = [_pts(v) if lo not in cols or pd.isna(v) else f"{_pts(v)} [{_pts(df[lo][i])}, {_pts(df[hi][i])}]"
+        out[c] = [as_points(v) if lo not in cols or pd.isna(v)
+                  else f"{as_points(v)} [{as_points(df[lo][i])}, {as_points(df[hi][i])}]"
                   for i, v in zip(df.index, df[c])]
     for c in cols:  # flags read as words
         if df[c].dtype == bool:
@@ -243,7 +245,7 @@ def display(df: pd.DataFrame, rates: Iterable[str] | None = None, points: Iterab
 
 __all__ = ["ATTACKS", "CLASSIFIERS", "COLUMNS", "DATASETS", "OUTCOMES", "OUTCOME_COLORS", "ROBUST",
            "ROBUST_NOTE", "SETTINGS", "TEXT_NORMS", "TOLERANCE_METRICS", "attack", "classifier", "column", "dataset", "display",
-           "is_raw_code", "named", "setting", "title"]
+           "is_raw_code", "named", "as_points", "setting", "title"]
 
 # The tolerance figure's lines: clean and adversarial rates, each saying what it counts.
 TOLERANCE_METRICS = {

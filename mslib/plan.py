@@ -35,7 +35,6 @@ CODE_VERSION = "mslib-results-3"  # 3: attack results record the zero-gradient s
 # "conf": the confidence rejector (the classifier alone, rejecting below a confidence threshold matched to
 # Multi-Shield's clean rejections on the same samples), a baseline that needs no VLM.
 TARGETS = ("clf", "ms", "vlm", "conf")
-DEFENSES = ("ms", "conf")
 
 # The paper's evaluation: APGD-CE and APGD-DLR on the classifier, transferred (non-adaptive), and the
 # rejection-aware CE then DLR losses on Multi-Shield, DLR only on the points CE left unbroken (adaptive).
@@ -161,10 +160,6 @@ class DatasetPlan:
             for job in variant.jobs():
                 visit(job)
         return list(out.values())
-
-    @property
-    def vlm_name(self) -> str:
-        return self.profile.vlm
 
 
 def study_eps(profile: Profile) -> list[float]:
@@ -301,6 +296,6 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
                        vlm_attack=vlm_attack, variants=variants)
 
 
-__all__ = ["BASELINE_ENSEMBLE", "CODE_VERSION", "DEFENSES", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE",
+__all__ = ["BASELINE_ENSEMBLE", "CODE_VERSION", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE",
            "PAPER_ADAPTIVE", "TARGETS", "attack_options", "context", "dataset_plan", "nonadaptive_eps",
            "results_family", "study_eps", "variant_profile", "vlm_variants"]

@@ -93,6 +93,8 @@ class Store:
                                        f"`{_command(profile_name)}`") from None
         self.index = index
         self._keys = set(index["jobs"])
+        # read-only results: a table build asks for the same job's outputs many times, read each once
+        self._outputs: dict[tuple[str, bool], Outputs] = {}
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in index["overrides"].items()}
         self.datasets: list[DatasetResults] = []
         for ds, entry in index["datasets"].items():
@@ -140,7 +142,11 @@ class Store:
         return out
 
     def outputs(self, job: Job, curves: bool = False) -> Outputs:
-        """``f``, ``s`` (and success) of a job; with ``curves`` also its summed success/loss curves and cost."""
+        """``f``, ``s`` (and success) of a job; with ``curves`` also its summed success/loss curves and cost.
+        Read once per store (the same object is returned again: do not modify it)."""
+        memo = self._outputs.get((job.key, curves))
+        if memo is not None:
+            return memo
         fields = ("f", "s", "success", *(BOOKKEEPING if curves else ()))
         d = self.load(job, fields)
         out = Outputs(d["f"], d["s"], d.get("success"))
@@ -152,6 +158,7 @@ class Store:
                                            for c, w in zip(d["loss_curve"], sizes)])]
             out.n_forward = int(sum(d["n_forward"]))
             out.seconds = float(sum(d["seconds"]))
+        self._outputs[job.key, curves] = out
         return out
 
 
