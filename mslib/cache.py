@@ -12,6 +12,7 @@ recomputed, never used. Folders written by other libraries (safetensors model fo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -19,7 +20,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -29,6 +30,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def data_root() -> Path:
     """The folder that holds datasets, checkpoints and results (``$MSLIB_CACHE`` or ``<repo>/data``)."""
     return Path(os.environ.get("MSLIB_CACHE", REPO_ROOT / "data"))
+
+
+# where the paper profile's loaders look besides the data root (each overrides one asset's location)
+PAPER_DATA_VARS = ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR")
+
+
+@contextlib.contextmanager
+def data_root_at(root: str | os.PathLike) -> Iterator[Path]:
+    """``MSLIB_CACHE=root`` (and no other data-location variables) for the duration, then restored."""
+    keys = ("MSLIB_CACHE", *PAPER_DATA_VARS)
+    saved = {k: os.environ.get(k) for k in keys}
+    for k in keys[1:]:
+        os.environ.pop(k, None)
+    os.environ["MSLIB_CACHE"] = str(root)
+    try:
+        yield Path(root)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def canonical_json(record: Any) -> str:

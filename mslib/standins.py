@@ -22,16 +22,17 @@ images synthetic: the numbers a run on them produces are meaningless; the plumbi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pickle
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from .cache import data_root_at
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 STL10_NAMES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
@@ -46,24 +47,6 @@ SOURCE = "mslib.standins (synthetic images / random weights)"
 # Sizes for a dry run of the paper profile on CPU: a few images, a few iterations, one eps besides 0.
 DRY_RUN_OVERRIDES: dict[str, Any] = {"n_samples": 4, "n_iter": 2, "batch_size": 4, "device": "cpu",
                                      "eps_grid": (0.0, 4 / 255), "tolerance_grid": (0.0, 1e-3)}
-
-
-@contextlib.contextmanager
-def data_root_at(root: str | os.PathLike) -> Iterator[Path]:
-    """``MSLIB_CACHE=root`` (and no other data-location variables) for the duration, then restored."""
-    keys = ("MSLIB_CACHE", "MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR")
-    saved = {k: os.environ.get(k) for k in keys}
-    for k in keys[1:]:
-        os.environ.pop(k, None)
-    os.environ["MSLIB_CACHE"] = str(root)
-    try:
-        yield Path(root)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _image(path: Path, size: tuple[int, int], color: tuple[int, int, int], mode: str = "RGB") -> None:

@@ -29,6 +29,15 @@ class TinyCNN(nn.Module):
         return self.net((x - 0.286) / 0.353)
 
 
+@pytest.fixture()
+def no_paper_env(monkeypatch):
+    """None of the variables that point the paper loaders elsewhere: they look only under the data root."""
+    from mslib.cache import PAPER_DATA_VARS
+
+    for var in PAPER_DATA_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="session")
 def fashion_small() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train images, train labels, held-out images, held-out labels): 5000 + 300 real Fashion-MNIST images."""

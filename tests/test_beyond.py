@@ -9,6 +9,7 @@ import torch
 
 from mslib.attacks import losses, run_attack
 from mslib.attacks.apgd import apgd, zero_gradient
+from mslib.cache import data_root_at
 from mslib.defense import (ConfidenceRejector, confidence_decide, confidence_logits, decide, log_confidence,
                            matched_threshold, threshold_for_rate, threshold_for_rejections)
 
@@ -142,15 +143,14 @@ def test_apgd_records_the_zero_gradient_share_at_its_start():
 
 
 # ---- the paper profile's robust CLIP VLMs, offline on stand-ins -----------------------------------------
-def test_paper_robust_clip_vlms_are_optional_assets_that_load_offline_on_stand_ins(tmp_path, monkeypatch):
+def test_paper_robust_clip_vlms_are_optional_assets_that_load_offline_on_stand_ins(tmp_path, monkeypatch,
+                                                                                  no_paper_env):
     from mslib import get_profile, load_vlm
     from mslib.fetch import missing_assets
     from mslib.plan import variant_profile, vlm_variants
     from mslib.profiles import PROFILES
     from mslib.standins import subset_profile, write_standins
 
-    for var in ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR"):
-        monkeypatch.delenv(var, raising=False)
     sub = {"food101": ["resnet18-ft"]}
     monkeypatch.setitem(PROFILES, "paper-robust", subset_profile("paper-robust", list(sub), sub))
     monkeypatch.setitem(PROFILES, "paper", subset_profile("paper", list(sub), sub))
@@ -187,16 +187,14 @@ def beyond_run(tmp_path_factory, smoke_models):
     from mslib.store import Store
 
     cache = fresh_cache(tmp_path_factory.mktemp("beyond") / "cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         summary = run_study("smoke", progress=False, overrides=BEYOND)
         assert summary.done
         yield cache, Store("smoke")
 
 
 def _in(cache, fn, *args):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         return fn(*args)
 
 
@@ -325,8 +323,7 @@ def test_a_job_runs_only_in_a_workspace_holding_the_models_its_key_names(beyond_
     cache, store = beyond_run
     d = store.datasets[0]
     (name,) = d.plan.variants
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         ws = Workspace(get_profile("smoke", d.profile.dataset, **BEYOND))
         base_job = d.plan.ensemble["standard"][2]
         assert execute(ws, [base_job], progress=False).computed == 0  # its own workspace: done, reused
@@ -350,8 +347,7 @@ def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
     (name,) = p.extra["vlm_variants"]
     vp = variant_profile(p, name)
     spec = {**vp.vlm_spec, "base": {"source": "lit", **vp.vlm_spec["base"]}}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         folder = fare_dir(vp, spec)
         info = read_json(folder / "train_info.json")
         mtime = (folder / WEIGHTS_NAME).stat().st_mtime_ns

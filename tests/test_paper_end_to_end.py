@@ -19,12 +19,10 @@ CLASSIFIERS = {"cifar10": ["Addepalli2022Efficient_RN18"], "food101": ["resnet18
 
 
 @pytest.mark.skipif(importlib.util.find_spec("robustbench") is None, reason="robustbench model zoo not installed")
-def test_paper_profile_runs_end_to_end_on_standins(tmp_path, monkeypatch):
+def test_paper_profile_runs_end_to_end_on_standins(tmp_path, monkeypatch, no_paper_env):
     from mslib import experiment, tables
     from mslib.fetch import missing_assets
 
-    for var in ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR"):
-        monkeypatch.delenv(var, raising=False)
     write_standins(tmp_path, list(CLASSIFIERS), CLASSIFIERS)
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
     monkeypatch.setitem(PROFILES, "paper", subset_profile("paper", list(CLASSIFIERS), CLASSIFIERS))

@@ -31,11 +31,9 @@ CIFAR_NAMES = list(CIFAR10_NAMES)
 
 
 @pytest.fixture()
-def roots(tmp_path, monkeypatch):
+def roots(tmp_path, monkeypatch, no_paper_env):
     """A fresh data root; the paper datasets under data/datasets, ImageNet under data/imagenet/val."""
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path / "data"))
-    for var in ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR"):
-        monkeypatch.delenv(var, raising=False)
     (tmp_path / "data" / "datasets").mkdir(parents=True)
     return tmp_path / "data"
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mslib import tables
-from mslib.cache import DamagedFileError, load_tensors, read_json, save_tensors
+from mslib.cache import DamagedFileError, data_root_at, load_tensors, read_json, save_tensors
 from mslib.experiment import ms_broken, run_study
 from mslib.plan import dataset_plan
 from mslib.store import ResultsNotReadyError, Store
@@ -26,8 +26,7 @@ TABLES = ("main_table", "attacks_table", "security_curves", "tolerance_tradeoff"
 
 
 def _tables(cache: Path) -> dict[str, str]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         return {name: getattr(tables, name)("smoke").to_csv(index=False) for name in TABLES}
 
 
@@ -38,8 +37,7 @@ def _copy_results(src: Path, dst: Path) -> None:
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory, smoke_models):
     cache = fresh_cache(tmp_path_factory.mktemp("results") / "clean")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         summary = run_study("smoke", progress=False, overrides=OVERRIDES)
         store = Store("smoke")
     assert summary.done and summary.computed > 0 and summary.reused == 0
@@ -47,8 +45,7 @@ def clean_run(tmp_path_factory, smoke_models):
 
 
 def _run(cache: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         return run_study("smoke", progress=False, overrides=OVERRIDES)
 
 
@@ -68,8 +65,7 @@ def test_another_checkpoint_in_place_recomputes_exactly_the_results_that_used_it
     _copy_results(src, cache)
     plan = store.datasets[0].plan
     p = plan.profile
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         ckpt = {c: model_dir("cnn", p, p.classifier_specs[c]) / "model.pt" for c in p.classifiers}
     shutil.copyfile(ckpt["standard"], ckpt["fgsm-rs"])  # a valid checkpoint, but another model's
     summary = _run(cache)
@@ -79,11 +75,9 @@ def test_another_checkpoint_in_place_recomputes_exactly_the_results_that_used_it
     assert summary.computed == 2 * len(used) and summary.reused == 2 * len(others) and summary.recomputed == 0
     # the fgsm-rs rows now come from the standard CNN's weights: with per-sample seeded attacks they equal
     # the standard rows exactly, and differ from the rows of the real fgsm-rs model
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         new = tables.main_table("smoke").set_index("classifier")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(src))
+    with data_root_at(src):
         old = tables.main_table("smoke").set_index("classifier")
     assert new.loc["fgsm-rs"].equals(new.loc["standard"])
     assert new.loc["standard"].equals(old.loc["standard"])
@@ -129,8 +123,7 @@ def test_damaged_batch_files_and_checkpoints_are_named_recomputed_and_the_tables
     data = bytearray(garbled.read_bytes())
     data[len(data) // 2] ^= 0xFF
     garbled.write_bytes(bytes(data))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         ckpt = model_dir("cnn", p, p.classifier_specs["standard"]) / "model.pt"
     raw = bytearray(ckpt.read_bytes())
     raw[len(raw) // 3: len(raw) // 3 + 64] = os.urandom(64)
@@ -152,8 +145,7 @@ def test_the_store_never_computes_and_names_what_is_missing(clean_run, tmp_path)
     job = store.datasets[0].plan.adaptive["fgsm-rs", store.datasets[0].profile.eps][0]
     (cache / "results" / job.key / "batch_0000005.pt").unlink()
     before = sorted(str(f) for f in (cache / "results").rglob("*"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         with pytest.raises(ResultsNotReadyError, match=r"apgd-ce-reject@ms .*batch 5 missing.*make results"):
             tables.main_table("smoke")
         with pytest.raises(ResultsNotReadyError, match="batch 5 missing"):
@@ -176,8 +168,7 @@ def test_a_notebook_run_against_an_incomplete_store_stops_with_the_clear_error(c
     job = store.datasets[0].plan.clean["standard"]
     (cache / "results" / job.key / "batch_0000000.pt").unlink()
     nb = Path(__file__).resolve().parent.parent / "notebooks" / "02_main_table.ipynb"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MSLIB_CACHE", str(cache))
+    with data_root_at(cache):
         with pytest.raises(pm.PapermillExecutionError) as info:
             pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"profile": "smoke",
                                 "out_dir": str(tmp_path)}, kernel_name="python3", cwd=str(nb.parent),

@@ -21,9 +21,7 @@ CLASSIFIERS = {"cifar10": ["Addepalli2022Efficient_RN18", "Chen2020Adversarial"]
 
 
 @pytest.fixture()
-def standins(tmp_path, monkeypatch):
-    for var in ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR"):
-        monkeypatch.delenv(var, raising=False)
+def standins(tmp_path, monkeypatch, no_paper_env):
     written = write_standins(tmp_path, list(CLASSIFIERS), CLASSIFIERS)
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
     monkeypatch.setitem(PROFILES, "paper", subset_profile("paper", list(CLASSIFIERS), CLASSIFIERS))
@@ -66,7 +64,7 @@ def test_standins_cli_writes_one_dataset(tmp_path, capsys):
     assert "still missing" in capsys.readouterr().out  # the other datasets' assets were not asked for
 
 
-def test_a_narrowed_run_needs_only_its_own_assets(tmp_path, monkeypatch):
+def test_a_narrowed_run_needs_only_its_own_assets(tmp_path, monkeypatch, no_paper_env):
     """`--set datasets=... classifiers=...` (the documented dry run) checks the assets of what it runs, not of
     the whole profile: STL-10's stand-ins alone let an STL-10 workspace start, and the rest stays missing."""
     from mslib.experiment import Workspace
@@ -74,8 +72,6 @@ def test_a_narrowed_run_needs_only_its_own_assets(tmp_path, monkeypatch):
     from mslib.profiles import get_profile
     from mslib.standins import main
 
-    for var in ("MSLIB_PAPER_DATA", "MSLIB_IMAGENET", "MSLIB_ROBUSTBENCH_DIR"):
-        monkeypatch.delenv(var, raising=False)
     assert main([str(tmp_path), "--datasets", "stl10", "--classifier", "stl10=resnet18-ft"]) == 0
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
     stl10 = get_profile("paper", "stl10", n_samples=4, device="cpu")
