@@ -18,7 +18,7 @@ profile = sys.argv[1] if len(sys.argv) > 1 else "tiny"
 store = Store(profile)
 for d in store.datasets:
     p, y, k = d.profile, d.labels, d.num_classes
-    grid = sorted(e for e in p.eps_grid if e > 0)
+    grid = sorted(e for e in p.eps_grid if 0 < e <= p.eps)  # the chain up to the eps reported
     for clf in p.classifiers:
         clean = store.outputs(d.plan.clean[clf])
         fresh_st, chained_st = [], []
