@@ -9,8 +9,10 @@
    (the profile's VLM and its ``vlm_variants``, e.g. the FARE-fine-tuned LiT) side by side;
    :func:`vlm_robustness` reports each VLM's clean and robust (APGD-CE on the VLM alone) zero-shot accuracy.
 3. :func:`attack_health` flags weak attacks: the share of attacked samples whose loss gradient is exactly
-   zero at the start point, and whether the gradient-free Square attack breaks samples that every gradient
-   attack before it left unbroken (gradient masking).
+   zero at the start point (a fixed point: the attack cannot move), and whether the gradient-free Square
+   attack, at the budget shown beside its verdict, breaks samples that every gradient attack before it left
+   unbroken (gradient masking). :func:`convergence_table` says how far the worst case moves when the
+   strongest attacks run again with 4x the budget (profiles with ``convergence``).
 
 A sample is *broken* under a defense when its output is a wrong class that is not "rejected"; worst case
 over attacks is per sample. Rates are fractions with 95% Wilson intervals.
@@ -23,15 +25,16 @@ import pandas as pd
 import torch
 
 from . import labels, metrics
+from .attacks import attack_spec
 from .defense import confidence_decide, matched_threshold, threshold_for_rejections
-from .plan import DatasetPlan, Job
+from .plan import CONVERGENCE_RESTARTS, CONVERGENCE_SCALE, PAPER_ADAPTIVE, DatasetPlan, Job
 from .store import DatasetResults, Outputs, Store
-from .tables import BROKEN, CORRECT, REJECTED, _ms_status, _with_ci, status, worst_case
+from .tables import BROKEN, CORRECT, REJECTED, _ms_status, _with_ci, budget, status, worst_case
 
 CONFIDENCE = "confidence rejector"
 CLASSIFIER = "classifier alone"
 RATE_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
-ZERO_GRAD_WARN = 0.1  # a zero-gradient share above this flags the attack as unable to move
+ZERO_GRAD_WARN = 0.1  # an exactly-zero-gradient share above this flags the attack as unable to move
 
 
 def configs(d: DatasetResults) -> dict[str, DatasetPlan]:
@@ -92,7 +95,7 @@ def _each_classifier(store: Store) -> Iterator[tuple[DatasetResults, str, dict[s
 
 
 def _adaptive(stages: tuple[Job, ...]) -> tuple[Job, ...]:
-    return tuple(j for j in stages if j.attack in ("apgd-ce-reject", "apgd-dlr-reject") and j.target != "clf")
+    return tuple(j for j in stages if j.attack in PAPER_ADAPTIVE and j.target != "clf")
 
 
 def _defense_rows(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, clf: str,
@@ -306,11 +309,11 @@ def attack_health(profile_name: str) -> pd.DataFrame:
     profile's eps: is the attack able to move, and does a gradient-free attack find what gradients missed?
 
     ``n_measured``: samples the attack started a gradient step on (not already broken, not reused);
-    ``zero_grad``: the share of them whose loss gradient was exactly zero at the start point (AutoAttack's
-    ``check_zero_gradients``; CIs in ``zero_grad_lo``/``_hi``); ``new_breaks``: samples this stage broke
-    that no stage before it had; ``flag``: ``zero gradients`` when that share exceeds
-    :data:`ZERO_GRAD_WARN`, ``gradient masking`` when Square (gradient-free, run last on what every gradient
-    attack left unbroken) breaks any sample, else empty.
+    ``zero_grad``: the share of them whose loss gradient was exactly zero at the start point, a fixed point
+    of APGD (AutoAttack's ``check_zero_gradients``, made exact; CIs in ``zero_grad_lo``/``_hi``);
+    ``new_breaks``: samples this stage broke that no stage before it had; ``budget``: the attack's budget;
+    ``flag``: ``zero gradients`` when that share exceeds :data:`ZERO_GRAD_WARN`, ``gradient masking`` when
+    Square (gradient-free, run last on what every gradient attack left unbroken) breaks any sample, else empty.
     """
     store = Store(profile_name)
     rows = []
@@ -330,14 +333,57 @@ def attack_health(profile_name: str) -> pd.DataFrame:
                         measured = zg >= 0 if zg is not None else torch.zeros_like(y, dtype=torch.bool)
                         share = metrics.rate((zg == 1)[measured]) if zg is not None else metrics.rate(measured[:0])
                         new = _new_breaks(store, job, broken, before)
-                        gradient_free = job.attack.startswith("square")
+                        gradient_free = attack_spec(job.attack).gradient_free
                         flag = ("gradient masking" if gradient_free and new > 0 else
                                 "zero gradients" if share.n and share.value > ZERO_GRAD_WARN else "")
                         rows.append({"dataset": p.dataset, "classifier": clf, "vlm": vlm, "defense": defense,
-                                     "attack": f"{job.attack}@{job.target}", "gradient_free": gradient_free,
-                                     "n_measured": share.n, "n_zero_grad": share.count, "zero_grad": share,
-                                     "new_breaks": new, "flag": flag})
+                                     "attack": f"{job.attack}@{job.target}", "budget": budget(job),
+                                     "gradient_free": gradient_free, "n_measured": share.n,
+                                     "n_zero_grad": share.count, "zero_grad": share, "new_breaks": new, "flag": flag})
                         before = broken if before is None else before | broken
+    return _with_ci(rows)
+
+
+STRONGER = (f"{CONVERGENCE_SCALE}× iterations and queries, {CONVERGENCE_RESTARTS} restarts for gradient attacks")
+
+
+def convergence_table(profile_name: str) -> pd.DataFrame:
+    """How far the worst case moves at a larger budget, per (dataset, classifier, VLM configuration, defense).
+
+    ``robust_acc_base``: the worst case over the defense's ensemble; ``robust_acc_stronger``: after its
+    strongest attacks ran again on the survivors with :data:`STRONGER` (``plan.convergence``); ``moved``: the
+    paired difference base − stronger (points, 95% Newcombe interval); ``moved_samples``: samples that were
+    robust and are now broken; ``found_by``: which stronger attacks broke them. Empty when the profile does
+    not run the check (``Profile.convergence``).
+    """
+    store = Store(profile_name)
+    rows = []
+    for d in store.datasets:
+        y, k = d.labels, d.num_classes
+        for clf in d.profile.classifiers:
+            for vlm, plan in configs(d).items():
+                if not plan.convergence:
+                    continue
+                p = plan.profile
+                thr = conf_threshold(store, plan, clf)
+                for defense, code, stages, score in (
+                        ("Multi-Shield", "ms", plan.ensemble[clf], lambda o: _ms_status(o, y, p.tolerance, k)),
+                        (CONFIDENCE, "conf", plan.baseline[clf], lambda o: _conf_status(o, y, thr, k))):
+                    base = _worst(store, stages, score)
+                    worst, found = base, {}
+                    for job in plan.convergence[clf, code]:
+                        st = score(store.outputs(job))
+                        new = int(((st == BROKEN) & (worst < BROKEN)).sum())
+                        if new:
+                            found[labels.attack(f"{job.attack}@{job.target}")] = new
+                        worst = worst_case([worst, st])
+                    diff = metrics.paired_difference(base < BROKEN, worst < BROKEN)
+                    rows.append({"dataset": p.dataset, "classifier": clf, "vlm": vlm, "defense": defense,
+                                 "eps": p.eps, "n": len(y), "robust_acc_base": metrics.rate(base < BROKEN),
+                                 "robust_acc_stronger": metrics.rate(worst < BROKEN), "moved": diff.value,
+                                 "moved_lo": diff.low, "moved_hi": diff.high,
+                                 "moved_samples": int(((base < BROKEN) & (worst == BROKEN)).sum()),
+                                 "found_by": "; ".join(f"{a}: {n}" for a, n in found.items()) or "none"})
     return _with_ci(rows)
 
 
@@ -360,5 +406,5 @@ def conclusions(cmp: pd.DataFrame) -> list[str]:
     return out
 
 
-__all__ = ["CLASSIFIER", "CONFIDENCE", "attack_health", "beyond_table", "comparisons", "conclusions",
+__all__ = ["CLASSIFIER", "CONFIDENCE", "attack_health", "beyond_table", "comparisons", "conclusions", "convergence_table",
            "conf_threshold", "configs", "risk_coverage", "vlm_robustness"]

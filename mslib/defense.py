@@ -5,8 +5,8 @@ K + 1 logits: the classifier's K logits and, last, the rejection score
 
     r(x) = max_k f_k(x) + |max_k s_k(x) − s_ŷ(x)| − tolerance.
 
-The prediction is rejected (label K) exactly when the VLM's similarity for ŷ lies more than ``tolerance``
-below its best similarity; otherwise it is ŷ.
+The prediction is the argmax of these K+1 logits (label K: rejected): in exact arithmetic, rejected exactly
+when the VLM's similarity for ŷ lies more than ``tolerance`` below its best similarity, otherwise ŷ.
 
 :class:`ConfidenceRejector` is the baseline with the same interface that needs no VLM: the classifier alone,
 rejecting when its max softmax probability is below a threshold.
@@ -35,12 +35,16 @@ def rejection_logits(f: torch.Tensor, s: torch.Tensor, tolerance: float) -> torc
 
 
 def decide(f: torch.Tensor, s: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """Labels in 0..K from classifier logits and VLM similarities; K means rejected."""
+    """Labels in 0..K from classifier logits and VLM similarities; K means rejected.
+
+    The argmax of the K+1 :func:`rejection_logits`, as in the original code, so the tables, the executor and
+    every attack's success rule decide alike on every float32 input (a comparison ``gap > tolerance`` would
+    not: just above the tolerance, ``max f + gap − tolerance`` can round to ``max f``). A tie goes to the
+    class (argmax takes the first maximum).
+    """
     if f.shape != s.shape:
         raise ValueError(f"classifier gives {tuple(f.shape)} but VLM gives {tuple(s.shape)}")
-    y_hat = f.argmax(dim=1)
-    gap = s.max(dim=1).values - s.gather(1, y_hat[:, None]).squeeze(1)
-    return torch.where(gap > tolerance, torch.full_like(y_hat, f.shape[1]), y_hat)
+    return rejection_logits(f, s, tolerance).argmax(dim=1)
 
 
 class MultiShield(nn.Module):

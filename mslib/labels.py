@@ -11,6 +11,8 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
+from .attacks import ATTACK_SPECS
+
 # Said somewhere visible on every output that shows a robust accuracy.
 ROBUST = "robust = correct or rejected"
 ROBUST_NOTE = ("Robust accuracy with rejection: an adversarial input counts as robust when Multi-Shield "
@@ -41,6 +43,12 @@ ATTACKS = {
 # The same attacks on the confidence rejector (notebook 08's baseline): its K+1 logits instead of Multi-Shield's.
 ATTACKS.update({k.replace("@ms", "@conf"): f"{v.replace('(adaptive, paper)', '(the paper’s loss)')}, on the "
                 "confidence rejector" for k, v in list(ATTACKS.items()) if k.endswith("@ms")})
+# Every other registered attack on every target, named from its spec (a new attack needs no entry here).
+_WHERE = {"ms": "", "conf": ", on the confidence rejector", "vlm": " on the VLM alone (transfer)",
+          "clf": " on the classifier (non-adaptive)"}
+for _name, _spec in ATTACK_SPECS.items():
+    for _target, _where in _WHERE.items():
+        ATTACKS.setdefault(f"{_name}@{_target}", _spec.label + _where)
 
 # What a bar of the main figure or a line of the security curves measures: the model, and the inputs.
 SETTINGS = {
@@ -112,7 +120,10 @@ COLUMNS.update({
     "clean_zero_shot_acc": "VLM: clean zero-shot acc. (%)", "robust_zero_shot_acc": "VLM: robust zero-shot acc. (%)",
     "knob": "swept parameter", "value": "value", "adaptive": "attacked at this point",
     "gradient_free": "gradient-free attack", "n_measured": "samples measured",
-    "n_zero_grad": "samples with zero gradient", "zero_grad": "zero-gradient share (%)",
+    "n_zero_grad": "samples with an exactly zero gradient", "zero_grad": "exactly-zero-gradient share (%)",
+    "budget": "budget", "robust_acc_base": "worst case, ensemble (%)",
+    "robust_acc_stronger": "worst case, 4× budget (%)", "moved": "moved by (points)",
+    "moved_samples": "samples it moved",
     "new_breaks": "samples it broke that no earlier attack had", "flag": "flag", "question": "question",
     "a": "configuration A", "b": "configuration B", "robust_acc_a": "A: robust acc. (%)",
     "robust_acc_b": "B: robust acc. (%)", "clean_reject_a": "A: clean rejection (%)",

@@ -31,7 +31,7 @@ from .cache import canonical_json, record_key
 from .profiles import Profile
 
 # Bump when a change to the attacks or to the executor changes what a result holds.
-CODE_VERSION = "mslib-results-3"  # 3: attack results record the zero-gradient share at the start point
+CODE_VERSION = "mslib-results-4"  # 4: one decision rule (argmax of K+1), exact zero-gradient flag, skip of fixed points
 # "conf": the confidence rejector (the classifier alone, rejecting below a confidence threshold matched to
 # Multi-Shield's clean rejections on the same samples), a baseline that needs no VLM.
 TARGETS = ("clf", "ms", "vlm", "conf")
@@ -48,20 +48,32 @@ ENSEMBLE: tuple[tuple[str, str], ...] = (
     ("clf", "apgd-ce"), ("clf", "apgd-dlr"),                # non-adaptive: transferred from the classifier
     ("ms", "apgd-ce-reject"), ("ms", "apgd-dlr-reject"),    # the paper's adaptive attacks
     ("ms", "apgd-dlr-reject-excl"),                         # DLR whose "best other" excludes y and reject
-    ("vlm", "apgd-ce"),                                     # transferred from the VLM alone
+    ("vlm", "apgd-ce"), ("vlm", "apgd-dlr"),                # transferred from the VLM alone (DLR: scale-invariant)
     ("ms", "agreement"), ("ms", "agreement-selective"),     # both branches driven to one wrong class
+    ("ms", "apgd-disagree"), ("ms", "apgd-detector"),       # the rejection-defense literature's objectives
     ("ms", "square-reject"),                                # gradient-free check for gradient masking
 )
 # The same worst-case scheme against the confidence rejector: the transferred attacks (the very jobs above,
-# rescored under its rule), the paper's rejection-aware pair on its K+1 logits, the stronger DLR, then Square.
-# The VLM and agreement attacks have nothing to aim at without a VLM.
+# rescored under its rule), the paper's rejection-aware pair on its K+1 logits, the stronger DLR, the
+# literature's objectives, then Square. The VLM and agreement attacks have nothing to aim at without a VLM.
 BASELINE_ENSEMBLE: tuple[tuple[str, str], ...] = (
     ("clf", "apgd-ce"), ("clf", "apgd-dlr"),
     ("conf", "apgd-ce-reject"), ("conf", "apgd-dlr-reject"),
     ("conf", "apgd-dlr-reject-excl"),
+    ("conf", "apgd-disagree"), ("conf", "apgd-detector"),
     ("conf", "square-reject"),
 )
-SQUARE_QUERIES_PER_ITER = 1  # Square's default budget: profile.n_iter × this queries (forward passes only)
+# The budget-convergence check (profiles with ``convergence``): after the whole ensemble, its strongest
+# attacks again on what it left unbroken, with CONVERGENCE_SCALE x the iterations (and Square's queries) and
+# CONVERGENCE_RESTARTS restarts for the gradient attacks. Each stage attacks only what every earlier one
+# left unbroken, so the last stage's result is the worst case at the larger budget.
+CONVERGENCE: dict[str, tuple[str, ...]] = {
+    "ms": ("apgd-ce-reject", "apgd-dlr-reject-excl", "agreement-selective", "apgd-disagree", "apgd-detector",
+           "square-reject"),
+    "conf": ("apgd-ce-reject", "apgd-dlr-reject-excl", "apgd-disagree", "apgd-detector", "square-reject"),
+}
+CONVERGENCE_SCALE = 4
+CONVERGENCE_RESTARTS = 5
 TEXT_NORMS = ("standard", "original")
 
 
@@ -139,6 +151,9 @@ class DatasetPlan:
     # configuration on Multi-Shield, the VLM and the rejector, scored with this configuration's models (an
     # attack that broke the clean-VLM defense is a transfer attack on this one)
     transfer: dict[str, tuple[Job, ...]] = field(default_factory=dict)
+    # profiles with ``convergence``: (classifier, defense "ms" | "conf") -> the stronger stages run after that
+    # defense's ensemble on its survivors (CONVERGENCE), in order
+    convergence: dict[tuple[str, str], tuple[Job, ...]] = field(default_factory=dict)
 
     def jobs(self) -> list[Job]:
         """Every job once, each after the jobs it builds on."""
@@ -153,7 +168,7 @@ class DatasetPlan:
 
         for group in (self.clean.values(), *self.nonadaptive.values(), *self.adaptive.values(),
                       *self.ensemble.values(), self.zero_shot, *self.baseline.values(), self.vlm_attack,
-                      *self.transfer.values()):
+                      *self.transfer.values(), *self.convergence.values()):
             for job in group:
                 visit(job)
         for variant in self.variants.values():
@@ -172,25 +187,22 @@ def nonadaptive_eps(profile: Profile) -> list[float]:
     return sorted(set(study_eps(profile)) | {profile.eps / 2})
 
 
-def attack_options(profile: Profile, attack: str, compact: bool = True) -> tuple[tuple[str, Any], ...]:
-    """``run_attack`` keyword options of ``attack`` under ``profile`` (sorted pairs, part of the job's key).
+def attack_options(profile: Profile, attack: str, compact: bool = True, stronger: bool = False
+                   ) -> tuple[tuple[str, Any], ...]:
+    """``run_attack`` keyword options of ``attack`` under ``profile`` (sorted pairs, part of the job's key):
+    the attack's budget from its registered spec, the seed and batch compaction. ``stronger``: the
+    convergence check's budget (CONVERGENCE_SCALE x iterations and queries, CONVERGENCE_RESTARTS restarts for
+    the gradient attacks; Square keeps its restarts, its queries grow)."""
+    from .attacks import attack_spec
 
-    On CPU a VLM forward+backward dominates the cost and every sample that survives the ensemble pays each
-    extra attack's full budget, so their defaults stay near one APGD run in all: the agreement attack tries
-    ``agreement_targets`` (3) targets with ``agreement_iters`` (n_iter // 5) iterations each, its selective
-    variant ``selective_targets`` (1) with ``selective_iters`` (n_iter // 5), Square ``square_queries``
-    (n_iter × SQUARE_QUERIES_PER_ITER) forward passes. Keys of ``profile.extra`` override these defaults
-    (a GPU run should raise them, e.g. Square to AutoAttack's 5000 queries).
-    """
-    ex, n = profile.extra, profile.n_iter
-    opts: dict[str, Any] = {"n_iter": n, "n_restarts": profile.n_restarts, "seed": profile.seed,
-                            "compact": compact}
-    if attack == "agreement":
-        opts.update(n_targets=int(ex.get("agreement_targets", 3)), n_iter=int(ex.get("agreement_iters", max(n // 5, 5))))
-    elif attack == "agreement-selective":
-        opts.update(n_targets=int(ex.get("selective_targets", 1)), n_iter=int(ex.get("selective_iters", max(n // 5, 5))))
-    elif attack.startswith("square"):
-        opts.update(n_queries=int(ex.get("square_queries", SQUARE_QUERIES_PER_ITER * n)))
+    spec = attack_spec(attack)
+    opts: dict[str, Any] = {"seed": profile.seed, "compact": compact, **spec.budget(profile)}
+    if stronger:
+        for k in ("n_iter", "n_queries"):
+            if k in opts:
+                opts[k] *= CONVERGENCE_SCALE
+        if not spec.gradient_free:
+            opts["n_restarts"] = max(opts["n_restarts"], CONVERGENCE_RESTARTS)
     return tuple(sorted(opts.items()))
 
 
@@ -241,9 +253,10 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
     vlm_id = identities["vlm"]
     ctx = {clf: context(p, idx, {"classifier": identities[clf], "vlm": vlm_id}, speed) for clf in p.classifiers}
 
-    def attack_job(clf: str, target: str, attack: str, eps: float, after: tuple[Job, ...] = ()) -> Job:
-        return Job("attack", p.dataset, ctx[clf], clf, target, attack, float(eps), attack_options(p, attack, compact),
-                   p.tolerance, after)
+    def attack_job(clf: str, target: str, attack: str, eps: float, after: tuple[Job, ...] = (),
+                   stronger: bool = False) -> Job:
+        return Job("attack", p.dataset, ctx[clf], clf, target, attack, float(eps),
+                   attack_options(p, attack, compact, stronger), p.tolerance, after)
 
     clean = {clf: Job("clean", p.dataset, ctx[clf], clf) for clf in p.classifiers}
     nonadaptive = {(clf, e): tuple(attack_job(clf, "clf", a, e) for a in NONADAPTIVE)
@@ -280,6 +293,14 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
             baseline[clf] = tuple(done)
         vlm_attack = (Job("attack", p.dataset, zs_ctx, "", "vlm", "apgd-ce", float(p.eps),
                           attack_options(p, "apgd-ce", compact), p.tolerance),)
+    convergence: dict[tuple[str, str], tuple[Job, ...]] = {}
+    if ensemble and p.convergence:
+        for clf in p.classifiers:
+            for defense, base in (("ms", stages[clf]), ("conf", baseline[clf])):
+                done = list(base)
+                for attack in CONVERGENCE[defense]:
+                    done.append(attack_job(clf, defense, attack, p.eps, tuple(done), stronger=True))
+                convergence[clf, defense] = tuple(done[len(base):])
     variants = {}
     for name in vlm_variants(p):
         vid = identities.get(f"vlm:{name}")
@@ -293,9 +314,9 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
                     for clf in p.classifiers}
         variants[name] = dataclasses.replace(v, transfer=transfer)
     return DatasetPlan(p, clean, nonadaptive, adaptive, stages, zero_shot, baseline=baseline,
-                       vlm_attack=vlm_attack, variants=variants)
+                       vlm_attack=vlm_attack, variants=variants, convergence=convergence)
 
 
-__all__ = ["BASELINE_ENSEMBLE", "CODE_VERSION", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE",
+__all__ = ["BASELINE_ENSEMBLE", "CODE_VERSION", "CONVERGENCE", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE",
            "PAPER_ADAPTIVE", "TARGETS", "attack_options", "context", "dataset_plan", "nonadaptive_eps",
            "results_family", "study_eps", "variant_profile", "vlm_variants"]

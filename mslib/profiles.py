@@ -45,6 +45,11 @@ class Profile:
     tolerance: float = 1e-3
     n_iter: int = 100
     n_restarts: int = 1
+    # Square's queries per restart: AutoAttack's standard budget (it runs last, on the survivors only)
+    square_queries: int = 5000
+    # the budget-convergence check: the worst case recomputed on its survivors with 4x iterations, 5 restarts
+    # and 4x Square queries (mslib.plan.CONVERGENCE), to show whether more budget would still move it
+    convergence: bool = False
     batch_size: int = 250
     device: str = "cpu"
     # CUDA-only speed settings (ignored on CPU; result records name them when they are on): "bf16" runs the
@@ -80,7 +85,7 @@ class Profile:
                 isinstance(t, str) and "{}" in t for t in self.templates):
             raise ValueError(f"profile templates must be a non-empty tuple of strings with a '{{}}' for the class "
                              f"name, e.g. ('a photo of a {{}}.',), got {self.templates!r}")
-        for f in ("n_samples", "batch_size", "n_iter", "n_restarts"):
+        for f in ("n_samples", "batch_size", "n_iter", "n_restarts", "square_queries"):
             check_int(getattr(self, f), f"profile {f}", 1)
         check_int(self.seed, "profile seed", 0)
         check_eps(self.eps, "profile eps")
@@ -90,8 +95,9 @@ class Profile:
         check_device(self.device, "profile device")
         if self.precision not in PRECISIONS:
             raise ValueError(f"profile precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not isinstance(self.channels_last, bool):
-            raise TypeError(f"profile channels_last must be True or False, got {self.channels_last!r}")
+        for f in ("channels_last", "convergence"):
+            if not isinstance(getattr(self, f), bool):
+                raise TypeError(f"profile {f} must be True or False, got {getattr(self, f)!r}")
 
     def as_record(self) -> dict[str, Any]:
         """The profile's values as a JSON-able dict (for cache records)."""
@@ -194,8 +200,8 @@ _TINY: dict[str, Any] = {
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
-        "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 10, "n_restarts": 1, "batch_size": 100,
-                   "device": "cpu"},
+        "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 10, "n_restarts": 1, "square_queries": 20,
+                   "batch_size": 100, "device": "cpu"},
         "datasets": {
             "fashion_mnist": {
                 "n_samples": 40, "eps": 0.1, "templates": FASHION_TEMPLATES,
@@ -214,13 +220,13 @@ PROFILES: dict[str, dict[str, Any]] = {
     # tiny plus a robust VLM configuration (the same study with the FARE-fine-tuned LiT in Multi-Shield): a
     # superset of tiny that shares its results ("results_of"), so after `make figures` only the fine-tune
     # and the robust configuration's attacks run; kept out of tiny to hold its ~20 min cold budget
-    "tiny-plus": {"common": _TINY["common"], "datasets": {"fashion_mnist": {
+    "tiny-plus": {"common": {**_TINY["common"], "convergence": True}, "datasets": {"fashion_mnist": {
         **_TINY["datasets"]["fashion_mnist"],
         "extra": {"results_of": "tiny",
                   "vlm_variants": {"lit-vit-s-fare": _fare(_FASHION_LIT, train_subset=30000, lr=1e-3)}}}}},
     "paper": {
         "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 100, "n_restarts": 1, "batch_size": 100,
-                   "device": "cuda"},
+                   "device": "cuda", "convergence": True},
         "datasets": {
             # RobustBench L-inf models (loaded from data/models/robustbench, RobustBench's layout) paired with the
             # CIFAR-10 fine-tuned CLIP ViT-B/32 (vision tower) and OpenAI's text tower, as the original code.

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from . import metrics
+from .attacks import attack_spec
 from .plan import Job, study_eps
 from .store import DatasetResults, Outputs, Store
 
@@ -166,17 +167,31 @@ def headline(df: pd.DataFrame, mean: bool = True) -> pd.DataFrame:
     return out
 
 
+# Where the description depends on the target (a transfer, the paper's pair); else the attack's spec says it.
 ATTACK_DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("clf", "apgd-ce"): "non-adaptive: APGD-CE on the classifier, transferred",
     ("clf", "apgd-dlr"): "non-adaptive: APGD-DLR on the classifier, transferred",
     ("ms", "apgd-ce-reject"): "adaptive (paper): APGD, CE on true + reject class",
     ("ms", "apgd-dlr-reject"): "adaptive (paper): APGD, DLR on true + reject class, after CE",
-    ("ms", "apgd-dlr-reject-excl"): "adaptive (stronger): APGD, DLR against the best class that is neither",
     ("vlm", "apgd-ce"): "transfer: APGD-CE on the VLM alone",
-    ("ms", "agreement"): "agreement: targeted APGD on both branches (joint loss)",
-    ("ms", "agreement-selective"): "agreement: targeted APGD on the blocking branch (selective)",
-    ("ms", "square-reject"): "gradient-free: Square Attack, rejection-aware margin",
+    ("vlm", "apgd-dlr"): "transfer: APGD-DLR on the VLM alone (scale-invariant)",
 }
+
+
+def describe(job: Job) -> str:
+    """One line on what the attack of ``job`` does."""
+    return ATTACK_DESCRIPTIONS.get((job.target, job.attack)) or attack_spec(job.attack).description
+
+
+def budget(job: Job) -> str:
+    """The attack's budget as a reader reads it: iterations (per target), restarts or queries, step rule."""
+    o = dict(job.options)
+    restarts = f"{o.get('n_restarts', 1)} restart{'s' if o.get('n_restarts', 1) != 1 else ''}"
+    if attack_spec(job.attack).gradient_free:
+        return f"{o['n_queries']:,} queries, {restarts}, random search (p_init 0.8)"
+    steps = f"{o['n_targets']} target{'s' if o['n_targets'] != 1 else ''} × {o['n_iter']} it." if "n_targets" in o \
+        else f"{o['n_iter']} it."
+    return f"{steps}, {restarts}, APGD step rule"
 
 
 def _scope(i: int, stages: tuple[Job, ...]) -> str:
@@ -214,14 +229,14 @@ def attacks_table(profile_name: str) -> pd.DataFrame:
                 n_fwd += out.n_forward
                 rates = _rates(st)
                 rows.append({**base, "attack": f"{job.attack}@{job.target}",
-                             "description": ATTACK_DESCRIPTIONS.get((job.target, job.attack), job.attack),
+                             "description": describe(job), "budget": budget(job),
                              "scope": _scope(i, stages), "robust_acc": rates["robust"], "reject": rates["reject"],
                              "robust_acc_cumulative": metrics.rate(worst_case(seen) < BROKEN).value,
                              "reject_cumulative": metrics.rate(worst_case(seen) == REJECTED).value,
                              "n_forward": out.n_forward})
             w = _rates(worst_case(seen))
             rows.append({**base, "attack": "worst case", "description": "no attack of the ensemble succeeds",
-                         "scope": "ensemble", "robust_acc": w["robust"], "reject": w["reject"],
+                         "budget": "every budget above", "scope": "ensemble", "robust_acc": w["robust"], "reject": w["reject"],
                          "robust_acc_cumulative": w["robust"].value, "reject_cumulative": w["reject"].value,
                          "n_forward": n_fwd})
     return _with_ci(rows)

@@ -92,7 +92,7 @@ def test_worst_case_ensemble_is_never_more_robust_than_any_attack_in_it(defense,
 
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
     prof = get_profile("smoke", n_samples=30, n_iter=6, eps_grid=(0.0, 0.1), batch_size=16, classifiers=("standard",),
-                       extra={"square_queries": 20, "agreement_targets": 2})
+                       square_queries=20, extra={"agreement_targets": 2})
     ws = Workspace(prof)
     for name, model in (("standard", small_classifier), ("vlm", stand_in_vlm)):  # small stand-in models
         model.identity = {"stand-in": name}
@@ -104,7 +104,7 @@ def test_worst_case_ensemble_is_never_more_robust_than_any_attack_in_it(defense,
     summary = execute(ws, jobs, progress=False)
     assert summary.done and summary.reused == 0
     write_index("smoke", {"n_samples": 30, "n_iter": 6, "eps_grid": (0.0, 0.1), "batch_size": 16,
-                          "classifiers": ("standard",), "extra": {"square_queries": 20, "agreement_targets": 2}},
+                          "classifiers": ("standard",), "square_queries": 20, "extra": {"agreement_targets": 2}},
                 True, [ws], [plan])
     store = Store("smoke")  # the store rebuilds exactly this plan from its index
     assert [j.key for j in store.datasets[0].plan.jobs()] == [j.key for j in plan.jobs()]

@@ -2,7 +2,8 @@
 
 ``mslib.attack(model, images, labels, name, eps, ...)`` returns adversarial images; ``run_attack`` returns
 an :class:`AttackResult` with the success mask, per-iteration curves and the cost (forward/backward
-passes, seconds). Attacks are registered in :data:`ATTACKS` (name → function); adding one is one entry.
+passes, seconds). Attacks are registered as :class:`AttackSpec` entries in :data:`ATTACK_SPECS` (function, rejection-aware,
+gradient-free, budget under a profile, the reader's name); adding one is one entry.
 
 Randomness is per sample: the random start of sample ``i`` is drawn from a generator seeded by
 ``(seed, restart, indices[i])``, so results do not depend on the batch size, on how samples are sharded,
@@ -14,7 +15,7 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -86,22 +87,64 @@ def _apgd_variant(loss_fn: losses.LossFn, success_fn: losses.SuccessFn) -> Attac
     return run
 
 
-ATTACKS: dict[str, AttackFn] = {
-    "apgd-ce": _apgd_variant(losses.ce_loss, losses.misclassified),
-    "apgd-dlr": _apgd_variant(losses.dlr_loss, losses.misclassified),
-    "apgd-ce-reject": _apgd_variant(losses.ce_reject_loss, losses.misclassified_not_rejected),
-    "apgd-dlr-reject": _apgd_variant(losses.dlr_reject_loss_paper, losses.misclassified_not_rejected),
-    "apgd-dlr-reject-excl": _apgd_variant(losses.dlr_reject_loss_excl, losses.misclassified_not_rejected),
-}
-# Attacks whose success criterion treats the last logit as "rejected".
-REJECT_AWARE: set[str] = {"apgd-ce-reject", "apgd-dlr-reject", "apgd-dlr-reject-excl"}
+def apgd_budget(profile: Any) -> dict[str, Any]:
+    """A gradient attack's budget under a profile: its iterations and restarts."""
+    return {"n_iter": profile.n_iter, "n_restarts": profile.n_restarts}
 
 
-def register_attack(name: str, fn: AttackFn, reject_aware: bool = False) -> None:
-    """Add an attack to the registry (one entry, no edits elsewhere)."""
-    ATTACKS[name] = fn
-    if reject_aware:
-        REJECT_AWARE.add(name)
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack and everything its consumers need: the function, whether its success rule reads the last
+    logit as "rejected", whether it uses gradients, its budget under a profile (the options that the plan
+    keys and ``run_attack`` takes), and the reader's name and one-line description."""
+
+    name: str
+    fn: AttackFn
+    label: str
+    description: str
+    reject_aware: bool = False
+    gradient_free: bool = False
+    budget: Callable[[Any], dict[str, Any]] = apgd_budget
+
+
+# name -> spec; ATTACKS and REJECT_AWARE are views of it for callers that need only the function or the flag
+ATTACK_SPECS: dict[str, AttackSpec] = {}
+ATTACKS: dict[str, AttackFn] = {}
+REJECT_AWARE: set[str] = set()
+
+
+def register_attack(spec: AttackSpec) -> None:
+    """Add an attack (one entry; tables, labels and the plan read it from here)."""
+    if not isinstance(spec, AttackSpec):
+        raise TypeError(f"register_attack takes an AttackSpec, got {type(spec).__name__}")
+    ATTACK_SPECS[spec.name] = spec
+    ATTACKS[spec.name] = spec.fn
+    if spec.reject_aware:
+        REJECT_AWARE.add(spec.name)
+
+
+def attack_spec(name: str) -> AttackSpec:
+    """The registered spec of attack ``name``; an unknown name fails with the list of registered ones."""
+    if name not in ATTACK_SPECS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACK_SPECS)}")
+    return ATTACK_SPECS[name]
+
+
+for _spec in (
+    AttackSpec("apgd-ce", _apgd_variant(losses.ce_loss, losses.misclassified), "APGD-CE",
+               "APGD, cross-entropy of the true class"),
+    AttackSpec("apgd-dlr", _apgd_variant(losses.dlr_loss, losses.misclassified), "APGD-DLR",
+               "APGD, difference-of-logits ratio (scale-invariant)"),
+    AttackSpec("apgd-ce-reject", _apgd_variant(losses.ce_reject_loss, losses.misclassified_not_rejected),
+               "APGD-CE, rejection-aware", "APGD, CE on true + reject class", reject_aware=True),
+    AttackSpec("apgd-dlr-reject", _apgd_variant(losses.dlr_reject_loss_paper, losses.misclassified_not_rejected),
+               "APGD-DLR, rejection-aware", "APGD, DLR on true + reject class, after CE", reject_aware=True),
+    AttackSpec("apgd-dlr-reject-excl",
+               _apgd_variant(losses.dlr_reject_loss_excl, losses.misclassified_not_rejected),
+               "APGD-DLR, rejection-aware, reject excluded",
+               "APGD, DLR against the best class that is neither true nor reject", reject_aware=True),
+):
+    register_attack(_spec)
 
 
 @contextlib.contextmanager
@@ -165,7 +208,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (images in [0, 1] -> logits), got {type(model).__name__}")
     if not isinstance(name, str) or name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACK_SPECS)}")
     _check_rejecting(model, name)
     images = check_images(images)
     eps = check_eps(eps, "eps")
@@ -245,14 +288,30 @@ def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: s
                       batch_size=batch_size, **options).x_adv
 
 
-__all__ = ["ATTACKS", "AttackResult", "REJECT_AWARE", "apgd_restarts", "attack", "check_perturbation",
-           "frozen", "output_classes", "register_attack", "run_attack", "sample_noise"]
+__all__ = ["ATTACKS", "ATTACK_SPECS", "AttackResult", "AttackSpec", "REJECT_AWARE", "apgd_budget", "apgd_restarts",
+           "attack", "attack_spec", "check_perturbation", "frozen", "output_classes", "register_attack", "run_attack",
+           "sample_noise"]
 
-# ---- stronger adaptive attacks on Multi-Shield (issue 7): one registry entry each -------------------
-from .agreement import agreement_attack, agreement_selective  # noqa: E402
-from .square import square_attack, square_reject  # noqa: E402
+# ---- stronger adaptive attacks on rejecting models: one registry entry each ----------------------------
+from . import agreement, selective, square  # noqa: E402
 
-register_attack("agreement", agreement_attack, reject_aware=True)
-register_attack("agreement-selective", agreement_selective, reject_aware=True)
-register_attack("square", square_attack)
-register_attack("square-reject", square_reject, reject_aware=True)
+for _spec in (
+    AttackSpec("agreement", agreement.agreement_attack, "agreement attack, joint loss",
+               "agreement: targeted APGD on both branches (joint loss)", reject_aware=True,
+               budget=agreement.joint_budget),
+    AttackSpec("agreement-selective", agreement.agreement_selective, "agreement attack, selective loss",
+               "agreement: targeted APGD on the blocking branch (selective)", reject_aware=True,
+               budget=agreement.selective_budget),
+    AttackSpec("apgd-disagree", selective.disagreement_attack, "APGD, disagreement loss (Palumbo et al. 2024)",
+               "APGD on members wrong and agreeing (Palumbo et al. 2024); accepted-and-wrong on a "
+               "single-model rejector", reject_aware=True),
+    AttackSpec("apgd-detector", selective.detector_attack, "APGD, detector-aware margin (Tramèr 2022)",
+               "APGD on the margin of the best class that is neither true nor reject (detector as class K+1)",
+               reject_aware=True),
+    AttackSpec("square", square.square_attack, "Square", "gradient-free: Square Attack, margin",
+               gradient_free=True, budget=square.budget),
+    AttackSpec("square-reject", square.square_reject, "Square, rejection-aware",
+               "gradient-free: Square Attack, rejection-aware margin", reject_aware=True, gradient_free=True,
+               budget=square.budget),
+):
+    register_attack(_spec)

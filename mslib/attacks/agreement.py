@@ -24,6 +24,8 @@ defense's own rule (:func:`mslib.defense.decide`).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -146,6 +148,22 @@ def agreement_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
         total.success_curve = [int(total.success.sum())] * (n_iter + 1)
         total.loss_curve = [0.0] * (n_iter + 1)
     return total
+
+
+def joint_budget(profile: Any) -> dict[str, Any]:
+    """The joint agreement attack's budget: ``extra["agreement_targets"]`` (3) targets of
+    ``extra["agreement_iters"]`` (n_iter // 5, at least 5) iterations each, so it costs about one APGD run."""
+    ex, n = profile.extra, profile.n_iter
+    return {"n_iter": int(ex.get("agreement_iters", max(n // 5, 5))), "n_restarts": profile.n_restarts,
+            "n_targets": int(ex.get("agreement_targets", 3))}
+
+
+def selective_budget(profile: Any) -> dict[str, Any]:
+    """The selective agreement attack's budget: ``extra["selective_targets"]`` (1) target of
+    ``extra["selective_iters"]`` (n_iter // 5, at least 5) iterations."""
+    ex, n = profile.extra, profile.n_iter
+    return {"n_iter": int(ex.get("selective_iters", max(n // 5, 5))), "n_restarts": profile.n_restarts,
+            "n_targets": int(ex.get("selective_targets", 1))}
 
 
 def agreement_selective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **kw) -> APGDResult:

@@ -54,17 +54,15 @@ class APGDResult:
             self.zero_grad[todo[first]] = res.zero_grad[first]
 
 
-# Below this max |dL/dx| a gradient counts as zero: a loss that cancels to a constant leaves only float32
-# round-off (~1e-9 for Multi-Shield under the paper's DLR loss, against ~1e-3..1 for a loss that can move),
-# and the sign step of APGD then follows noise.
-ZERO_GRAD_ATOL = 1e-6
+def zero_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """Per sample: 1 (int8) where every entry of the input gradient is exactly zero, else 0.
 
-
-def zero_gradient(grad: torch.Tensor, atol: float = ZERO_GRAD_ATOL) -> torch.Tensor:
-    """Per sample: 1 (int8) where every entry of the input gradient is zero up to ``atol`` (float32 round-off),
-    else 0. AutoAttack's ``check_zero_gradients`` idea: a loss that cannot move the attack, e.g. one that
-    cancels to a constant, or a saturated one."""
-    return (grad.reshape(grad.shape[0], -1).abs().amax(dim=1) <= atol).to(torch.int8)
+    AutoAttack's ``check_zero_gradients`` idea, made exact: such a start point is a fixed point of APGD (the
+    sign step, the momentum and the checkpoints all leave it where it is), e.g. under the paper's DLR
+    rejection loss, whose two terms cancel when y and the rejection class are the two largest logits. A
+    gradient that is merely tiny (1e-12, a saturated softmax) still has signs, and APGD's sign step moves.
+    """
+    return (grad.reshape(grad.shape[0], -1) == 0).all(dim=1).to(torch.int8)
 
 
 def checkpoint_schedule(n_iter: int) -> tuple[int, int, int]:
@@ -100,11 +98,14 @@ def apgd(
     rho: float = 0.75,
     compact: bool = True,
     x_init: torch.Tensor | None = None,
+    skip_fixed_points: bool = True,
 ) -> APGDResult:
     """One APGD run from a random start (``noise`` ~ U[0,1), shape of ``x``) or from ``x_init``.
 
     Returns, per sample, the first point found that satisfies ``success_fn`` (else the last iterate's best
-    point by loss) and whether one was found.
+    point by loss) and whether one was found. With ``compact`` and ``skip_fixed_points``, a sample whose
+    start point is a fixed point (exactly zero gradient, inside the projection's box) leaves the batch at
+    once with that point as its result, which is exactly where the full run would leave it.
     """
     n = x.shape[0]
     dims = [1] * (x.dim() - 1)
@@ -146,10 +147,17 @@ def apgd(
     record_success(success_fn(logits, ys), x_adv)
     res.success_curve.append(int(out_success.sum()))
     res.loss_curve.append(float(loss_best_all.mean()))
+    # A zero gradient makes the first step x + step·sign(0) = x and the momentum term 0, provided the start
+    # already lies in the box [lo, hi] (the random start can exceed it by one rounding); the gradient there
+    # is zero again, so every later step, checkpoint and restart-from-best keeps the same point.
+    fixed = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if compact and skip_fixed_points:
+        inside = ((x_adv >= lo) & (x_adv <= hi)).reshape(n, -1).all(dim=1)
+        fixed = res.zero_grad.bool() & inside & ~out_success
 
     for i in range(n_iter):
         if compact:
-            keep = ~out_success[idx]
+            keep = ~out_success[idx] & ~fixed[idx]
             if not keep.all():
                 (idx, lo, hi, ys, x_adv, x_adv_old, grad, grad_best, x_best, loss_best, step, loss_best_last_check,
                  reduced_last_check) = (t[keep] for t in (idx, lo, hi, ys, x_adv, x_adv_old, grad, grad_best, x_best,
@@ -223,5 +231,4 @@ def n_iter_checkpoints(n_iter: int) -> list[int]:
         k = max(k - dec, kmin)
 
 
-__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints", "zero_gradient",
-           "ZERO_GRAD_ATOL"]
+__all__ = ["APGDResult", "apgd", "checkpoint_schedule", "linf_random_start", "n_iter_checkpoints", "zero_gradient"]

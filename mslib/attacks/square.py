@@ -17,6 +17,7 @@ non-rejected prediction. ``square`` uses the plain margin z_y − max_{j≠y} z_
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,8 +25,8 @@ from torch import nn
 from . import losses
 from .apgd import APGDResult
 
-QUERIES_PER_ITER = 10  # default query budget: n_iter × this (AutoAttack's 5000 is out of reach on CPU)
-P_INIT = 0.8
+QUERIES_PER_ITER = 10  # default query budget of a direct call without n_queries: n_iter × this
+P_INIT = 0.8  # AutoAttack's standard L∞ Square
 NOISE_STREAM = 1_000_003  # offsets Square's restart index in the noise keys (apart from APGD's starts)
 
 
@@ -144,6 +145,12 @@ def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         out.success_curve = [int(out.success.sum())] * (n_queries + 1)
         out.loss_curve = [float(out.loss_best.mean())] * (n_queries + 1)
     return out
+
+
+def budget(profile: Any) -> dict[str, Any]:
+    """Square's budget under a profile: ``profile.square_queries`` queries (AutoAttack's standard 5,000 on
+    the study profiles) per restart."""
+    return {"n_queries": profile.square_queries, "n_restarts": profile.n_restarts}
 
 
 def square_reject(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **kw) -> APGDResult:
