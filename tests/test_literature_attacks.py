@@ -183,3 +183,31 @@ def test_skipping_fixed_points_returns_the_same_bytes(loss, small_classifier, fa
         assert b.n_backward - a.n_backward == n_fixed * 12  # every step of every fixed point saved
     else:
         assert n_fixed == 0 and a.n_backward == b.n_backward
+
+
+# ---- the plan: budgets from the specs, the convergence stages ---------------------------------------------
+def test_the_plan_takes_budgets_from_the_specs_and_adds_the_convergence_stages_only_where_asked():
+    """Catches a Square budget that falls back to n_iter queries, and convergence stages that are not stronger,
+    do not run after the whole ensemble, or leak into a profile that does not ask for them."""
+    from mslib.plan import CONVERGENCE, dataset_plan
+    from mslib.profiles import get_profile
+
+    ids = {"standard": {"id": 1}, "fgsm-rs": {"id": 2}, "vlm": {"id": 3}, "vlm:lit-vit-s-fare": {"id": 4}}
+    tiny = dataset_plan(get_profile("tiny"), range(10), ids)
+    plus = dataset_plan(get_profile("tiny-plus"), range(10), ids)
+    square = [j for j in tiny.ensemble["standard"] if j.attack == "square-reject"]
+    assert [dict(j.options)["n_queries"] for j in square] == [5000]
+    assert "n_iter" not in dict(square[0].options)
+    assert not tiny.convergence and {j.key for j in tiny.jobs()} < {j.key for j in plus.jobs()}
+    for defense, base in (("ms", plus.ensemble["standard"]), ("conf", plus.baseline["standard"])):
+        stages = plus.convergence["standard", defense]
+        assert [j.attack for j in stages] == list(CONVERGENCE[defense])
+        assert all(j.target == defense for j in stages)
+        for i, j in enumerate(stages):
+            assert j.after == (*base, *stages[:i])  # on what the whole ensemble and every earlier stage left
+            o, same = dict(j.options), next(dict(b.options) for b in base if b.attack == j.attack)
+            if j.attack == "square-reject":
+                assert o["n_queries"] == 4 * same["n_queries"] == 20000 and o["n_restarts"] == same["n_restarts"]
+            else:
+                assert o["n_iter"] == 4 * same["n_iter"] and o["n_restarts"] == 5
+    assert plus.variants["lit-vit-s-fare"].convergence  # the robust-VLM configuration is checked too
