@@ -205,8 +205,8 @@ def test_the_plan_holds_the_baseline_the_vlm_attack_and_the_variant(beyond_run):
     (name,) = plan.variants
     v = plan.variants[name]
     assert v.profile.vlm == name and v.profile.vlm_spec["source"] == "lit-fare"
-    assert set(plan.baseline) == set(d.profile.classifiers) and len(plan.baseline["standard"]) == 6
-    assert [j.target for j in plan.baseline["standard"][2:]] == ["conf"] * 4
+    assert set(plan.baseline) == set(d.profile.classifiers) and len(plan.baseline["standard"]) == 8
+    assert [j.target for j in plan.baseline["standard"][2:]] == ["conf"] * 6
     assert all(j.defense == "conf" for j in plan.baseline["standard"][2:])
     keys = {j.key for j in plan.jobs()}
     assert keys == set(store.index["jobs"])  # the store's index covers every job, the variant's included
