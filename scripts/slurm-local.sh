@@ -32,7 +32,7 @@ is_root() { [ "$(id -u)" = 0 ]; }
 # The controller answers `scontrol ping` within a few seconds or not at all; `timeout` keeps a dead one
 # from stalling the caller.
 ctld_up() { SLURM_CONF=$CONF timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'; }
-node_state() { SLURM_CONF=$CONF timeout 10 sinfo -h -N -n "$NODE" -o %t 2>/dev/null | head -n1; }
+node_state() { { SLURM_CONF=$CONF timeout 10 sinfo -h -N -n "$NODE" -o %t 2>/dev/null || true; } | head -n1; }
 # idle, or running jobs: ready for more
 node_ready() { case "$(node_state)" in idle|mix|alloc) return 0 ;; *) return 1 ;; esac; }
 
@@ -111,7 +111,13 @@ start_munge() {
   die "munged did not answer within ${WAIT} s"
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# the pid in a pid file is alive and still that daemon (after a reboot the number may be another process's)
+alive() {
+  local pid
+  [ -f "$1" ] && pid=$(cat "$1") && [ -n "$pid" ] \
+    && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$(basename "$1" .pid)" ] \
+    && ! grep -q '^State:.*zombie' "/proc/$pid/status" 2>/dev/null  # killed, not yet reaped: gone
+}
 
 link_etc_conf() {
   if [ -L "$ETC_CONF" ] && [ "$(readlink "$ETC_CONF")" = "$CONF" ]; then return 0; fi
