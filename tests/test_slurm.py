@@ -26,7 +26,7 @@ PARTITION = "local"
 # shard 1 is still busy when it is cancelled after its first result (the cluster kills a job 5 s after
 # scancel's SIGTERM) and few batches keep the per-batch costs (zero-shot text embeddings) down
 SLURM_OVERRIDES = {**OVERRIDES, "n_samples": 8, "batch_size": 4, "n_iter": 1, "eps_grid": (0.0, 0.1),
-                   "classifiers": ("standard",), "extra": {"agreement_targets": 1, "square_queries": 4}}
+                   "classifiers": ("standard",)}
 
 
 def _script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
