@@ -12,8 +12,10 @@ PY := $(VENV)/bin/python
 PY_ABS := $(abspath $(PY))
 STAMP := $(VENV)/.installed-stamp
 OUT := figures/$(PROFILE)
-# SET='n_samples=4 n_iter=2 device=cpu' overrides profile fields of the results step (e.g. a dry run)
+# SET='n_samples=4 n_iter=2 device=cpu' overrides profile fields of the results step (e.g. a dry run),
+# with or without SHARDS (every job of a sharded run gets them)
 SET ?=
+SET_ARGS = $(foreach s,$(SET),--set '$(subst ','\'',$(s))')
 DATA := $(or $(MSLIB_CACHE),data)
 RESULTS := $(DATA)/stamps/results-$(PROFILE).done
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
@@ -80,8 +82,8 @@ test: $(STAMP) system-deps
 # ---- results and figures ---------------------------------------------------------------------------
 results: $(RESULTS)
 $(RESULTS): $(STAMP) $(RESULTS_SRC) $(CHECKPOINTS) | system-deps
-	$(if $(SHARDS),$(PY) -m mslib.launch --profile $(PROFILE) --shards $(SHARDS) --executor $(LAUNCHER) $(LAUNCH_ARGS),\
-	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)) $(foreach s,$(SET),--set '$(subst ','\'',$(s))'))
+	$(if $(SHARDS),$(PY) -m mslib.launch --profile $(PROFILE) --shards $(SHARDS) --executor $(LAUNCHER) $(LAUNCH_ARGS) $(SET_ARGS),\
+	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)) $(SET_ARGS))
 	@[ -n "$(SHARD)" ] || { mkdir -p $(@D) && touch $@; }
 
 figures: $(EXECUTED)

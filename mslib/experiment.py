@@ -409,6 +409,12 @@ def study_index(profile_name: str, overrides: dict[str, Any] | None, compact: bo
     }
 
 
+def study_profiles(profile_name: str, overrides: dict[str, Any] | None = None) -> list[Profile]:
+    """The per-dataset profiles a study runs: the profile's datasets, or the ``datasets`` override's."""
+    datasets = (overrides or {}).get("datasets") or get_profile(profile_name).datasets
+    return [get_profile(profile_name, ds, **(overrides or {})) for ds in datasets]
+
+
 def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress: bool = True,
               overrides: dict[str, Any] | None = None, compact: bool = True, ensemble: bool = True) -> Summary:
     """Compute (or resume) every result of the profile's study; returns a :class:`Summary` (``.done``).
@@ -421,8 +427,7 @@ def run_study(profile_name: str, shard: tuple[int, int] | None = None, progress:
     """
     summary = Summary()
     workspaces, plans = [], []
-    datasets = (overrides or {}).get("datasets") or get_profile(profile_name).datasets
-    profiles = [get_profile(profile_name, ds, **(overrides or {})) for ds in datasets]
+    profiles = study_profiles(profile_name, overrides)
     _require_assets(*profiles)  # every dataset's, before any computation (not hours later, at the next one)
     for p in profiles:
         ws = Workspace(p)

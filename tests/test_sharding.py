@@ -1,6 +1,8 @@
 """Sharded runs: two shards through submitit's local executor merge into exactly the unsharded result."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -49,3 +51,91 @@ def test_run_sharded_checks_its_arguments(tmp_path):
         run_sharded("no-such-profile", 2, folder=tmp_path)
     with pytest.raises(ValueError, match="executor"):
         make_executor("kubernetes", tmp_path)
+
+
+def test_the_models_job_and_the_shards_get_every_override(monkeypatch, tmp_path):
+    from mslib import launch, models
+
+    loaded = []
+    monkeypatch.setattr(models, "load_classifier", lambda p, name: loaded.append((p.dataset, name, p.n_samples)))
+    monkeypatch.setattr(models, "load_vlm", lambda p: loaded.append((p.dataset, p.vlm, p.n_samples)))
+    # paper has 6 datasets: a `datasets` override loads only that one's models, with the other overrides
+    names = launch.prepare_job("paper", {"datasets": ("cifar10",), "n_samples": 4,
+                                         "classifiers": ("Carmon2019Unlabeled",)})
+    assert loaded == [("cifar10", "Carmon2019Unlabeled", 4), ("cifar10", "clip-vit-b32-cifar10", 4)]
+    assert names == ["cifar10/Carmon2019Unlabeled", "cifar10/clip-vit-b32-cifar10"]
+
+    # `--set` reaches run_sharded (and through it every job), with or without a wait
+    seen = {}
+    monkeypatch.setattr(launch, "run_sharded", lambda profile, n, executor, **kw: seen.update(kw) or True)
+    assert launch.main(["--profile", "smoke", "--shards", "2", "--set", "n_samples=4",
+                        "--set", "datasets=('fashion_mnist',)"]) == 0
+    assert seen["overrides"] == {"n_samples": 4, "datasets": ("fashion_mnist",)}
+
+
+def test_make_passes_set_to_the_sharded_run():
+    import shutil
+    import subprocess
+
+    from mslib.cache import REPO_ROOT
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    cmd = ["make", "-n", "-B", "results", "PROFILE=smoke", "SHARDS=2", "LAUNCHER=slurm", "SET=n_samples=4 n_iter=1",
+           "VENV=.venv", "MSLIB_CACHE=/nonexistent"]
+    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    line = next(ln for ln in out.splitlines() if "mslib.launch" in ln)
+    assert "--shards 2 --executor slurm" in line and "--set 'n_samples=4' --set 'n_iter=1'" in line
+
+
+def test_a_slurm_shard_that_ends_without_a_result_is_reported_not_awaited(monkeypatch, tmp_path):
+    import subprocess
+    from types import SimpleNamespace
+
+    from mslib import launch
+
+    class FakeJob:
+        def __init__(self, job_id: str, finished: bool) -> None:
+            self.job_id, self.paths = job_id, SimpleNamespace(result_pickle=tmp_path / f"{job_id}_result.pkl")
+            if finished:
+                self.paths.result_pickle.touch()
+
+        def result(self) -> bool:
+            return True
+
+    squeue = "11 COMPLETED\n12 CANCELLED\n13 RUNNING\n"
+    monkeypatch.setattr(launch, "_slurm", lambda cmd, timeout_s, check=True: subprocess.CompletedProcess(cmd, 0, squeue))
+    jobs = {"shard 0/3": FakeJob("11", True), "shard 1/3": FakeJob("12", False), "shard 2/3": FakeJob("13", False)}
+    # shard 2 still runs: the wait goes on until it has a result, then names the lost shard 1
+    threading.Timer(0.3, jobs["shard 2/3"].paths.result_pickle.touch).start()
+    done = []
+    err = _raised_within(10, launch.wait_jobs, jobs, "slurm", grace_s=0, poll_s=0.01, on_done=done.append)
+    assert isinstance(err, launch.LaunchError) and str(err) == (
+        "shard 1/3 ended without a result (Slurm job 12: CANCELLED); finished batches are kept: rerun the same "
+        "command to resume")
+    assert sorted(done) == ["shard 0/3", "shard 2/3"]
+
+    def no_answer(cmd, timeout_s, check=True):
+        raise launch.LaunchError("the Slurm controller did not answer within 30 s (squeue ...)")
+
+    monkeypatch.setattr(launch, "_slurm", no_answer)
+    err = _raised_within(10, launch.wait_jobs, {"shard 1/3": FakeJob("12", False)}, "slurm", answer_timeout_s=0,
+                         poll_s=0.01)
+    assert isinstance(err, launch.LaunchError) and "stopped answering for 0 s" in str(err)
+
+
+def _raised_within(seconds: float, fn, *args, **kwargs) -> BaseException | None:
+    """What ``fn`` raised, run in a daemon thread; fails the test if it is still running after ``seconds``."""
+    out: dict[str, BaseException] = {}
+
+    def call() -> None:
+        try:
+            fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            out["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn.__name__} still waiting after {seconds} s"
+    return out.get("error")
