@@ -141,6 +141,7 @@ class Workspace:
         self.images, self.labels, self.class_names, self.indices = load_eval_set(profile, with_indices=True)
         self._models: dict[str, nn.Module] = {}
         self._thresholds: dict[str, float] = {}
+        self._zero_shot: dict[tuple, nn.Module] = {}  # (templates, text_norm) -> zero-shot classifier
 
     def model(self, name: str) -> nn.Module:
         """A classifier by name, ``"vlm"`` or ``"vlm:<variant>"``; loaded (trained on first use) outside
@@ -174,6 +175,7 @@ class Workspace:
         ws.images, ws.labels, ws.class_names, ws.indices = self.images, self.labels, self.class_names, self.indices
         ws._models = {c: self.model(c) for c in self.profile.classifiers} | {"vlm": self.model(f"vlm:{name}")}
         ws._thresholds = {}
+        ws._zero_shot = {}
         return ws
 
     def target_model(self, clf: str, target: str, threshold: float | None = None) -> nn.Module:
@@ -258,10 +260,12 @@ def batch_state(folder: Path, start: int) -> str:
 
 
 def _evaluate_zero_shot(ws: Workspace, job: Job, x: torch.Tensor) -> torch.Tensor:
-    vlm = ws.model("vlm")
+    # the text embeddings depend only on the prompts, not on the batch: encode them once per workspace
+    key = (tuple(job.option("templates")), job.option("text_norm"))
     with torch.inference_mode():
-        zs = vlm.with_prompts(ws.class_names, job.option("templates"), text_norm=job.option("text_norm"))
-        return zs(x.to(ws.profile.device)).float().cpu()
+        if key not in ws._zero_shot:
+            ws._zero_shot[key] = ws.model("vlm").with_prompts(ws.class_names, key[0], text_norm=key[1])
+        return ws._zero_shot[key](x.to(ws.profile.device)).float().cpu()
 
 
 def _attack_batch(ws: Workspace, job: Job, model: nn.Module, start: int) -> dict[str, Any]:
