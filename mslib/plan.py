@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from .attacks import attack_spec
 from .cache import canonical_json, record_key
 from .profiles import Profile
 
@@ -93,11 +94,17 @@ class Job:
     after: tuple["Job", ...] = ()
 
     def record(self) -> dict[str, Any]:
-        """The JSON-able record whose hash is the key (``after`` by key)."""
-        return {"code": CODE_VERSION, "kind": self.kind, "dataset": self.dataset, "classifier": self.classifier,
-                "target": self.target, "attack": self.attack, "eps": self.eps, "options": dict(self.options),
-                "tolerance": self.tolerance, "after": [a.key for a in self.after],
-                "context": json.loads(self.context)}
+        """The JSON-able record whose hash is the key (``after`` by key; an attack's own code version when it
+        has been bumped past 1, so a change to one attack recomputes only the results that used it)."""
+        rec = {"code": CODE_VERSION, "kind": self.kind, "dataset": self.dataset, "classifier": self.classifier,
+               "target": self.target, "attack": self.attack, "eps": self.eps, "options": dict(self.options),
+               "tolerance": self.tolerance, "after": [a.key for a in self.after],
+               "context": json.loads(self.context)}
+        if self.kind == "attack":
+            version = attack_spec(self.attack).version
+            if version != 1:
+                rec["attack_version"] = version
+        return rec
 
     @functools.cached_property
     def key(self) -> str:
@@ -193,8 +200,6 @@ def attack_options(profile: Profile, attack: str, compact: bool = True, stronger
     the attack's budget from its registered spec, the seed and batch compaction. ``stronger``: the
     convergence check's budget (CONVERGENCE_SCALE x iterations and queries, CONVERGENCE_RESTARTS restarts for
     the gradient attacks; Square keeps its restarts, its queries grow)."""
-    from .attacks import attack_spec
-
     spec = attack_spec(attack)
     opts: dict[str, Any] = {"seed": profile.seed, "compact": compact, **spec.budget(profile)}
     if stronger:

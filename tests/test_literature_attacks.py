@@ -211,3 +211,19 @@ def test_the_plan_takes_budgets_from_the_specs_and_adds_the_convergence_stages_o
             else:
                 assert o["n_iter"] == 4 * same["n_iter"] and o["n_restarts"] == 5
     assert plus.variants["lit-vit-s-fare"].convergence  # the robust-VLM configuration is checked too
+
+
+def test_the_paper_dlr_gradient_is_exactly_zero_on_multi_shield_where_y_and_reject_lead(small_classifier,
+                                                                                        stand_in_vlm, fashion_small):
+    """Catches a cancellation that leaves a rounding residual (the two terms divided separately, then summed):
+    the flag must be 1 on every sample where y and the rejection logit are the two largest, through the models."""
+    _, _, x, y = fashion_small
+    ms = MultiShield(small_classifier, stand_in_vlm, tolerance=1e-3)
+    xs = x[:120].clone().requires_grad_(True)
+    with mslib.attacks.frozen(ms):
+        z = ms(xs)
+        g, = torch.autograd.grad(losses.dlr_reject_loss_paper(z, y[:120]).sum(), [xs])
+    top2 = z.detach().topk(2, dim=1).indices
+    lead = ((top2 == y[:120, None]).any(1) & (top2 == 10).any(1))
+    assert lead.sum() >= 30  # most correctly classified samples
+    assert torch.equal(zero_gradient(g).bool(), lead)

@@ -105,6 +105,9 @@ class AttackSpec:
     reject_aware: bool = False
     gradient_free: bool = False
     budget: Callable[[Any], dict[str, Any]] = apgd_budget
+    # bump when a change to this attack's code changes what it returns: the keys of its results (and of the
+    # results built on them) change with it, and only theirs
+    version: int = 1
 
 
 # name -> spec; ATTACKS and REJECT_AWARE are views of it for callers that need only the function or the flag
@@ -137,8 +140,10 @@ for _spec in (
                "APGD, difference-of-logits ratio (scale-invariant)"),
     AttackSpec("apgd-ce-reject", _apgd_variant(losses.ce_reject_loss, losses.misclassified_not_rejected),
                "APGD-CE, rejection-aware", "APGD, CE on true + reject class", reject_aware=True),
+    # version 2: the two DLR terms share their division, so their cancellation leaves an exact zero
     AttackSpec("apgd-dlr-reject", _apgd_variant(losses.dlr_reject_loss_paper, losses.misclassified_not_rejected),
-               "APGD-DLR, rejection-aware", "APGD, DLR on true + reject class, after CE", reject_aware=True),
+               "APGD-DLR, rejection-aware", "APGD, DLR on true + reject class, after CE", reject_aware=True,
+               version=2),
     AttackSpec("apgd-dlr-reject-excl",
                _apgd_variant(losses.dlr_reject_loss_excl, losses.misclassified_not_rejected),
                "APGD-DLR, rejection-aware, reject excluded",

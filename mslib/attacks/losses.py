@@ -49,10 +49,20 @@ def dlr_reject_loss_paper(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     the rejection class (the last logit), each against its own best other class, which may be the other one.
 
     When y and the rejection class are the two largest logits the two terms are exact negatives, so the
-    loss is 0 with zero gradient (the attack cannot move). This is the paper's adaptive DLR attack.
+    loss is 0 with zero gradient (the attack cannot move). This is the paper's adaptive DLR attack. The two
+    terms share their denominator (it is the same expression in both) and are summed before the division, so
+    the cancellation is exact in floating point too: the loss and its input gradient are exactly 0, not a
+    rounding residual of two separately divided terms.
     """
     reject = torch.full_like(y, z.shape[1] - 1)
-    return dlr_loss(z, y) + dlr_loss(z, reject)
+    z_sorted, ind_sorted = z.sort(dim=1)
+    u = torch.arange(z.shape[0], device=z.device)
+
+    def margin(c: torch.Tensor) -> torch.Tensor:  # z_c minus AutoAttack's "best other" of class c
+        top_is_c = (ind_sorted[:, -1] == c).to(z.dtype)
+        return z[u, c] - (z_sorted[:, -2] * top_is_c + z_sorted[:, -1] * (1.0 - top_is_c))
+
+    return -(margin(y) + margin(reject)) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
 
 
 def dlr_reject_loss_excl(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
