@@ -19,7 +19,7 @@ over attacks is per sample. Rates are fractions with 95% Wilson intervals.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -304,6 +304,20 @@ def _new_breaks(store: Store, job: Job, broken: torch.Tensor, before: torch.Tens
     return int((broken & ~before).sum()) if before is not None else int(broken.sum())
 
 
+def _each_defense(store: Store) -> Iterator[tuple[DatasetResults, str, str, DatasetPlan, str, str, tuple[Job, ...], Any]]:
+    """(dataset results, classifier, VLM configuration, its plan, defense name, target code, the defense's
+    worst-case ensemble, its per-sample scorer) for Multi-Shield and the matched confidence rejector."""
+    for d in store.datasets:
+        y, k = d.labels, d.num_classes
+        for clf in d.profile.classifiers:
+            for vlm, plan in configs(d).items():
+                tol, thr = plan.profile.tolerance, conf_threshold(store, plan, clf)
+                yield d, clf, vlm, plan, "Multi-Shield", "ms", plan.ensemble[clf], \
+                    (lambda o, tol=tol: _ms_status(o, y, tol, k))
+                yield d, clf, vlm, plan, CONFIDENCE, "conf", plan.baseline[clf], \
+                    (lambda o, thr=thr: _conf_status(o, y, thr, k))
+
+
 def attack_health(profile_name: str) -> pd.DataFrame:
     """Per (dataset, classifier, VLM configuration, defense, attack of its worst-case ensemble) at the
     profile's eps: is the attack able to move, and does a gradient-free attack find what gradients missed?
@@ -317,30 +331,22 @@ def attack_health(profile_name: str) -> pd.DataFrame:
     """
     store = Store(profile_name)
     rows = []
-    for d in store.datasets:
-        y, k = d.labels, d.num_classes
-        for clf in d.profile.classifiers:
-            for vlm, plan in configs(d).items():
-                p = plan.profile
-                thr = conf_threshold(store, plan, clf)
-                for defense, stages, score in (
-                        ("Multi-Shield", plan.ensemble[clf], lambda o: _ms_status(o, y, p.tolerance, k)),
-                        (CONFIDENCE, plan.baseline[clf], lambda o: _conf_status(o, y, thr, k))):
-                    before = None
-                    for job in stages:
-                        broken = score(store.outputs(job)) == BROKEN
-                        zg = store.load(job, ("zero_grad",)).get("zero_grad")
-                        measured = zg >= 0 if zg is not None else torch.zeros_like(y, dtype=torch.bool)
-                        share = metrics.rate((zg == 1)[measured]) if zg is not None else metrics.rate(measured[:0])
-                        new = _new_breaks(store, job, broken, before)
-                        gradient_free = attack_spec(job.attack).gradient_free
-                        flag = ("gradient masking" if gradient_free and new > 0 else
-                                "zero gradients" if share.n and share.value > ZERO_GRAD_WARN else "")
-                        rows.append({"dataset": p.dataset, "classifier": clf, "vlm": vlm, "defense": defense,
-                                     "attack": f"{job.attack}@{job.target}", "budget": budget(job),
-                                     "gradient_free": gradient_free, "n_measured": share.n,
-                                     "n_zero_grad": share.count, "zero_grad": share, "new_breaks": new, "flag": flag})
-                        before = broken if before is None else before | broken
+    for d, clf, vlm, plan, defense, _, stages, score in _each_defense(store):
+        before = None
+        for job in stages:
+            broken = score(store.outputs(job)) == BROKEN
+            zg = store.load(job, ("zero_grad",)).get("zero_grad")
+            measured = zg >= 0 if zg is not None else torch.zeros_like(d.labels, dtype=torch.bool)
+            share = metrics.rate((zg == 1)[measured]) if zg is not None else metrics.rate(measured[:0])
+            new = _new_breaks(store, job, broken, before)
+            gradient_free = attack_spec(job.attack).gradient_free
+            flag = ("gradient masking" if gradient_free and new > 0 else
+                    "zero gradients" if share.n and share.value > ZERO_GRAD_WARN else "")
+            rows.append({"dataset": d.profile.dataset, "classifier": clf, "vlm": vlm, "defense": defense,
+                         "attack": f"{job.attack}@{job.target}", "budget": budget(job), "gradient_free": gradient_free,
+                         "n_measured": share.n, "n_zero_grad": share.count, "zero_grad": share, "new_breaks": new,
+                         "flag": flag})
+            before = broken if before is None else before | broken
     return _with_ci(rows)
 
 
@@ -358,32 +364,24 @@ def convergence_table(profile_name: str) -> pd.DataFrame:
     """
     store = Store(profile_name)
     rows = []
-    for d in store.datasets:
-        y, k = d.labels, d.num_classes
-        for clf in d.profile.classifiers:
-            for vlm, plan in configs(d).items():
-                if not plan.convergence:
-                    continue
-                p = plan.profile
-                thr = conf_threshold(store, plan, clf)
-                for defense, code, stages, score in (
-                        ("Multi-Shield", "ms", plan.ensemble[clf], lambda o: _ms_status(o, y, p.tolerance, k)),
-                        (CONFIDENCE, "conf", plan.baseline[clf], lambda o: _conf_status(o, y, thr, k))):
-                    base = _worst(store, stages, score)
-                    worst, found = base, {}
-                    for job in plan.convergence[clf, code]:
-                        st = score(store.outputs(job))
-                        new = int(((st == BROKEN) & (worst < BROKEN)).sum())
-                        if new:
-                            found[labels.attack(f"{job.attack}@{job.target}")] = new
-                        worst = worst_case([worst, st])
-                    diff = metrics.paired_difference(base < BROKEN, worst < BROKEN)
-                    rows.append({"dataset": p.dataset, "classifier": clf, "vlm": vlm, "defense": defense,
-                                 "eps": p.eps, "n": len(y), "robust_acc_base": metrics.rate(base < BROKEN),
-                                 "robust_acc_stronger": metrics.rate(worst < BROKEN), "moved": diff.value,
-                                 "moved_lo": diff.low, "moved_hi": diff.high,
-                                 "moved_samples": int(((base < BROKEN) & (worst == BROKEN)).sum()),
-                                 "found_by": "; ".join(f"{a}: {n}" for a, n in found.items()) or "none"})
+    for d, clf, vlm, plan, defense, code, stages, score in _each_defense(store):
+        if not plan.convergence:
+            continue
+        base = _worst(store, stages, score)
+        worst, found = base, {}
+        for job in plan.convergence[clf, code]:
+            st = score(store.outputs(job))
+            new = int(((st == BROKEN) & (worst < BROKEN)).sum())
+            if new:
+                found[labels.attack(f"{job.attack}@{job.target}")] = new
+            worst = worst_case([worst, st])
+        diff = metrics.paired_difference(base < BROKEN, worst < BROKEN)
+        rows.append({"dataset": d.profile.dataset, "classifier": clf, "vlm": vlm, "defense": defense,
+                     "eps": plan.profile.eps, "n": len(d.labels), "robust_acc_base": metrics.rate(base < BROKEN),
+                     "robust_acc_stronger": metrics.rate(worst < BROKEN), "moved": diff.value,
+                     "moved_lo": diff.low, "moved_hi": diff.high,
+                     "moved_samples": int(((base < BROKEN) & (worst == BROKEN)).sum()),
+                     "found_by": "; ".join(f"{a}: {n}" for a, n in found.items()) or "none"})
     return _with_ci(rows)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from mslib.cache import REPO_ROOT, load_tensors
 
 # 2 batches, few iterations, a light worst-case ensemble (1 agreement target, 8 Square queries), one template
@@ -34,3 +36,21 @@ def batch_files(cache: Path) -> dict[str, dict]:
         d.pop("seconds", None)
         out[f"{f.parent.name}/{f.name}"] = d
     return out
+
+
+class TopTwo(torch.nn.Module):
+    """K+1 = 4 logits from a linear map where, for every input in [0, 1], class 0 and the rejection logit
+    are the two largest: under the paper's DLR-reject loss a sample labelled 0 has zero gradient everywhere
+    (a fixed point of APGD), one labelled 1 does not."""
+
+    rejects = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Linear(4, 4)
+        with torch.no_grad():
+            self.w.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0.1, 0, 0], [0, 0, 0.1, 0], [1.0, 0, 0, 0]]))
+            self.w.bias.copy_(torch.tensor([10.0, 0, 0, 5.0]))
+
+    def forward(self, x):
+        return self.w(x.flatten(1)[:, :4])

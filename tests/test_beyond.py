@@ -13,7 +13,7 @@ from mslib.cache import data_root_at
 from mslib.defense import (ConfidenceRejector, confidence_decide, confidence_logits, decide, log_confidence,
                            matched_threshold, threshold_for_rate, threshold_for_rejections)
 
-from results_helpers import OVERRIDES, fresh_cache
+from results_helpers import OVERRIDES, TopTwo, fresh_cache
 
 
 # ---- the confidence rejector --------------------------------------------------------------------------
@@ -112,25 +112,8 @@ def test_paper_dlr_reject_loss_has_zero_gradient_when_y_and_reject_are_the_top_t
     assert g2[0].abs().sum() > 0
 
 
-class _TopTwo(torch.nn.Module):
-    """K+1 = 4 logits from a linear map where, for every input in [0, 1], class 0 and the rejection logit
-    are the two largest: the paper's DLR-reject loss is 0 with zero gradient everywhere."""
-
-    rejects = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Linear(4, 4)
-        with torch.no_grad():
-            self.w.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0.1, 0, 0], [0, 0, 0.1, 0], [1.0, 0, 0, 0]]))
-            self.w.bias.copy_(torch.tensor([10.0, 0, 0, 5.0]))
-
-    def forward(self, x):
-        return self.w(x.flatten(1)[:, :4])
-
-
 def test_apgd_records_the_zero_gradient_share_at_its_start():
-    model = _TopTwo().eval()
+    model = TopTwo().eval()
     x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(6, dtype=torch.long)
     res = run_attack(model, x, y, "apgd-dlr-reject", 0.1, n_iter=3)

@@ -13,6 +13,8 @@ from mslib.attacks.apgd import apgd, zero_gradient
 from mslib.attacks.selective import accepted_wrong_loss, detector_margin_loss, disagreement_loss
 from mslib.defense import MultiShield, decide, rejection_logits
 
+from results_helpers import TopTwo
+
 
 def _grad(fn, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     z = z.clone().requires_grad_(True)
@@ -140,30 +142,12 @@ def test_zero_gradient_flag_is_exact():
     assert 0 < g.abs().max() < 1e-20 and zero_gradient(g).tolist() == [0]
 
 
-class _TopTwoMixed(torch.nn.Module):
-    """K+1 = 4 logits in which class 0 and the rejection logit are the two largest for every input in
-    [0, 1]: under the paper's DLR-reject loss a sample with y = 0 has zero gradient everywhere (a fixed
-    point), one with y = 1 does not."""
-
-    rejects = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Linear(4, 4)
-        with torch.no_grad():
-            self.w.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0.1, 0, 0], [0, 0, 0.1, 0], [1.0, 0, 0, 0]]))
-            self.w.bias.copy_(torch.tensor([10.0, 0, 0, 5.0]))
-
-    def forward(self, x):
-        return self.w(x.flatten(1)[:, :4])
-
-
 @pytest.mark.parametrize("loss", ["paper-dlr-reject", "ce"])
 def test_skipping_fixed_points_returns_the_same_bytes(loss, small_classifier, fashion_small):
     """Catches a skip that drops a sample which would still move, or returns another point than the start."""
     _, _, x, y = fashion_small
     if loss == "paper-dlr-reject":
-        model = _TopTwoMixed().eval()
+        model = TopTwo().eval()
         xs = torch.rand(12, 1, 2, 2, generator=torch.Generator().manual_seed(0))
         ys = torch.tensor([0, 1] * 6)  # half fixed points (y = 0), half not
         args = (losses.dlr_reject_loss_paper, losses.misclassified_not_rejected)
