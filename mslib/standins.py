@@ -45,8 +45,8 @@ DATASETS = ("cifar10", "imagenet", "caltech101", "stl10", "food101", "oxford_pet
 SOURCE = "mslib.standins (synthetic images / random weights)"
 
 # Sizes for a dry run of the paper profile on CPU: a few images, a few iterations, one eps besides 0.
-DRY_RUN_OVERRIDES: dict[str, Any] = {"n_samples": 4, "n_iter": 2, "batch_size": 4, "device": "cpu",
-                                     "eps_grid": (0.0, 4 / 255), "tolerance_grid": (0.0, 1e-3)}
+DRY_RUN_OVERRIDES: dict[str, Any] = {"n_samples": 4, "n_iter": 2, "square_queries": 4, "batch_size": 4,
+                                     "device": "cpu", "eps_grid": (0.0, 4 / 255), "tolerance_grid": (0.0, 1e-3)}
 
 
 def _image(path: Path, size: tuple[int, int], color: tuple[int, int, int], mode: str = "RGB") -> None:
