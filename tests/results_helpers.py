@@ -54,3 +54,14 @@ class TopTwo(torch.nn.Module):
 
     def forward(self, x):
         return self.w(x.flatten(1)[:, :4])
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    """The two caches hold the same result entries and batches, tensor by tensor (dtype included)."""
+    files_a, files_b = batch_files(a), batch_files(b)
+    assert files_a.keys() == files_b.keys() and len(files_b) > 20
+    for name, d in files_b.items():
+        assert d.keys() == files_a[name].keys()
+        for k in d:
+            x, y = d[k], files_a[name][k]
+            assert (torch.equal(x, y) and x.dtype == y.dtype) if isinstance(x, torch.Tensor) else x == y, (name, k)

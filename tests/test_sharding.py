@@ -9,7 +9,7 @@ import torch
 from mslib.experiment import run_study
 from mslib.store import ResultsNotReadyError, Store
 
-from results_helpers import OVERRIDES, batch_files, fresh_cache
+from results_helpers import OVERRIDES, assert_same_results, fresh_cache
 
 
 def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypatch, smoke_models):
@@ -33,13 +33,7 @@ def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypat
     assert run_study("smoke", progress=False, overrides=OVERRIDES).done is True
 
     # file by file: the same result entries, the same batches, identical tensors
-    files_sharded, files_plain = batch_files(sharded), batch_files(plain)
-    assert files_sharded.keys() == files_plain.keys() and len(files_plain) > 20
-    for name, d in files_plain.items():
-        assert d.keys() == files_sharded[name].keys()
-        for k in d:
-            a, b = d[k], files_sharded[name][k]
-            assert (torch.equal(a, b) and a.dtype == b.dtype) if isinstance(a, torch.Tensor) else a == b, (name, k)
+    assert_same_results(sharded, plain)
 
 
 def test_run_sharded_checks_its_arguments(tmp_path):

@@ -18,7 +18,7 @@ import torch
 from mslib.cache import REPO_ROOT
 from mslib.experiment import run_study
 
-from results_helpers import OVERRIDES, batch_files, fresh_cache
+from results_helpers import OVERRIDES, assert_same_results, fresh_cache
 
 SCRIPT = REPO_ROOT / "scripts" / "slurm-local.sh"
 PARTITION = "local"
@@ -131,13 +131,7 @@ def test_slurm_shards_one_cancelled_and_resubmitted_merge_into_the_unsharded_res
     plain = fresh_cache(tmp_path / "plain")
     monkeypatch.setenv("MSLIB_CACHE", str(plain))
     assert run_study("smoke", progress=False, overrides=SLURM_OVERRIDES).done is True
-    files_sharded, files_plain = batch_files(sharded), batch_files(plain)
-    assert files_sharded.keys() == files_plain.keys() and len(files_plain) > 20
-    for name, d in files_plain.items():
-        assert d.keys() == files_sharded[name].keys()
-        for k in d:
-            a, b = d[k], files_sharded[name][k]
-            assert (torch.equal(a, b) and a.dtype == b.dtype) if isinstance(a, torch.Tensor) else a == b, (name, k)
+    assert_same_results(sharded, plain)
     assert tables.main_table("smoke").to_csv() == main
     assert tables.attacks_table("smoke").to_csv() == attacks
 
