@@ -364,6 +364,8 @@ def convergence_table(profile_name: str) -> pd.DataFrame:
     """
     store = Store(profile_name)
     rows = []
+    if not any(plan.convergence for d in store.datasets for plan in configs(d).values()):
+        return _with_ci(rows)  # nothing to read: no thresholds to match, no outputs to load
     for d, clf, vlm, plan, defense, code, stages, score in _each_defense(store):
         if not plan.convergence:
             continue

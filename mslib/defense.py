@@ -42,9 +42,7 @@ def decide(f: torch.Tensor, s: torch.Tensor, tolerance: float) -> torch.Tensor:
     not: just above the tolerance, ``max f + gap − tolerance`` can round to ``max f``). A tie goes to the
     class (argmax takes the first maximum).
     """
-    if f.shape != s.shape:
-        raise ValueError(f"classifier gives {tuple(f.shape)} but VLM gives {tuple(s.shape)}")
-    return rejection_logits(f, s, tolerance).argmax(dim=1)
+    return rejection_logits(f, s, tolerance).argmax(dim=1)  # it checks that f and s score the same classes
 
 
 class MultiShield(nn.Module):

@@ -34,8 +34,6 @@ ATTACKS = {
     "apgd-dlr-reject@ms": "APGD-DLR, rejection-aware (adaptive, paper)",
     "apgd-dlr-reject-excl@ms": "APGD-DLR, rejection-aware, reject excluded (stronger)",
     "apgd-ce@vlm": "APGD-CE on the VLM alone (transfer)",
-    "agreement@ms": "agreement attack, joint loss",
-    "agreement-selective@ms": "agreement attack, selective loss",
     "square-reject@ms": "Square, rejection-aware (gradient-free)",
     "worst case": "worst case over every attack",
 }
