@@ -17,7 +17,8 @@ OUT := figures/$(PROFILE)
 SET ?=
 SET_ARGS = $(foreach s,$(SET),--set '$(subst ','\'',$(s))')
 DATA := $(or $(MSLIB_CACHE),data)
-RESULTS := $(DATA)/stamps/results-$(PROFILE).done
+# a run with SET overrides has its own stamp, so changing SET reruns the results step
+RESULTS := $(DATA)/stamps/results-$(PROFILE)$(if $(SET),-$(shell printf '%s' '$(subst ','\'',$(SET))' | sha256sum | cut -c1-12)).done
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
 # What can change a result: attacks, defense, models, data, profiles, the plan and its executor, and the
@@ -29,13 +30,15 @@ CHECKPOINTS := $(shell find $(DATA)/models -type f ! -name '*.tmp' 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all figures test lab course clean distclean venv system-deps results fetch bench help thumbnails $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all figures test lab course clean distclean venv system-deps results fetch bench help thumbnails train reference $(notdir $(basename $(NOTEBOOKS)))
 
 all: figures
 
 help:
 	@echo "make figures [PROFILE=tiny|smoke|paper]  run every notebook into $(OUT)/"
 	@echo "make test                                run the test suite"
+	@echo "make train [PROFILE=tiny]                train the profile's models here and compare them with the released ones"
+	@echo "make reference PROFILE=tiny|tiny-plus    (maintainers) this run's tables become the released reference"
 	@echo "make results [SHARD=i/n]                 compute (or resume) the cached attack results"
 	@echo "make results SHARDS=n [LAUNCHER=local|slurm]  the same as n submitit jobs, then merge"
 	@echo "make <notebook-name>                     one notebook, e.g. make 02_main_table"
@@ -86,7 +89,22 @@ $(RESULTS): $(STAMP) $(RESULTS_SRC) $(CHECKPOINTS) | system-deps
 	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)) $(SET_ARGS))
 	@[ -n "$(SHARD)" ] || { mkdir -p $(@D) && touch $@; }
 
-figures: $(EXECUTED)
+# ends with the reproduction report: every number of the run against the released study's reference tables
+figures: $(OUT)/reproduction.md
+
+$(OUT)/reproduction.md: $(EXECUTED)
+	$(PY) -m mslib.reproduce --profile $(PROFILE)
+
+# Train every model of the profile here (instead of its released weights) and say how far each lands from
+# the released one; `make figures SET=weights=train` then runs the study on them.
+train: $(STAMP) system-deps
+	$(PY) -m mslib.models.released --train $(PROFILE)
+
+# Maintainers, after `make figures` on the released weights: the run's tables become the reference tables
+# and the README's generated numbers are rewritten from them.
+reference: $(OUT)/reproduction.md
+	$(PY) -m mslib.reproduce --profile $(PROFILE) --save-reference
+	$(PY) -m mslib.findings --write README.md
 
 $(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS) $(READ_SRC)
 	@mkdir -p $(OUT)

@@ -50,6 +50,9 @@ class Profile:
     # the budget-convergence check: the worst case recomputed on its survivors with 4x iterations, 5 restarts
     # and 4x Square queries (mslib.plan.CONVERGENCE), to show whether more budget would still move it
     convergence: bool = False
+    # "released": models whose recipe matches a file shipped in mslib/weights are loaded from it (same numbers
+    # on every machine; mslib.models.released); "train": every model is trained here (make train)
+    weights: str = "released"
     batch_size: int = 250
     device: str = "cpu"
     # CUDA-only speed settings (ignored on CPU; result records name them when they are on): "bf16" runs the
@@ -93,6 +96,9 @@ class Profile:
         check_unit_grid(self.eps_grid, "profile eps_grid", upper_open=1.0)
         check_unit_grid(self.tolerance_grid, "profile tolerance_grid", upper_open=None)
         check_device(self.device, "profile device")
+        if self.weights not in ("released", "train"):
+            raise ValueError(f"profile weights must be 'released' (the shipped models where a recipe has them) or "
+                             f"'train' (train every model here), got {self.weights!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"profile precision must be one of {PRECISIONS}, got {self.precision!r}")
         for f in ("channels_last", "convergence"):

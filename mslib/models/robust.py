@@ -29,8 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..cache import entry_dir, file_sha256, folder_intact, write_checksums, write_json
-from .local import _LIT_KEYS, _check_spec, _class_names, _lr_at, _normal_mode, _optimizer_step, _train_data, \
-    _zero_shot, evaluate, load_lit_vlm, model_dir
+from .local import _LIT_KEYS, _check_spec, _class_names, _load_image_tower, _lr_at, _new_lit_model, _normal_mode, \
+    _optimizer_step, _train_data, _zero_shot, evaluate, load_lit_vlm, model_dir, text_tower_file
+from .released import announce_training, load_state, released_entry
 from .zeroshot import ImagePreprocess, ZeroShotClassifier
 
 CODE_VERSION = "lit-fare-1"
@@ -38,6 +39,7 @@ CODE_VERSION = "lit-fare-1"
 _FARE_KEYS = {"source", "base", "eps", "steps", "epochs", "lr", "batch_size", "seed", "train_subset",
               "weight_decay", "warmup", "n_check"}
 CHECK_ITERS = 10  # PGD iterations of the robustness check in train_info.json
+FARE_TRAIN_MS = 7.0  # per image, epoch and forward-backward pass on 2 CPU cores (the estimate said before training)
 VLM_LOGIT_SCALE = 100.0  # the CLIP-like scale on cosine similarities for CE (as the study's VLM attacks)
 
 
@@ -141,6 +143,14 @@ def load_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClas
     _check_fare_spec(spec)
     base_spec = {"source": "lit", **spec["base"]}
     templates = list(profile.templates)
+    release = released_entry("lit-fare", profile, spec)
+    if release is not None:
+        tensors, path = load_state(release)
+        model, tokenizer, _, _ = _new_lit_model(base_spec)
+        _load_image_tower(model, tensors, path)
+        zs = _zero_shot(model.eval(), tokenizer, _class_names(profile), templates).eval()
+        zs.checkpoint_files = [path, text_tower_file(base_spec)]
+        return zs
     base_zs = load_lit_vlm(profile, f"{name}-base", base_spec)  # trains the clean model if it is missing
     base_dir = model_dir("lit", profile, base_spec)
     folder = fare_dir(profile, {**spec, "base": base_spec})
@@ -155,6 +165,8 @@ def load_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClas
         preprocess = ImagePreprocess(pre["size"], pre["mean"], pre["std"], channels=3,
                                      interpolation=pre.get("interpolation", "bilinear"))
         x, _, _ = _train_data(profile, spec)
+        announce_training(name, "lit-fare", profile, spec,
+                          FARE_TRAIN_MS * (int(spec["steps"]) + 1) * len(x) * int(spec["epochs"]) / 60e3)
         t0 = time.perf_counter()
         train_fare(model.visual, reference.visual, preprocess, x, spec, desc=name)
         seconds = time.perf_counter() - t0
