@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .cache import REPO_ROOT, atomic_write
@@ -41,7 +43,8 @@ class Cell:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
+    """A real number that is not NaN (pandas hands out numpy scalars, which are not ``int``/``float``)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and not math.isnan(v)
 
 
 def _row_label(row: pd.Series, numeric: list[str]) -> str:
@@ -113,7 +116,8 @@ def verdict(cells: list[Cell]) -> str:
     if not cells:
         return "nothing to compare (no reference tables)"
     if not bad and all(c.status == "equal" for c in cells):
-        return f"reproduced exactly ({len(numbers)} numbers in {len({c.table for c in cells})} tables)"
+        n_tables = len({c.table for c in cells})
+        return f"reproduced exactly ({len(numbers)} numbers in {n_tables} table{'s' if n_tables != 1 else ''})"
     if not bad:
         return f"reproduced ({len(numbers)} numbers; some equal only within float rounding)"
     if not hard:
@@ -121,7 +125,8 @@ def verdict(cells: list[Cell]) -> str:
         return (f"reproduced within {worst} sample{'s' if worst != 1 else ''} ({len(off)} of {len(cells)} numbers "
                 f"differ by at most {worst} evaluation sample{'s' if worst != 1 else ''})")
     where = sorted({c.table for c in hard})
-    return f"differs: {len(hard)} numbers that are not rates or are missing, in {', '.join(where)}"
+    return (f"differs: {len(hard)} number{'s' if len(hard) != 1 else ''} that {'are' if len(hard) != 1 else 'is'} "
+            f"not a rate or missing, in {', '.join(where)}")
 
 
 def _fmt(v: object) -> str:
