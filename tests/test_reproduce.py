@@ -57,3 +57,23 @@ def test_float_rounding_is_equal_but_a_real_change_or_a_missing_table_differs(tm
     PUBLISHED.to_csv(ref / "attacks_table.csv", index=False)  # a reference table this run did not write
     cells = reproduce.compare(run, ref, 300)
     assert any(c.table == "attacks_table" and c.status == "missing" for c in cells)
+
+
+def test_the_readme_numbers_are_the_reference_tables(tmp_path):
+    """Catches a README whose findings were edited by hand or left behind when the reference tables changed."""
+    from mslib import findings
+    from mslib.cache import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert findings.replace_block(readme, findings.render()) == readme
+    # and the check can fail: one reference number changed is one README number changed
+    ref = tmp_path / findings.PROFILE
+    ref.mkdir()
+    for p in (findings.REFERENCE_ROOT / findings.PROFILE).glob("*.csv"):
+        (ref / p.name).write_text(p.read_text())
+    main = pd.read_csv(ref / "main_table.csv")
+    main.loc[0, "clf_robust_acc"] += 1 / 300
+    main.to_csv(ref / "main_table.csv", index=False)
+    changed = findings.render(tmp_path)
+    assert changed != findings.render()
+    assert f"| {findings.NAMES[main.loc[0, 'classifier']]} | {100 * main.loc[0, 'clf_robust_acc']:.1f}% |" in changed
