@@ -34,11 +34,12 @@ export PYTHONHASHSEED := 0
 all: figures
 
 help:
-	@echo "make figures [PROFILE=tiny|smoke|paper]  run every notebook into $(OUT)/"
+	@echo "make figures [PROFILE=tiny|tiny-plus|smoke|paper]  run every notebook into figures/<profile>/"
 	@echo "make test                                run the test suite"
 	@echo "make results [SHARD=i/n]                 compute (or resume) the cached attack results"
 	@echo "make results SHARDS=n [LAUNCHER=local|slurm]  the same as n submitit jobs, then merge"
-	@echo "make <notebook-name>                     one notebook, e.g. make 02_main_table"
+	@echo "make <notebook-name>                     one notebook, e.g. make 02_main_table (computes missing results first)"
+	@echo "make site [PROFILE=tiny]                 the executed notebooks as a static website -> site/<profile>/"
 	@echo "make fetch PROFILE=paper                 download the paper's assets (needs internet)"
 	@echo "make bench                               speed benchmark -> $(OUT)/bench.json"
 	@echo "make course [FORCE=1]                    the course: course/student/ and course/solutions/ from course/lessons/"
@@ -82,15 +83,26 @@ test: $(STAMP) system-deps
 # ---- results and figures ---------------------------------------------------------------------------
 results: $(RESULTS)
 $(RESULTS): $(STAMP) $(RESULTS_SRC) $(CHECKPOINTS) | system-deps
+	@echo "== the $(PROFILE) study's results are missing or out of date (new code, models or data): computing them" \
+	  "first (python -m mslib.experiment; training and attacking from an empty cache takes $(or $(COST_$(PROFILE)),a while);" \
+	  "cached models and results are reused, and an interrupted run resumes)" >&2
 	$(if $(SHARDS),$(PY) -m mslib.launch --profile $(PROFILE) --shards $(SHARDS) --executor $(LAUNCHER) $(LAUNCH_ARGS) $(SET_ARGS),\
 	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)) $(SET_ARGS))
 	@[ -n "$(SHARD)" ] || { mkdir -p $(@D) && touch $@; }
 
 figures: $(EXECUTED)
 
+# Said before the results step starts, so `make 02_main_table` on an empty cache does not train silently.
+# Rough cold costs on 2 CPU cores (models trained, every attack run); cached models and results are reused.
+COST_smoke := about 5 minutes
+COST_tiny := 20 to 40 minutes
+COST_tiny-plus := 20 to 40 minutes more than tiny
+COST_paper := many hours (a GPU machine, after make fetch PROFILE=paper)
+
 $(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS) $(READ_SRC)
 	@mkdir -p $(OUT)
-	cd notebooks && $(PY_ABS) -m papermill --cwd . -k python3 -p profile $(PROFILE) -p out_dir ../$(OUT) \
+	@echo "== $* on profile $(PROFILE): reads the cached results and writes $(OUT)/ (seconds to a minute)" >&2
+	cd notebooks && $(PY_ABS) -m papermill --cwd . -k python3 -p profile $(PROFILE) -p out_dir $(abspath $(OUT)) \
 	  $*.ipynb ../$(OUT)/$*.tmp.ipynb --progress-bar && mv ../$(OUT)/$*.tmp.ipynb ../$(OUT)/$*.ipynb
 
 $(notdir $(basename $(NOTEBOOKS))): %: $(OUT)/%.ipynb
