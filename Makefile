@@ -29,7 +29,7 @@ CHECKPOINTS := $(shell find $(DATA)/models -type f ! -name '*.tmp' 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all figures test lab course clean distclean venv system-deps results fetch bench help thumbnails $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all figures test lab course clean distclean venv system-deps results fetch bench help thumbnails site $(notdir $(basename $(NOTEBOOKS)))
 
 all: figures
 
@@ -107,6 +107,12 @@ $(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS) $(READ_SRC)
 
 $(notdir $(basename $(NOTEBOOKS))): %: $(OUT)/%.ipynb
 
+# ---- the study as a website ----------------------------------------------------------------------
+# The executed notebooks of $(OUT) (after `make figures`) and the course's lessons, rendered by Sphinx + MyST-NB
+# into site/$(PROFILE)/ without running anything; open site/$(PROFILE)/index.html.
+site: $(STAMP)
+	$(PY) -m mslib.site --profile $(PROFILE) --figures $(OUT) --out site/$(PROFILE)
+
 # ---- the course -----------------------------------------------------------------------------------
 # Student and solution notebooks from one source per lesson; a student notebook someone has edited is kept
 # (FORCE=1 overwrites it). The generated folders are not committed.
@@ -126,7 +132,7 @@ bench: $(STAMP) system-deps
 	$(PY) benchmarks/bench.py --profile $(PROFILE) $(BENCH_ARGS)
 
 clean:
-	rm -rf figures/*/
+	rm -rf figures/*/ site
 
 distclean: clean
 	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -218,11 +218,13 @@ def as_points(v: float) -> str:
 
 def number(v) -> str:
     """Any other number as a reader reads it: integers whole, the rest to 4 significant digits ("—" if
-    missing): a float32 threshold 0.8500000238418579 reads 0.85."""
+    missing): a float32 threshold 0.8500000238418579 reads 0.85, float noise below 1e-12 reads 0."""
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return MISSING
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if abs(v) < 1e-12:  # float noise (a difference of equal rates as 8.7e-19) reads as what it is
+        return "0"
     if float(v).is_integer() and abs(v) < 1e15:
         return str(int(v))
     return f"{v:.4g}"

@@ -1,6 +1,7 @@
 """Writing tables (CSV, Markdown, LaTeX) and figures (PNG, PDF) in one house style."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -213,7 +214,9 @@ def decision_grid(rows: list[tuple[str, list, list[str], list[str]]], fontsize: 
             img = images[j].detach().cpu()
             ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(captions[j], fontsize=fontsize, color=colors[j])
-        axes[i, 0].set_ylabel(name, fontsize=fontsize + 1, rotation=90)
+        # horizontal, wrapped and right-aligned: a rotated label as tall as the row runs into its neighbours
+        label = "\n".join(textwrap.fill(line, 20) for line in name.split("\n"))
+        axes[i, 0].set_ylabel(label, fontsize=fontsize + 1, rotation=0, ha="right", va="center", labelpad=8)
     fig.tight_layout()
     return fig
 

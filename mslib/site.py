@@ -25,7 +25,10 @@ project = {title!r}
 extensions = ["myst_nb"]
 nb_execution_mode = "off"
 nb_merge_streams = True
-myst_enable_extensions = ["dollarmath"]
+# No math extension: the site must work offline, and MathJax would come from a CDN; $…$ stays as LaTeX text.
+myst_enable_extensions = []
+myst_dmath_double_inline = False
+nb_render_markdown_format = "myst"
 html_theme = "alabaster"
 html_theme_options = {{"page_width": "1280px", "body_max_width": "none"}}
 html_title = {title!r}
