@@ -50,10 +50,15 @@ def defense_label(defense: str, vlm: str) -> str:
 
 def for_readers(df: pd.DataFrame) -> pd.DataFrame:
     """A copy of a table with ``defense`` and ``vlm`` columns whose rows that use no VLM (the confidence
-    rejector, the classifier alone) read "none" under VLM; the codes stay in the CSV (a rejector's ``vlm``
-    there is the configuration it was matched in, which its operating point also says)."""
+    rejector, the classifier alone) read "none" under VLM, and, where there are several configurations, which
+    Multi-Shield the rejector's threshold was matched to; the codes stay in the CSV (a rejector's ``vlm`` there
+    is the configuration it was matched in)."""
     out = df.copy()
-    out.loc[out.defense != "Multi-Shield", "vlm"] = "none"
+    several = df.loc[df.defense == "Multi-Shield", "vlm"].nunique() > 1
+    for i in out.index[out.defense != "Multi-Shield"]:
+        # with several configurations the rejector's rows would read alike: say which one it was matched in
+        matched = several and out.at[i, "defense"] == CONFIDENCE
+        out.at[i, "vlm"] = f"none (matched to Multi-Shield [{df.at[i, 'vlm']}])" if matched else "none"
     return out
 
 

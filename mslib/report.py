@@ -49,19 +49,6 @@ def markdown(df: pd.DataFrame, note: str | None = None, floatfmt: str = ".3f") -
     return text + (f"\n{note}\n" if note else "")
 
 
-def with_ci(df: pd.DataFrame, columns: list[str], percent: bool = True) -> pd.DataFrame:
-    """A display copy where each rate column reads ``62.5 [47.0, 75.8]`` (from ``<col>_lo``/``<col>_hi``)."""
-    out = df.copy()
-    k = 100.0 if percent else 1.0
-    for c in columns:
-        if f"{c}_lo" in df.columns:
-            out[c] = [f"{k * v:.1f} [{k * lo:.1f}, {k * hi:.1f}]" for v, lo, hi in
-                      zip(df[c], df[f"{c}_lo"], df[f"{c}_hi"])]
-        else:
-            out[c] = [f"{k * v:.1f}" for v in df[c]]
-    return out[[c for c in out.columns if not (c.endswith("_lo") or c.endswith("_hi"))]]
-
-
 def save_table(df: pd.DataFrame, path_stem: str | Path, floatfmt: str = ".3f",
                display: pd.DataFrame | None = None, note: str | None = None, latex: str | None = None) -> list[Path]:
     """Write ``df`` as ``<stem>.csv`` and ``display`` (default ``df``) as ``<stem>.md`` and ``<stem>.tex``.

@@ -330,7 +330,7 @@ def test_the_confidence_rejector_is_never_named_after_a_vlm(smoke_outputs):
     vlm, defense = labels.column("vlm"), labels.column("defense")
     for name in ("beyond_table.md", "attack_health.md"):
         rows = [r for r in _md_rows(smoke_outputs / name) if r[defense] != "Multi-Shield"]
-        assert rows and all(r[vlm] == "none" for r in rows), name
+        assert rows and all(r[vlm] == "none" or r[vlm].startswith("none (matched to Multi-Shield [") for r in rows), name
     for r in _md_rows(smoke_outputs / "comparisons.md"):
         for side in (r[labels.column("a")], r[labels.column("b")]):
             if "confidence rejector" in side:
