@@ -23,8 +23,10 @@ EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
 # What can change a result: attacks, defense, models, data, profiles, the plan and its executor, and the
 # checkpoints themselves (a swapped file reruns the step, which recomputes what used it). Tables, the
 # store and the report helpers only change how results are read: they rerun the notebooks, not the attacks.
-READ_SRC := mslib/tables.py mslib/store.py mslib/report.py mslib/labels.py mslib/beyond.py
-RESULTS_SRC := $(filter-out $(READ_SRC) mslib/course/%,$(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 2>/dev/null))
+READ_SRC := mslib/tables.py mslib/store.py mslib/report.py mslib/labels.py mslib/beyond.py mslib/notebook.py
+# the website only renders what the notebooks wrote: neither reruns anything
+SITE_SRC := mslib/site.py mslib/browser.py
+RESULTS_SRC := $(filter-out $(READ_SRC) $(SITE_SRC) mslib/course/%,$(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 2>/dev/null))
 CHECKPOINTS := $(shell find $(DATA)/models -type f ! -name '*.tmp' 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0

@@ -8,14 +8,6 @@ import pandas as pd
 
 from .cache import atomic_write
 
-
-def out_dir(profile_name: str, root: str | Path = "figures") -> Path:
-    """``figures/<profile>/`` (created)."""
-    d = Path(root) / profile_name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 # CSV files: six significant digits, after float noise below 1e-12 is cut (a float32 0.85 is
 # 0.8500000238418579 in float64, a difference of equal rates can come out as 8.7e-19); one format for every file.
 CSV_FLOAT_FORMAT = "%.6g"
@@ -75,7 +67,7 @@ def save_table(df: pd.DataFrame, path_stem: str | Path, floatfmt: str = ".3f",
 
 def _tex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("%", r"\%"), ("&", r"\&"), ("_", r"\_"), ("#", r"\#"),
-                 ("ε", r"$\varepsilon$"), ("÷", r"$\div$"), ("–", "--")):
+                 ("ε", r"$\varepsilon$"), ("÷", r"$\div$"), ("–", "--"), ("—", "---")):
         text = text.replace(a, b)
     return text
 
