@@ -41,7 +41,7 @@ class PageReport:
 class Browser:
     """A headless Chromium with one page target, driven over CDP; use as a context manager."""
 
-    def __init__(self, executable: str | None = None, width: int = 1280, height: int = 900, timeout: float = 30.0):
+    def __init__(self, executable: str | None = None, width: int = 1280, height: int = 900, timeout: float = 60.0):
         self.executable = executable or chromium_path()
         if not self.executable:
             raise FileNotFoundError("no chromium on PATH (Debian: apt-get install chromium)")
@@ -99,13 +99,16 @@ class Browser:
 
     def _wait_event(self, name: str, events: list) -> None:
         deadline = time.monotonic() + self.timeout
-        while not any(e["method"] == name for e in events):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {name} within {self.timeout} s")
-            self._ws.settimeout(max(0.1, deadline - time.monotonic()))
-            msg = json.loads(self._ws.recv())
-            if "method" in msg:
-                events.append(msg)
+        try:
+            while not any(e["method"] == name for e in events):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no {name} within {self.timeout} s")
+                self._ws.settimeout(max(0.1, deadline - time.monotonic()))
+                msg = json.loads(self._ws.recv())
+                if "method" in msg:
+                    events.append(msg)
+        finally:
+            self._ws.settimeout(self.timeout)  # the calls after it get the whole timeout again
 
     def open(self, url: str, screenshot: Path | None = None) -> PageReport:
         """Load ``url``, wait for its load event (and a moment for late errors), report what went wrong."""

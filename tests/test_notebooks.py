@@ -297,7 +297,7 @@ def test_every_table_a_notebook_shows_is_the_readers_copy(smoke_outputs):
     # the tables each notebook shows: 02 the main table, 07 the attacks and the ε/2 check, 08 the baselines, the
     # VLMs, the attack health and the comparisons (and the convergence table where the profile runs it)
     assert counts["02_main_table"] >= 1 and counts["07_adaptive_attacks"] == 2 and counts["08_beyond_the_paper"] >= 4
-    assert sum(counts.values()) >= 12, counts
+    assert all(n >= 1 for stem, n in counts.items() if stem != "06_intro_course"), counts  # 06 shows no table
     # and what they show is what is saved: the Markdown file's table, its footnotes and note
     import nbformat
 
