@@ -24,24 +24,27 @@ EXECUTED := $(patsubst notebooks/%.ipynb,$(OUT)/%.ipynb,$(NOTEBOOKS))
 # What can change a result: attacks, defense, models, data, profiles, the plan and its executor, and the
 # checkpoints themselves (a swapped file reruns the step, which recomputes what used it). Tables, the
 # store and the report helpers only change how results are read: they rerun the notebooks, not the attacks.
-READ_SRC := mslib/tables.py mslib/store.py mslib/report.py mslib/labels.py mslib/beyond.py
-RESULTS_SRC := $(filter-out $(READ_SRC) mslib/course/%,$(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 2>/dev/null))
+READ_SRC := mslib/tables.py mslib/store.py mslib/report.py mslib/labels.py mslib/beyond.py mslib/notebook.py
+# the website only renders what the notebooks wrote: neither reruns anything
+SITE_SRC := mslib/site.py mslib/browser.py
+RESULTS_SRC := $(filter-out $(READ_SRC) $(SITE_SRC) mslib/course/%,$(shell find mslib -name '*.py' -o -name '*.json' -o -name '*.txt' 2>/dev/null))
 CHECKPOINTS := $(shell find $(DATA)/models -type f ! -name '*.tmp' 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: all figures test lab course clean distclean venv system-deps results fetch bench help thumbnails train reference $(notdir $(basename $(NOTEBOOKS)))
+.PHONY: all figures test lab course clean distclean venv system-deps results fetch bench help thumbnails site train reference $(notdir $(basename $(NOTEBOOKS)))
 
 all: figures
 
 help:
-	@echo "make figures [PROFILE=tiny|smoke|paper]  run every notebook into $(OUT)/"
+	@echo "make figures [PROFILE=tiny|tiny-plus|smoke|paper]  run every notebook into figures/<profile>/"
 	@echo "make test                                run the test suite"
 	@echo "make train [PROFILE=tiny]                train the profile's models here and compare them with the released ones"
 	@echo "make reference PROFILE=tiny|tiny-plus    (maintainers) this run's tables become the released reference"
 	@echo "make results [SHARD=i/n]                 compute (or resume) the cached attack results"
 	@echo "make results SHARDS=n [LAUNCHER=local|slurm]  the same as n submitit jobs, then merge"
-	@echo "make <notebook-name>                     one notebook, e.g. make 02_main_table"
+	@echo "make <notebook-name>                     one notebook, e.g. make 02_main_table (computes missing results first)"
+	@echo "make site [PROFILE=tiny]                 the executed notebooks as a static website -> site/<profile>/"
 	@echo "make fetch PROFILE=paper                 download the paper's assets (needs internet)"
 	@echo "make bench                               speed benchmark -> $(OUT)/bench.json"
 	@echo "make course [FORCE=1]                    the course: course/student/ and course/solutions/ from course/lessons/"
@@ -85,6 +88,9 @@ test: $(STAMP) system-deps
 # ---- results and figures ---------------------------------------------------------------------------
 results: $(RESULTS)
 $(RESULTS): $(STAMP) $(RESULTS_SRC) $(CHECKPOINTS) | system-deps
+	@echo "== the $(PROFILE) study's results are missing or out of date (new code, models or data): computing them" \
+	  "first (python -m mslib.experiment; training and attacking from an empty cache takes $(or $(COST_$(PROFILE)),a while);" \
+	  "cached models and results are reused, and an interrupted run resumes)" >&2
 	$(if $(SHARDS),$(PY) -m mslib.launch --profile $(PROFILE) --shards $(SHARDS) --executor $(LAUNCHER) $(LAUNCH_ARGS) $(SET_ARGS),\
 	  $(PY) -m mslib.experiment --profile $(PROFILE) $(if $(SHARD),--shard $(SHARD)) $(SET_ARGS))
 	@[ -n "$(SHARD)" ] || { mkdir -p $(@D) && touch $@; }
@@ -106,12 +112,26 @@ reference: $(OUT)/reproduction.md
 	$(PY) -m mslib.reproduce --profile $(PROFILE) --save-reference
 	$(PY) -m mslib.findings --write README.md
 
+# Said before the results step starts, so `make 02_main_table` on an empty cache does not train silently.
+# Rough cold costs on 2 CPU cores (models trained, every attack run); cached models and results are reused.
+COST_smoke := about 5 minutes
+COST_tiny := about 15 minutes (released models, every attack)
+COST_tiny-plus := one to two hours more than tiny (Square at 5,000 queries, the robust VLM, the 4x check)
+COST_paper := many hours (a GPU machine, after make fetch PROFILE=paper)
+
 $(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS) $(READ_SRC)
 	@mkdir -p $(OUT)
-	cd notebooks && $(PY_ABS) -m papermill --cwd . -k python3 -p profile $(PROFILE) -p out_dir ../$(OUT) \
+	@echo "== $* on profile $(PROFILE): reads the cached results and writes $(OUT)/ (seconds to a minute)" >&2
+	cd notebooks && $(PY_ABS) -m papermill --cwd . -k python3 -p profile $(PROFILE) -p out_dir $(abspath $(OUT)) \
 	  $*.ipynb ../$(OUT)/$*.tmp.ipynb --progress-bar && mv ../$(OUT)/$*.tmp.ipynb ../$(OUT)/$*.ipynb
 
 $(notdir $(basename $(NOTEBOOKS))): %: $(OUT)/%.ipynb
+
+# ---- the study as a website ----------------------------------------------------------------------
+# The executed notebooks of $(OUT) (after `make figures`) and the course's lessons, rendered by Sphinx + MyST-NB
+# into site/$(PROFILE)/ without running anything; open site/$(PROFILE)/index.html.
+site: $(STAMP)
+	$(PY) -m mslib.site --profile $(PROFILE) --figures $(OUT) --out site/$(PROFILE)
 
 # ---- the course -----------------------------------------------------------------------------------
 # Student and solution notebooks from one source per lesson; a student notebook someone has edited is kept
@@ -132,7 +152,7 @@ bench: $(STAMP) system-deps
 	$(PY) benchmarks/bench.py --profile $(PROFILE) $(BENCH_ARGS)
 
 clean:
-	rm -rf figures/*/
+	rm -rf figures/*/ site
 
 distclean: clean
 	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

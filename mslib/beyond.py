@@ -37,6 +37,31 @@ RATE_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 ZERO_GRAD_WARN = 0.1  # an exactly-zero-gradient share above this flags the attack as unable to move
 
 
+def rejector_name(thr: float) -> str:
+    """The confidence rejector as a reader meets it: it uses no VLM, so it is named by its threshold, never
+    by the VLM of the Multi-Shield its threshold was matched to."""
+    return f"{CONFIDENCE} (no VLM, threshold {thr:.3g})"
+
+
+def defense_label(defense: str, vlm: str) -> str:
+    """A row's defense as a reader names it: Multi-Shield with its VLM, the others (which use none) alone."""
+    return f"Multi-Shield [{vlm}]" if defense == "Multi-Shield" else defense
+
+
+def for_readers(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a table with ``defense`` and ``vlm`` columns whose rows that use no VLM (the confidence
+    rejector, the classifier alone) read "none" under VLM, and, where there are several configurations, which
+    Multi-Shield the rejector's threshold was matched to; the codes stay in the CSV (a rejector's ``vlm`` there
+    is the configuration it was matched in)."""
+    out = df.copy()
+    several = df.loc[df.defense == "Multi-Shield", "vlm"].nunique() > 1
+    for i in out.index[out.defense != "Multi-Shield"]:
+        # with several configurations the rejector's rows would read alike: say which one it was matched in
+        matched = several and out.at[i, "defense"] == CONFIDENCE
+        out.at[i, "vlm"] = f"none (matched to Multi-Shield [{df.at[i, 'vlm']}])" if matched else "none"
+    return out
+
+
 def configs(d: DatasetResults) -> dict[str, DatasetPlan]:
     """VLM name -> the plan of that configuration: the profile's VLM first, then its variants."""
     return {d.plan.profile.vlm: d.plan, **{name: v for name, v in d.plan.variants.items()}}
@@ -121,7 +146,8 @@ def _defense_rows(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, 
     non = _worst(store, plan.nonadaptive[clf, p.eps], cf)
     ada = _worst(store, _adaptive(stages), cf)
     worst = _worst(store, stages, cf)
-    rows.append({**base, "defense": CONFIDENCE, "operating_point": f"threshold {thr:.4g} (matched)",
+    rows.append({**base, "defense": CONFIDENCE,
+                 "operating_point": f"threshold {thr:.3g}, matched to Multi-Shield [{vlm}]'s clean rejection",
                  "clean_acc": metrics.rate(cf(clean) == CORRECT), "clean_reject": metrics.rate(cf(clean) == REJECTED),
                  "robust_acc_nonadaptive": metrics.rate(non < BROKEN), "robust_acc_adaptive": metrics.rate(ada < BROKEN),
                  "robust_acc_worst": metrics.rate(worst < BROKEN), "reject_worst": metrics.rate(worst == REJECTED),
@@ -177,13 +203,18 @@ def risk_coverage(profile_name: str) -> pd.DataFrame:
     classifier at the profile's eps that it can be scored on (:func:`every_output`) and counts as robust only
     if none breaks it. ``adaptive`` is True only at the operating point the attacks were run against;
     elsewhere the examples were crafted for another point, so those robust accuracies are upper bounds.
+    ``curve``: the line's name for readers (the rejector's names no VLM).
     """
     store = Store(profile_name)
     rows = []
     for d, clf, every in _each_classifier(store):
         y, k = d.labels, d.num_classes
-        for vlm, plan in configs(d).items():
+        cfg = configs(d)
+        for vlm, plan in cfg.items():
             p = plan.profile
+            # the legend's names: the rejector uses no VLM; only its matched point differs by configuration
+            curve = {"Multi-Shield": f"Multi-Shield [{vlm}]", CONFIDENCE: f"{CONFIDENCE} (no VLM)"
+                     + (f", matched to Multi-Shield [{vlm}]" if len(cfg) > 1 else "")}
             clean = store.outputs(plan.clean[clf])
             outs = [clean] + every[vlm]  # Multi-Shield: this configuration's VLM scores only
             gaps = (clean.s.max(1).values - clean.s.gather(1, clean.f.argmax(1, keepdim=True)).squeeze(1))
@@ -197,14 +228,15 @@ def risk_coverage(profile_name: str) -> pd.DataFrame:
                 sts = [_ms_status(o, y, tol, k) for o in outs]
                 w, c = worst_case(sts), sts[0]
                 ms_points.append(int((c == REJECTED).sum()))
-                rows.append(_rc_row(p, clf, vlm, "Multi-Shield", "tolerance", tol, c, w, tol == p.tolerance))
+                rows.append(_rc_row(p, clf, vlm, "Multi-Shield", "tolerance", tol, c, w, tol == p.tolerance)
+                            | {"curve": curve["Multi-Shield"]})
             matched = conf_threshold(store, plan, clf)
             counts = {int(round(r * len(y))) for r in RATE_GRID} | set(ms_points)
             thrs = {threshold_for_rejections(clean.f, m) for m in counts} | {matched}
             for thr in sorted(thrs):
                 sts = [_conf_status(o, y, thr, k) for o in [clean] + _flat(every)]
                 rows.append(_rc_row(p, clf, vlm, CONFIDENCE, "threshold", thr, sts[0], worst_case(sts),
-                                    thr == matched))
+                                    thr == matched) | {"curve": curve[CONFIDENCE]})
     return pd.DataFrame(rows)
 
 
@@ -244,18 +276,20 @@ def comparisons(profile_name: str) -> pd.DataFrame:
         cfg = configs(d)
         worst = {(vlm, dfn): _every_status(store, d, vlm, plan, clf, dfn, every) for vlm, plan in cfg.items()
                  for dfn in ("Multi-Shield", CONFIDENCE)}
-        rejects = {}
+        rejects, names = {}, {(None, CLASSIFIER): CLASSIFIER}
         for vlm, plan in cfg.items():
             clean = store.outputs(plan.clean[clf])
             rejects[vlm, "Multi-Shield"] = float((clean.ms_pred(plan.profile.tolerance) == k).float().mean())
-            rejects[vlm, CONFIDENCE] = float((confidence_decide(clean.f, conf_threshold(store, plan, clf))
-                                              == k).float().mean())
+            thr = conf_threshold(store, plan, clf)
+            rejects[vlm, CONFIDENCE] = float((confidence_decide(clean.f, thr) == k).float().mean())
+            names[vlm, CONFIDENCE] = rejector_name(thr)
+            names[vlm, "Multi-Shield"] = f"Multi-Shield [{vlm}]"
         rejects[None, CLASSIFIER] = 0.0
 
         def add(question, a, b, st_a, st_b):
             diff = metrics.paired_difference(st_a < BROKEN, st_b < BROKEN)
             rows.append({"dataset": d.profile.dataset, "classifier": clf, "question": question,
-                         "a": f"{a[1]} [{a[0]}]" if a[0] else a[1], "b": f"{b[1]} [{b[0]}]" if b[0] else b[1],
+                         "a": names[a], "b": names[b],
                          "robust_acc_a": float((st_a < BROKEN).float().mean()),
                          "robust_acc_b": float((st_b < BROKEN).float().mean()),
                          "clean_reject_a": rejects[a], "clean_reject_b": rejects[b],
@@ -407,4 +441,5 @@ def conclusions(cmp: pd.DataFrame) -> list[str]:
 
 
 __all__ = ["CLASSIFIER", "CONFIDENCE", "attack_health", "beyond_table", "comparisons", "conclusions", "convergence_table",
-           "conf_threshold", "configs", "risk_coverage", "vlm_robustness"]
+           "conf_threshold", "configs", "defense_label", "for_readers", "rejector_name", "risk_coverage",
+           "vlm_robustness"]

@@ -21,6 +21,7 @@ downloaded (its licence needs a login): it is named by path (``MSLIB_IMAGENET`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -30,6 +31,7 @@ import ssl
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -351,6 +353,21 @@ def verify_file(path: str | os.PathLike, what: str = "file") -> str:
     return actual
 
 
+HF_HOST = "huggingface.co"
+
+
+@contextlib.contextmanager
+def naming_host(host: str, what: str):
+    """Re-raise a network or disk error (``OSError``) inside with the host it could not reach in front:
+    a failed fetch says where it went, not only what the socket said."""
+    try:
+        yield
+    except OSError as e:
+        if host in str(e):
+            raise
+        raise OSError(f"could not fetch {what} from {host}: {e}") from e
+
+
 def download(url: str, dest: Path, md5: str | None = None, sha256_prefix: str | None = None,
              progress: bool = True) -> Path:
     """Download ``url`` (HTTPS only, certificate verified) to ``dest`` via a temporary file; check hashes."""
@@ -362,7 +379,8 @@ def download(url: str, dest: Path, md5: str | None = None, sha256_prefix: str | 
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     md5_h, sha_h = hashlib.md5(), hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(req, context=ctx, timeout=60) as resp:
+        with naming_host(urllib.parse.urlsplit(url).netloc, url), os.fdopen(fd, "wb") as out, \
+                urllib.request.urlopen(req, context=ctx, timeout=60) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
             from tqdm.auto import tqdm
 
@@ -551,9 +569,16 @@ def fetch_robustbench(model: str, dataset: str, threat_model: str) -> list[Path]
 
 def fetch_hf(repo: str, folder: Path, extra: dict[str, list[str]] | None = None) -> Path:
     """Download a hub repository's config, tokenizer and weights (safetensors when published) into ``folder``."""
+    repo = repo.removeprefix("hf-hub:").strip("/")
+    with naming_host(HF_HOST, repo):
+        _fetch_hf(repo, folder, extra)
+    record_files([folder], f"https://huggingface.co/{repo}")
+    return folder
+
+
+def _fetch_hf(repo: str, folder: Path, extra: dict[str, list[str]] | None) -> None:
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
-    repo = repo.removeprefix("hf-hub:").strip("/")
     files = HfApi().list_repo_files(repo)
     has_st = any(f.endswith(".safetensors") for f in files)
     patterns = ["*.json", "*.txt", "*.safetensors"] + ([] if has_st else ["*.bin"])
@@ -563,8 +588,6 @@ def fetch_hf(repo: str, folder: Path, extra: dict[str, list[str]] | None = None)
         for n in names:
             if not (folder / n).exists():
                 hf_hub_download(other, n, local_dir=str(folder))
-    record_files([folder], f"https://huggingface.co/{repo}")
-    return folder
 
 
 def fetch_asset(asset: Asset) -> None:
@@ -600,7 +623,8 @@ def fetch_hf_tokenizer(repo: str, folder: Path) -> None:
 
     for n in OPEN_CLIP_TOKENIZERS.get(repo, ["tokenizer.json", "tokenizer_config.json"]):
         if not (folder / n).exists():
-            hf_hub_download(repo, n, local_dir=str(folder))
+            with naming_host(HF_HOST, f"{repo} ({n})"):
+                hf_hub_download(repo, n, local_dir=str(folder))
     record_files([folder], f"https://huggingface.co/{repo} (tokenizer)")
 
 

@@ -80,6 +80,7 @@ COLUMNS = {
     "ms_reject_adaptive": "Multi-Shield: rejected, adaptive (%)",
     "ms_robust_acc_worst": "Multi-Shield: robust acc., worst case (%)",
     "ms_reject_worst": "Multi-Shield: rejected, worst case (%)",
+    "ms_correct_worst": "Multi-Shield: correct, worst case (%)",
     "gain_worst": "gain, worst case (points)",
     "gain_adaptive": "gain, adaptive (points)",
     "gain_nonadaptive": "gain, non-adaptive (points)",
@@ -116,7 +117,7 @@ COLUMNS.update({
     "robust_acc_every": "robust acc., worst over every stored example (%)",
     "n_attacks_worst": "attacks in the worst case", "source": "VLM source",
     "clean_zero_shot_acc": "VLM: clean zero-shot acc. (%)", "robust_zero_shot_acc": "VLM: robust zero-shot acc. (%)",
-    "knob": "swept parameter", "value": "value", "adaptive": "attacked at this point",
+    "knob": "swept parameter", "curve": "rejector", "found_by": "found by", "value": "value", "adaptive": "attacked at this point",
     "gradient_free": "gradient-free attack", "n_measured": "samples measured",
     "n_zero_grad": "samples with an exactly zero gradient", "zero_grad": "exactly-zero-gradient share (%)",
     "budget": "budget", "robust_acc_base": "worst case, ensemble (%)",
@@ -201,24 +202,46 @@ def named(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# What a reader sees for a missing value; every table that shows one says why below it.
+MISSING = "—"
+MISSING_WHY = "no value for this row"
+
+
 def _pct(v: float, digits: int = 1) -> str:
-    return "–" if pd.isna(v) else f"{100 * v:.{digits}f}"
+    return MISSING if pd.isna(v) else f"{100 * v:.{digits}f}"
 
 
 def as_points(v: float) -> str:
-    """A difference of rates as signed percentage points ("+4.0"; "–" if missing)."""
-    return "–" if pd.isna(v) else f"{100 * v:+.1f}"
+    """A difference of rates as signed percentage points ("+4.0"; "—" if missing)."""
+    return MISSING if pd.isna(v) else f"{100 * v:+.1f}"
+
+
+def number(v) -> str:
+    """Any other number as a reader reads it: integers whole, the rest to 4 significant digits ("—" if
+    missing): a float32 threshold 0.8500000238418579 reads 0.85, float noise below 1e-12 reads 0."""
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return MISSING
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if abs(v) < 1e-12:  # float noise (a difference of equal rates as 8.7e-19) reads as what it is
+        return "0"
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.4g}"
 
 
 def display(df: pd.DataFrame, rates: Iterable[str] | None = None, points: Iterable[str] = (),
-            ci: Mapping[str, tuple[str, str]] | None = None, drop: Iterable[str] = ()) -> pd.DataFrame:
+            ci: Mapping[str, tuple[str, str]] | None = None, drop: Iterable[str] = (),
+            missing: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The reader's copy of a table: codes named, rates in percent with their 95% CI, gains in points.
 
     ``rates``: the rate columns (default: every column with ``<col>_lo``/``<col>_hi`` beside it); ``ci`` maps
     a rate column to its CI columns when they are named otherwise (e.g. ``{"accuracy": ("lo", "hi")}``);
     ``points``: differences of rates, shown as signed percentage points (with ``<col>_lo``/``_hi`` as their CI);
     ``drop``: columns left out. Columns whose header says "(%)" or "(points)" are formatted so even if not listed;
-    boolean columns read "yes"/"no".
+    boolean columns read "yes"/"no"; every other number is rounded (:func:`number`). A missing value reads
+    "—", and ``out.attrs["footnotes"]`` says why, per column: ``missing`` maps a column to the reason
+    (default :data:`MISSING_WHY`). Every copy a reader sees is made here (saved Markdown, notebooks, figures).
     """
     ci = dict(ci or {})
     cols = list(df.columns)
@@ -236,25 +259,36 @@ def display(df: pd.DataFrame, rates: Iterable[str] | None = None, points: Iterab
     for c in rates:
         lo, hi = ci[c]
         if lo in df.columns and hi in df.columns:
-            out[c] = [_pct(v) if pd.isna(a) else f"{_pct(v)} [{_pct(a)}, {_pct(b)}]"
+            out[c] = [_pct(v) if pd.isna(a) or pd.isna(v) else f"{_pct(v)} [{_pct(a)}, {_pct(b)}]"
                       for v, a, b in zip(df[c], df[lo], df[hi])]
         else:
             out[c] = [_pct(v) for v in df[c]]
     for c in points:
         lo, hi = f"{c}_lo", f"{c}_hi"
-        out[c] = [as_points(v) if lo not in cols or pd.isna(v)
+        out[c] = [as_points(v) if lo not in cols or pd.isna(v) or pd.isna(df[lo][i])
                   else f"{as_points(v)} [{as_points(df[lo][i])}, {as_points(df[hi][i])}]"
                   for i, v in zip(df.index, df[c])]
-    for c in cols:  # flags read as words
-        if df[c].dtype == bool:
+    for c in cols:
+        if c in rates or c in points or c in hidden:
+            continue
+        if df[c].dtype == bool:  # flags read as words
             out[c] = ["yes" if v else "no" for v in df[c]]
+        elif pd.api.types.is_numeric_dtype(df[c]):
+            out[c] = [number(v) for v in df[c]]
+        else:
+            out[c] = [MISSING if v is None or (isinstance(v, float) and pd.isna(v)) or v == "" else v
+                      for v in out[c]]
     out = out[[c for c in cols if c not in hidden]]
-    return out.rename(columns={c: column(c) for c in out.columns})
+    why = dict(missing or {})
+    feet = [f"{column(c)}: {why.get(c, MISSING_WHY)}" for c in out.columns if (out[c] == MISSING).any()]
+    out = out.rename(columns={c: column(c) for c in out.columns})
+    out.attrs["footnotes"] = [f"{MISSING} {'; '.join(feet)}."] if feet else []
+    return out
 
 
 __all__ = ["ATTACKS", "CLASSIFIERS", "COLUMNS", "DATASETS", "OUTCOMES", "OUTCOME_COLORS", "ROBUST",
-           "ROBUST_NOTE", "SETTINGS", "TEXT_NORMS", "TOLERANCE_METRICS", "attack", "classifier", "column", "dataset", "display",
-           "is_raw_code", "named", "as_points", "setting", "title"]
+           "MISSING", "ROBUST_NOTE", "SETTINGS", "TEXT_NORMS", "TOLERANCE_METRICS", "attack", "classifier", "column", "dataset", "display",
+           "is_raw_code", "named", "number", "as_points", "setting", "title"]
 
 # The tolerance figure's lines: clean and adversarial rates, each saying what it counts.
 TOLERANCE_METRICS = {

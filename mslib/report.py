@@ -1,67 +1,73 @@
 """Writing tables (CSV, Markdown, LaTeX) and figures (PNG, PDF) in one house style."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
 
 from .cache import atomic_write
 
-
-def out_dir(profile_name: str, root: str | Path = "figures") -> Path:
-    """``figures/<profile>/`` (created)."""
-    d = Path(root) / profile_name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+# CSV files: six significant digits, after float noise below 1e-12 is cut (a float32 0.85 is
+# 0.8500000238418579 in float64, a difference of equal rates can come out as 8.7e-19); one format for every file.
+CSV_FLOAT_FORMAT = "%.6g"
 
 
-def _markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+def rounded(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its float columns rounded to 12 decimals (what :data:`CSV_FLOAT_FORMAT` then prints)."""
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].round(12) + 0.0  # + 0.0: no "-0" in a file
+    return out
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    """``df`` as CSV (no index, floats as :data:`CSV_FLOAT_FORMAT`), written atomically."""
+    return atomic_write(Path(path), lambda p: rounded(df).to_csv(p, index=False, float_format=CSV_FLOAT_FORMAT))
+
+
+def markdown(df: pd.DataFrame, note: str | None = None, floatfmt: str = ".3f") -> str:
+    """A reader's table (:func:`mslib.labels.display`) as Markdown: the table, its footnotes (what a "—"
+    stands for, from ``df.attrs["footnotes"]``) and ``note``. The same text is saved and shown in notebooks."""
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, row in df.iterrows():
         cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row.tolist()]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def with_ci(df: pd.DataFrame, columns: list[str], percent: bool = True) -> pd.DataFrame:
-    """A display copy where each rate column reads ``62.5 [47.0, 75.8]`` (from ``<col>_lo``/``<col>_hi``)."""
-    out = df.copy()
-    k = 100.0 if percent else 1.0
-    for c in columns:
-        if f"{c}_lo" in df.columns:
-            out[c] = [f"{k * v:.1f} [{k * lo:.1f}, {k * hi:.1f}]" for v, lo, hi in
-                      zip(df[c], df[f"{c}_lo"], df[f"{c}_hi"])]
-        else:
-            out[c] = [f"{k * v:.1f}" for v in df[c]]
-    return out[[c for c in out.columns if not (c.endswith("_lo") or c.endswith("_hi"))]]
+    text = "\n".join(lines) + "\n"
+    for foot in df.attrs.get("footnotes", ()):
+        text += f"\n{foot}\n"
+    return text + (f"\n{note}\n" if note else "")
 
 
 def save_table(df: pd.DataFrame, path_stem: str | Path, floatfmt: str = ".3f",
                display: pd.DataFrame | None = None, note: str | None = None, latex: str | None = None) -> list[Path]:
     """Write ``df`` as ``<stem>.csv`` and ``display`` (default ``df``) as ``<stem>.md`` and ``<stem>.tex``.
 
-    Files are written atomically; returns the paths. The CSV keeps every column at full precision (codes
-    and fractions); the reader's copies get ``note`` below the Markdown table and as the LaTeX caption.
+    Files are written atomically; returns the paths. The CSV keeps every column (codes and fractions, six
+    significant digits: :func:`write_csv`); the reader's copies get ``note`` below the Markdown table and as the LaTeX caption.
     ``latex``: the LaTeX text to write instead of ``display``'s (e.g. :func:`main_table_latex`).
     """
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    csv = atomic_write(stem.with_suffix(".csv"), lambda p: df.to_csv(p, index=False))
+    csv = write_csv(df, stem.with_suffix(".csv"))
     df = df if display is None else display
-    md_text = _markdown(df, floatfmt) + (f"\n{note}\n" if note else "")
+    md_text = markdown(df, note, floatfmt)
     md = atomic_write(stem.with_suffix(".md"), lambda p: p.write_text(md_text))
     fmt = "{:" + floatfmt + "}"
     if latex is None:
+        foot = " ".join(df.attrs.get("footnotes", ()))
+        cap = " ".join(s for s in (foot, note) if s)
         latex = df.to_latex(index=False, float_format=lambda v: fmt.format(v), escape=True,
-                            caption=_tex_escape(note) if note else None)
+                            caption=_tex_escape(cap) if cap else None)
     tex = atomic_write(stem.with_suffix(".tex"), lambda p: p.write_text(latex))
     return [csv, md, tex]
 
 
 def _tex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("%", r"\%"), ("&", r"\&"), ("_", r"\_"), ("#", r"\#"),
-                 ("ε", r"$\varepsilon$"), ("÷", r"$\div$"), ("–", "--")):
+                 ("ε", r"$\varepsilon$"), ("÷", r"$\div$"), ("–", "--"), ("—", "---")):
         text = text.replace(a, b)
     return text
 
@@ -117,7 +123,7 @@ def save_figure(fig, path_stem: str | Path, dpi: int = 150, data: pd.DataFrame |
         paths.append(atomic_write(stem.with_suffix(ext),
                                   lambda p, e=ext: fig.savefig(p, format=e[1:], dpi=dpi, bbox_inches="tight")))
     if data is not None:
-        paths.append(atomic_write(stem.with_suffix(".data.csv"), lambda p: data.to_csv(p, index=False)))
+        paths.append(write_csv(data, stem.with_suffix(".data.csv")))
     return paths
 
 
@@ -187,7 +193,9 @@ def decision_grid(rows: list[tuple[str, list, list[str], list[str]]], fontsize: 
             img = images[j].detach().cpu()
             ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(captions[j], fontsize=fontsize, color=colors[j])
-        axes[i, 0].set_ylabel(name, fontsize=fontsize + 1, rotation=90)
+        # horizontal, wrapped and right-aligned: a rotated label as tall as the row runs into its neighbours
+        label = "\n".join(textwrap.fill(line, 20) for line in name.split("\n"))
+        axes[i, 0].set_ylabel(label, fontsize=fontsize + 1, rotation=0, ha="right", va="center", labelpad=8)
     fig.tight_layout()
     return fig
 

@@ -72,7 +72,7 @@ class DatasetResults:
 
 
 def _command(profile_name: str) -> str:
-    return f"make results PROFILE={profile_name}` (or `python -m mslib.experiment --profile {profile_name}"
+    return f"`make results PROFILE={profile_name}` (or `python -m mslib.experiment --profile {profile_name}`)"
 
 
 class Store:
@@ -87,10 +87,10 @@ class Store:
             index = read_json(path)
         except FileNotFoundError:
             raise ResultsNotReadyError(f"no results for profile {profile_name!r} ({path} does not exist): "
-                                       f"compute them with `{_command(profile_name)}`") from None
+                                       f"compute them with {_command(profile_name)}") from None
         except ValueError as e:
             raise ResultsNotReadyError(f"the results index {path} is damaged ({e}): rerun "
-                                       f"`{_command(profile_name)}`") from None
+                                       f"{_command(profile_name)}") from None
         self.index = index
         self._keys = set(index["jobs"])
         # read-only results: a table build asks for the same job's outputs many times, read each once
@@ -109,7 +109,7 @@ class Store:
 
     def _not_ready(self, job: Job, why: str) -> ResultsNotReadyError:
         return ResultsNotReadyError(f"result {job.label!r} (key {job.key}) {why}: compute it with "
-                                    f"`{_command(self.profile_name)}`")
+                                    f"{_command(self.profile_name)}")
 
     def load(self, job: Job, fields: Sequence[str] = ("f", "s", "success")) -> dict[str, Any]:
         """The job's per-sample ``fields`` over all samples (``x``: the adversarial images; bookkeeping

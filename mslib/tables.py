@@ -145,15 +145,19 @@ def _with_ci(rows: list[dict]) -> pd.DataFrame:
 
 def headline(df: pd.DataFrame, mean: bool = True) -> pd.DataFrame:
     """Multi-Shield's robust-accuracy gain over the classifier alone, per (dataset, classifier), in the order
-    worst case, adaptive, non-adaptive, beside the robust accuracies it is the difference of (with CIs).
+    worst case, adaptive, non-adaptive, beside the robust accuracies it is the difference of (with CIs); under
+    the worst case also its correct answers and rejections apart (``ms_correct_worst``, ``ms_reject_worst``).
 
     ``mean``: add, per dataset with several classifiers, a row ``classifier = "mean"`` averaging the rows
     (the paper's summary; its CI columns are empty).
     """
     settings = ("worst", "adaptive", "nonadaptive")
-    cols = ["clf_robust_acc"] + [c for s in settings for c in (f"ms_robust_acc_{s}", f"gain_{s}")]
+    # under the worst case, what a user gets: correct answers and rejections, apart
+    split = ["ms_correct_worst", "ms_reject_worst"]
+    cols = ["clf_robust_acc", *split] + [c for s in settings for c in (f"ms_robust_acc_{s}", f"gain_{s}")]
     keep = ["dataset", "classifier", "eps", "n", *cols]
-    out = df[keep + [f"{c}_{b}" for c in cols if not c.startswith("gain_") for b in ("lo", "hi")]].copy()
+    df = df.assign(ms_correct_worst=df.ms_robust_acc_worst - df.ms_reject_worst)
+    out = df[keep + [f"{c}_{b}" for c in cols if not c.startswith(("gain_", *split)) for b in ("lo", "hi")]].copy()
     if mean:
         means = []
         for ds, g in out.groupby("dataset", sort=False):
