@@ -629,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.record:
             for path in args.record:
+                _check_recordable(Path(path))
+            for path in args.record:
                 mark_complete(Path(path), f"provided by hand: {path}")
                 print(f"recorded and marked complete: {path}")
             return 0
@@ -649,6 +651,19 @@ def main(argv: list[str] | None = None) -> int:
     for a in still:
         print(f"still missing: {a}\n  {a.how}", file=sys.stderr)
     return 1 if still else 0
+
+
+def _check_recordable(path: Path) -> None:
+    """Refuse a hand-provided file that no loader would read: it must lie under the data root or under a
+    folder that one of :data:`mslib.cache.PAPER_DATA_VARS` points the loaders at."""
+    from .cache import PAPER_DATA_VARS
+
+    p = path.resolve()
+    roots = [data_root().resolve()] + [Path(os.environ[v]).resolve() for v in PAPER_DATA_VARS if os.environ.get(v)]
+    if not any(p.is_relative_to(r) for r in roots):
+        where = " or ".join(f"${v}" for v in PAPER_DATA_VARS)
+        raise ValueError(f"--record {path}: it lies outside the data root {roots[0]} (and outside {where}), "
+                         f"where no loader reads it; move it under the data root first")
 
 
 def _one_line(e: BaseException) -> str:
