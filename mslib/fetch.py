@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .cache import data_root, file_sha256, read_json, write_json
+from .cache import data_root, file_sha256, json_intact, read_json, write_json
 
 if TYPE_CHECKING:
     from .profiles import Profile
@@ -206,7 +206,7 @@ def asset_hashes(profile_name: str, dataset: str | None = None) -> dict[str, str
     checkpoints and data it came from. Files not in the manifest (e.g. ImageNet, named by path) are left out."""
     from .profiles import get_profile
 
-    manifest = read_json(_manifest_path()) if _manifest_path().is_file() else {}
+    manifest = _read(_manifest_path())
     root = data_root().resolve()
     wanted: list[str] = []
     for a in profile_assets(profile_name):
@@ -244,7 +244,9 @@ def _complete_path() -> Path:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    return read_json(path) if path.is_file() else {}
+    # a damaged manifest (or completion list) is named and read as empty: every asset then counts as missing
+    # and is fetched and recorded again, never trusted on hashes that cannot be read
+    return read_json(path) if json_intact(path, "treating every asset as missing; fetch again") else {}
 
 
 def _key(path: Path) -> str:

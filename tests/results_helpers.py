@@ -65,3 +65,20 @@ def assert_same_results(a: Path, b: Path) -> None:
         for k in d:
             x, y = d[k], files_a[name][k]
             assert (torch.equal(x, y) and x.dtype == y.dtype) if isinstance(x, torch.Tensor) else x == y, (name, k)
+
+
+# ---- per-sample outcomes by hand: a plain loop over samples, independent of mslib.tables' status/worst_case ----
+def outcomes_by_hand(preds: list[torch.Tensor], labels: torch.Tensor, reject_label: int | None = None) -> list[str]:
+    """Per sample, over the predictions of several attacks: "fooled" if any is a wrong class that is not the
+    reject label, else "rejected" if any is the reject label, else "correct"."""
+    out = []
+    for i, y in enumerate(labels.tolist()):
+        p = [int(q[i]) for q in preds]
+        out.append("fooled" if any(v != y and v != reject_label for v in p) else
+                   "rejected" if reject_label is not None and reject_label in p else "correct")
+    return out
+
+
+def share(outcomes: list[str], *which: str) -> float:
+    """The fraction of samples whose outcome is one of ``which``."""
+    return sum(o in which for o in outcomes) / len(outcomes)

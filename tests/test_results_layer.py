@@ -2,6 +2,7 @@
 only read, and kill -9 at any point changes nothing."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -10,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from mslib import tables
-from mslib.cache import DamagedFileError, data_root_at, load_tensors, read_json, save_tensors
+from mslib.cache import REPO_ROOT, DamagedFileError, data_root_at, load_tensors, read_json, save_tensors
 from mslib.experiment import ms_broken, run_study
 from mslib.plan import dataset_plan
 from mslib.store import ResultsNotReadyError, Store
@@ -245,3 +247,110 @@ def test_cache_files_carry_a_checksum_that_every_read_verifies(tmp_path):
     torch.save({"f": torch.zeros(2)}, path)  # a plain torch file has no checksum: refused, not trusted
     with pytest.raises(DamagedFileError, match="no checksum header"):
         load_tensors(path)
+
+
+# ---- damage anywhere: the VLM's weights, every JSON file, a kill during training ------------------------------
+def test_another_vlm_weight_file_in_place_changes_every_key(clean_run, tmp_path):
+    """Catches: the VLM's checkpoint hash left out of the jobs' keys (or only the config file hashed), so
+    another VLM in place would be scored with the old VLM's cached similarities."""
+    from safetensors.torch import load_file, save_file
+
+    from mslib.cache import write_checksums
+    from mslib.models.local import model_dir
+    from mslib.models.openclip_factory import CONFIG_NAME, WEIGHTS_NAME
+
+    src, before, store = clean_run
+    cache = fresh_cache(tmp_path / "vlm", copy_models=True)
+    _copy_results(src, cache)
+    p = store.datasets[0].profile
+    with data_root_at(cache):
+        folder = model_dir("lit", p, p.vlm_spec)
+    state = load_file(folder / WEIGHTS_NAME)
+    name = max((k for k in state if k.startswith("visual.")), key=lambda k: state[k].numel())
+    state[name] = -state[name]  # a valid open_clip folder of another model (its checksums match)
+    save_file(state, folder / WEIGHTS_NAME)
+    write_checksums(folder, [CONFIG_NAME, WEIGHTS_NAME])
+    summary = _run(cache)
+    n_jobs = len(store.datasets[0].plan.jobs())
+    assert (summary.computed, summary.reused, summary.recomputed) == (2 * n_jobs, 0, 0)
+    with data_root_at(cache):
+        new = Store("smoke")
+        after = tables.main_table("smoke").set_index("classifier")
+    assert not set(new.index["jobs"]) & set(store.index["jobs"])
+    old = pd.read_csv(io.StringIO(before["main_table"])).set_index("classifier")
+    for col in ("clf_clean_acc", "clf_robust_acc"):  # the classifier alone does not use the VLM
+        assert after[col].to_dict() == pytest.approx(old[col].to_dict()), col
+    job_old, job_new = store.datasets[0].plan.clean["standard"], new.datasets[0].plan.clean["standard"]
+    assert not torch.allclose(store.outputs(job_old).s, new.outputs(job_new).s)
+
+
+def test_damaged_json_files_are_named_and_recovered(clean_run, tmp_path, capfd):
+    """Catches: a garbled results index, result ``record.json`` or model ``train_info.json`` crashing the
+    run (a bare JSONDecodeError), being used, or being rewritten silently; and a ``train_info.json`` missing
+    beside intact weights (a training killed after saving them) taken for a finished training."""
+    from mslib.models.local import model_dir
+
+    src, before, store = clean_run
+    cache = fresh_cache(tmp_path / "json", copy_models=True)
+    _copy_results(src, cache)
+    d = store.datasets[0]
+    p = d.profile
+    index = cache / "results" / "plans" / "smoke.json"
+    record = cache / "results" / d.plan.adaptive["standard", p.eps][0].key / "record.json"
+    with data_root_at(cache):
+        info = model_dir("cnn", p, p.classifier_specs["standard"]) / "train_info.json"
+        missing = model_dir("cnn", p, p.classifier_specs["fgsm-rs"]) / "train_info.json"
+    index.write_text(index.read_text()[:100])
+    record.write_text("{\"garbled\": ")
+    info.write_bytes(b"\x00" * 40)
+    missing.unlink()
+    with data_root_at(cache), pytest.raises(ResultsNotReadyError, match=f"the results index {index} is damaged"):
+        Store("smoke")
+    capfd.readouterr()
+    summary = _run(cache)
+    err = capfd.readouterr().err
+    for path in (index, record, info):
+        assert f"damaged cache file {path}: unreadable JSON" in err, f"{path} not named"
+    assert summary.computed == 0 and summary.recomputed == 0  # the retrained CNNs are the same models
+    assert read_json(info)["name"] == "standard" and read_json(missing)["name"] == "fgsm-rs"
+    assert read_json(record) == d.plan.adaptive["standard", p.eps][0].record()
+    assert _tables(cache) == before  # the index was rewritten
+
+
+def _linked_models_but(cache: Path, skip: Path) -> None:
+    """``cache/models`` as a folder of links to the repo's trained models, except ``skip`` (to be trained)."""
+    real = (REPO_ROOT / "data" / "models").resolve()
+    (cache / "models").unlink()
+    (cache / "models").mkdir()
+    for entry in real.iterdir():
+        if entry.name != skip.name:
+            (cache / "models" / entry.name).symlink_to(entry)
+
+
+def test_kill_9_during_model_training_then_a_rerun_gives_the_same_tables(clean_run, tmp_path):
+    """Catches: a model folder that a killed training leaves looking finished (weights without the rest,
+    or a half-written file), so the rerun uses a half-trained model and every key and table changes."""
+    from mslib.models.local import model_dir
+
+    src, before, store = clean_run
+    cache = fresh_cache(tmp_path / "killed-training")
+    _copy_results(src, cache)
+    p = store.datasets[0].profile
+    with data_root_at(cache):
+        folder = model_dir("cnn", p, p.classifier_specs["fgsm-rs"])
+    _linked_models_but(cache, folder)
+    code = ("import torch; torch.set_num_threads(%d); from mslib.models import load_classifier; "
+            "from mslib.profiles import get_profile; load_classifier(get_profile('smoke', **%r), 'fgsm-rs')"
+            % (torch.get_num_threads(), OVERRIDES))
+    env = {**os.environ, "MSLIB_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while proc.poll() is None and "epoch" not in seen:  # the training loop's progress bar has started
+        seen += proc.stderr.read(1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (folder / "record.json").is_file() and not (folder / "train_info.json").exists(), "killed too late"
+    summary = _run(cache)
+    assert summary.done and summary.computed == 0  # retrained whole: the same weights, the same keys
+    assert _tables(cache) == before
