@@ -82,3 +82,34 @@ def outcomes_by_hand(preds: list[torch.Tensor], labels: torch.Tensor, reject_lab
 def share(outcomes: list[str], *which: str) -> float:
     """The fraction of samples whose outcome is one of ``which``."""
     return sum(o in which for o in outcomes) / len(outcomes)
+
+
+# ---- a training killed with SIGKILL, in a cache whose other models are the repo's trained ones ----------------
+def linked_models_but(cache: Path, skip: Path) -> None:
+    """``cache/models`` as a folder of links to the repo's trained models, except ``skip`` (to be trained)."""
+    real = (REPO_ROOT / "data" / "models").resolve()
+    (cache / "models").unlink()
+    (cache / "models").mkdir()
+    for entry in real.iterdir():
+        if entry.name != skip.name:
+            (cache / "models" / entry.name).symlink_to(entry)
+
+
+def kill_during_training(cache: Path, code: str, after: float = 0.5) -> None:
+    """Run ``code`` in a fresh Python with the data root at ``cache`` and SIGKILL it ``after`` seconds into
+    its first training loop (once a progress bar says "epoch")."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"import torch; torch.set_num_threads({torch.get_num_threads()}); {code}"
+    env = {**os.environ, "MSLIB_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while proc.poll() is None and "epoch" not in seen:
+        seen += proc.stderr.read(1)
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

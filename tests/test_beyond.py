@@ -364,3 +364,38 @@ def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
     for key in ("train_seconds", "base_zero_shot_test_accuracy", "fare_zero_shot_test_accuracy",
                 "base_zero_shot_pgd_accuracy", "fare_zero_shot_pgd_accuracy"):
         assert key in info
+
+
+def test_kill_9_during_the_fare_fine_tune_then_a_rerun_gives_the_same_tables(beyond_run, tmp_path):
+    """Catches: a FARE folder that a killed fine-tune leaves looking finished (weights but no train_info, or
+    a half-written file), so the rerun scores with a half-tuned VLM, or the robustness table reads nothing."""
+    import shutil
+
+    from mslib import beyond
+    from mslib.experiment import run_study
+    from mslib.models.robust import fare_dir
+    from mslib.plan import variant_profile
+    from mslib.profiles import get_profile
+
+    from results_helpers import kill_during_training, linked_models_but
+
+    src, store = beyond_run
+    p = get_profile("smoke", **BEYOND)
+    (name,) = p.extra["vlm_variants"]
+    vp = variant_profile(p, name)
+    spec = {**vp.vlm_spec, "base": {"source": "lit", **vp.vlm_spec["base"]}}
+    cache = fresh_cache(tmp_path / "killed-fare")
+    shutil.copytree(src / "results", cache / "results")
+    with data_root_at(cache):
+        folder = fare_dir(vp, spec)
+    linked_models_but(cache, folder)
+    kill_during_training(cache, "from mslib.models import load_vlm; from mslib.plan import variant_profile; "
+                         "from mslib.profiles import get_profile; "
+                         f"load_vlm(variant_profile(get_profile('smoke', **{BEYOND!r}), {name!r}))")
+    assert (folder / "record.json").is_file() and not (folder / "train_info.json").exists(), "killed too late"
+    tables = (beyond.beyond_table, beyond.comparisons, beyond.vlm_robustness)
+    before = [_in(src, fn, "smoke").to_csv(index=False) for fn in tables]
+    with data_root_at(cache):
+        summary = run_study("smoke", progress=False, overrides=BEYOND)
+    assert summary.done and summary.computed == 0  # fine-tuned again whole: the same weights, the same keys
+    assert [_in(cache, fn, "smoke").to_csv(index=False) for fn in tables] == before

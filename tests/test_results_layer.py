@@ -2,7 +2,6 @@
 only read, and kill -9 at any point changes nothing."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
@@ -11,17 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from mslib import tables
-from mslib.cache import REPO_ROOT, DamagedFileError, data_root_at, load_tensors, read_json, save_tensors
+from mslib.cache import DamagedFileError, data_root_at, load_tensors, read_json, save_tensors
 from mslib.experiment import ms_broken, run_study
 from mslib.plan import dataset_plan
 from mslib.store import ResultsNotReadyError, Store
 
-from results_helpers import OVERRIDES, fresh_cache
+from results_helpers import OVERRIDES, fresh_cache, kill_during_training, linked_models_but
 
 TABLES = ("main_table", "attacks_table", "security_curves", "tolerance_tradeoff", "eps_half_check",
           "zero_shot_table")
@@ -251,37 +249,38 @@ def test_cache_files_carry_a_checksum_that_every_read_verifies(tmp_path):
 
 # ---- damage anywhere: the VLM's weights, every JSON file, a kill during training ------------------------------
 def test_another_vlm_weight_file_in_place_changes_every_key(clean_run, tmp_path):
-    """Catches: the VLM's checkpoint hash left out of the jobs' keys (or only the config file hashed), so
+    """Catches: the VLM's checkpoint hash left out of the jobs' keys (or only its config file hashed), so
     another VLM in place would be scored with the old VLM's cached similarities."""
     from safetensors.torch import load_file, save_file
 
     from mslib.cache import write_checksums
+    from mslib.experiment import Workspace, execute
     from mslib.models.local import model_dir
     from mslib.models.openclip_factory import CONFIG_NAME, WEIGHTS_NAME
+    from mslib.profiles import get_profile
 
-    src, before, store = clean_run
+    src, _, store = clean_run
     cache = fresh_cache(tmp_path / "vlm", copy_models=True)
     _copy_results(src, cache)
-    p = store.datasets[0].profile
+    d = store.datasets[0]
     with data_root_at(cache):
-        folder = model_dir("lit", p, p.vlm_spec)
+        folder = model_dir("lit", d.profile, d.profile.vlm_spec)
     state = load_file(folder / WEIGHTS_NAME)
     name = max((k for k in state if k.startswith("visual.")), key=lambda k: state[k].numel())
     state[name] = -state[name]  # a valid open_clip folder of another model (its checksums match)
     save_file(state, folder / WEIGHTS_NAME)
     write_checksums(folder, [CONFIG_NAME, WEIGHTS_NAME])
-    summary = _run(cache)
-    n_jobs = len(store.datasets[0].plan.jobs())
-    assert (summary.computed, summary.reused, summary.recomputed) == (2 * n_jobs, 0, 0)
     with data_root_at(cache):
-        new = Store("smoke")
-        after = tables.main_table("smoke").set_index("classifier")
-    assert not set(new.index["jobs"]) & set(store.index["jobs"])
-    old = pd.read_csv(io.StringIO(before["main_table"])).set_index("classifier")
-    for col in ("clf_clean_acc", "clf_robust_acc"):  # the classifier alone does not use the VLM
-        assert after[col].to_dict() == pytest.approx(old[col].to_dict()), col
-    job_old, job_new = store.datasets[0].plan.clean["standard"], new.datasets[0].plan.clean["standard"]
-    assert not torch.allclose(store.outputs(job_old).s, new.outputs(job_new).s)
+        ws = Workspace(get_profile("smoke", **OVERRIDES))
+        plan = ws.plan()
+        assert [j.kind for j in plan.jobs()] == [j.kind for j in d.plan.jobs()]
+        assert not {j.key for j in plan.jobs()} & {j.key for j in d.plan.jobs()}  # every result uses the VLM
+        summary = execute(ws, [plan.clean["standard"]], progress=False)  # so none is reused: computed afresh
+        assert summary.computed == 2 and summary.reused == 0
+        new = load_tensors(cache / "results" / plan.clean["standard"].key / "batch_0000000.pt")
+    old = store.outputs(d.plan.clean["standard"])
+    assert torch.equal(new["f"], old.f[:len(new["f"])])  # the same classifier ...
+    assert not torch.allclose(new["s"], old.s[:len(new["s"])])  # ... scored with the other VLM
 
 
 def test_damaged_json_files_are_named_and_recovered(clean_run, tmp_path, capfd):
@@ -317,16 +316,6 @@ def test_damaged_json_files_are_named_and_recovered(clean_run, tmp_path, capfd):
     assert _tables(cache) == before  # the index was rewritten
 
 
-def _linked_models_but(cache: Path, skip: Path) -> None:
-    """``cache/models`` as a folder of links to the repo's trained models, except ``skip`` (to be trained)."""
-    real = (REPO_ROOT / "data" / "models").resolve()
-    (cache / "models").unlink()
-    (cache / "models").mkdir()
-    for entry in real.iterdir():
-        if entry.name != skip.name:
-            (cache / "models" / entry.name).symlink_to(entry)
-
-
 def test_kill_9_during_model_training_then_a_rerun_gives_the_same_tables(clean_run, tmp_path):
     """Catches: a model folder that a killed training leaves looking finished (weights without the rest,
     or a half-written file), so the rerun uses a half-trained model and every key and table changes."""
@@ -338,19 +327,37 @@ def test_kill_9_during_model_training_then_a_rerun_gives_the_same_tables(clean_r
     p = store.datasets[0].profile
     with data_root_at(cache):
         folder = model_dir("cnn", p, p.classifier_specs["fgsm-rs"])
-    _linked_models_but(cache, folder)
-    code = ("import torch; torch.set_num_threads(%d); from mslib.models import load_classifier; "
-            "from mslib.profiles import get_profile; load_classifier(get_profile('smoke', **%r), 'fgsm-rs')"
-            % (torch.get_num_threads(), OVERRIDES))
-    env = {**os.environ, "MSLIB_CACHE": str(cache)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
-    seen = ""
-    while proc.poll() is None and "epoch" not in seen:  # the training loop's progress bar has started
-        seen += proc.stderr.read(1)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    linked_models_but(cache, folder)
+    kill_during_training(cache, "from mslib.models import load_classifier; from mslib.profiles import get_profile; "
+                         f"load_classifier(get_profile('smoke', **{OVERRIDES!r}), 'fgsm-rs')")
     assert (folder / "record.json").is_file() and not (folder / "train_info.json").exists(), "killed too late"
     summary = _run(cache)
     assert summary.done and summary.computed == 0  # retrained whole: the same weights, the same keys
     assert _tables(cache) == before
+
+
+def test_a_damaged_record_or_train_info_is_named_and_never_used(tmp_path, capfd):
+    """Catches: a garbled ``record.json`` rewritten silently, and a model folder whose ``train_info.json`` is
+    garbled or missing (a training killed after saving the weights) taken for a finished model."""
+    from mslib.cache import entry_dir, folder_intact, write_checksums, write_json
+
+    with data_root_at(tmp_path):
+        record = {"job": "x", "eps": 0.1}
+        folder = entry_dir("results", record)
+        (folder / "record.json").write_text('{"job": ')
+        capfd.readouterr()
+        assert entry_dir("results", record) == folder and read_json(folder / "record.json") == record
+        assert f"damaged cache file {folder / 'record.json'}: unreadable JSON" in capfd.readouterr().err
+        entry_dir("results", record)  # whole again: nothing to say
+        assert capfd.readouterr().err == ""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"weights")
+    write_checksums(model, ["w.bin"])
+    assert not folder_intact(model, "w.bin")  # no train_info.json yet: the training did not finish
+    write_json({"name": "m"}, model / "train_info.json")
+    assert folder_intact(model, "w.bin")
+    (model / "train_info.json").write_bytes(b"\x00" * 16)
+    capfd.readouterr()
+    assert not folder_intact(model, "w.bin")
+    assert f"damaged cache file {model / 'train_info.json'}" in capfd.readouterr().err
