@@ -108,8 +108,16 @@ def check_int(value: object, name: str, minimum: int, maximum: int | None = None
     return value
 
 
-def check_finite_output(z: torch.Tensor, what: str) -> torch.Tensor:
-    """Raise ``ValueError`` if a model output has NaN/inf (checked detached; returns ``z`` unchanged)."""
+def check_finite_output(z: object, what: str, n: int | None = None) -> torch.Tensor:
+    """``z`` unchanged if it is an (N, K) float tensor (N = ``n`` when given) without NaN/inf, else raise
+    ``TypeError`` (not a tensor: a tuple or dict from a model that returns several things) or ``ValueError``
+    (wrong rank or batch size, NaN/inf; checked detached)."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{what} must return one tensor of scores (N, K), got {type(z).__name__}; "
+                        "wrap a model that returns several outputs so forward returns only the scores")
+    if z.dim() != 2 or (n is not None and z.shape[0] != n):
+        want = f"({n}, K)" if n is not None else "(N, K)"
+        raise ValueError(f"{what} must return scores of shape {want}, one row per image, got {tuple(z.shape)}")
     if not bool(torch.isfinite(z.detach()).all()):
         raise ValueError(f"{what} returned non-finite values (NaN or inf) for some inputs; refusing to decide "
                          "on them (check the model's weights and the inputs)")

@@ -178,8 +178,9 @@ def write_checksums(folder: str | os.PathLike, names: list[str]) -> Path:
 
 
 def folder_intact(folder: str | os.PathLike, weights: str) -> bool:
-    """Whether a model folder holds ``weights`` and every file matches its ``checksums.json``; a damaged
-    folder is reported (it is never used: the caller retrains, training being deterministic)."""
+    """Whether a model folder holds ``weights``, every file matches its ``checksums.json`` and its
+    ``train_info.json`` (written after the weights: a training killed in between left none) reads back; a
+    damaged folder is reported (it is never used: the caller retrains, training being deterministic)."""
     folder = Path(folder)
     if not (folder / weights).is_file():
         return False
@@ -187,6 +188,19 @@ def folder_intact(folder: str | os.PathLike, weights: str) -> bool:
         verify_checksums(folder)
     except DamagedFileError as e:
         report_damaged(e, "retraining the model")
+        return False
+    return json_intact(folder / "train_info.json", "retraining the model")
+
+
+def json_intact(path: str | os.PathLike, action: str = "recomputing it") -> bool:
+    """Whether the JSON file ``path`` exists and parses; one that does not parse is reported on stderr
+    (naming it and ``action``) and, like a missing one, is never used."""
+    try:
+        read_json(path)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as e:
+        report_damaged(DamagedFileError(path, f"unreadable JSON ({type(e).__name__})"), action)
         return False
     return True
 
@@ -229,8 +243,5 @@ def entry_dir(kind: str, record: Any) -> Path:
 
 def write_json_if_changed(obj: Any, path: str | os.PathLike) -> Path:
     """:func:`write_json` unless ``path`` already reads back as ``obj`` (keeps its mtime for Make)."""
-    try:
-        same = canonical_json(read_json(path)) == canonical_json(obj)
-    except (OSError, ValueError):
-        same = False
+    same = json_intact(path, "rewriting it") and canonical_json(read_json(path)) == canonical_json(obj)
     return Path(path) if same else write_json(obj, path)

@@ -85,8 +85,8 @@ class MultiShield(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a tensor of shape (N, C, H, W) in [0, 1], got {shape}")
         check_unit_range(x, "x")
-        f = check_finite_output(self.classifier(x), "the classifier branch of MultiShield")
-        s = check_finite_output(self.vlm(x), "the VLM branch of MultiShield")
+        f = check_finite_output(self.classifier(x), "the classifier branch of MultiShield", x.shape[0])
+        s = check_finite_output(self.vlm(x), "the VLM branch of MultiShield", x.shape[0])
         return f, s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,6 +107,10 @@ class MultiShield(nn.Module):
 # ---- a baseline that needs no VLM: reject when the classifier is unsure ----------------------------------
 # log(threshold) is floored here, far below log(1/K) for any realistic K: threshold 0 never rejects.
 _LOG_FLOOR = -1e4
+# threshold_for_rejections cuts this far above the largest log p_max to reject every sample (p_max may round
+# to 1), so no threshold it returns exceeds exp(max cut); a larger one only says "reject everything"
+_ALL_CUTS = (1e-6, 1e-5, 1e-4, 1e-3)
+MAX_THRESHOLD = math.exp(max(_ALL_CUTS))
 
 
 def log_confidence(f: torch.Tensor) -> torch.Tensor:
@@ -169,7 +173,7 @@ def threshold_for_rejections(f: torch.Tensor, n_reject: int) -> float:
                                                           torch.tensor(lo, dtype=lc.dtype)))]
     else:
         top = srt[-1]
-        cuts = [top + d * max(1.0, abs(top)) for d in (1e-6, 1e-5, 1e-4, 1e-3)]
+        cuts = [top + d * max(1.0, abs(top)) for d in _ALL_CUTS]
     candidates = [math.exp(c) for c in cuts]
     return min(candidates, key=lambda t: abs(count(t) - n_reject))
 
@@ -204,14 +208,18 @@ class ConfidenceRejector(nn.Module):
             raise TypeError(f"classifier must be a torch.nn.Module (images in [0, 1] -> logits), "
                             f"got {type(classifier).__name__}")
         self.classifier = classifier
-        self.threshold = check_tolerance(threshold, "threshold")  # a probability; > 1 rejects all
+        self.threshold = check_tolerance(threshold, "threshold")
+        if self.threshold > MAX_THRESHOLD:  # a probability: above 1 it rejects every input, a useless defense
+            raise ValueError(f"threshold must be a probability in [0, 1] (up to {MAX_THRESHOLD:.6g}, where "
+                             f"threshold_for_rejections rejects even inputs whose confidence rounds to 1), "
+                             f"got {threshold!r}")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a tensor of shape (N, C, H, W) in [0, 1], got {shape}")
         check_unit_range(x, "x")
-        return check_finite_output(self.classifier(x), "the classifier of ConfidenceRejector")
+        return check_finite_output(self.classifier(x), "the classifier of ConfidenceRejector", x.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return confidence_logits(self.logits(x), self.threshold)

@@ -476,6 +476,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 _BARE_WORD = re.compile(r"[A-Za-z_][\w.:/-]*")  # device=cpu, sampler=original: taken as a string
 
 
+_NOT_SETTABLE = {"name": "the profile is chosen with --profile, not overridden",
+                 "dataset": "a study runs each of the profile's datasets; choose them with --set datasets=(...)"}
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["n_samples=4", "device=cpu", "classifiers=('Standard',)"]`` → profile overrides (Python literals or
     strings; lists become tuples)."""
@@ -485,8 +489,10 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set takes key=value, got {item!r}")
+        if key in _NOT_SETTABLE:  # the profile's identity, not a value of it
+            raise ValueError(f"--set {key}: {_NOT_SETTABLE[key]}")
         if key not in known:
-            raise ValueError(f"--set: unknown profile field {key!r}; known: {sorted(known)}")
+            raise ValueError(f"--set: unknown profile field {key!r}; known: {sorted(known - set(_NOT_SETTABLE))}")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .cache import data_root, file_sha256, read_json, write_json
+from .cache import data_root, file_sha256, json_intact, read_json, write_json
 
 if TYPE_CHECKING:
     from .profiles import Profile
@@ -208,7 +208,7 @@ def asset_hashes(profile_name: str, dataset: str | None = None) -> dict[str, str
     checkpoints and data it came from. Files not in the manifest (e.g. ImageNet, named by path) are left out."""
     from .profiles import get_profile
 
-    manifest = read_json(_manifest_path()) if _manifest_path().is_file() else {}
+    manifest = _read(_manifest_path())
     root = data_root().resolve()
     wanted: list[str] = []
     for a in profile_assets(profile_name):
@@ -246,7 +246,9 @@ def _complete_path() -> Path:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    return read_json(path) if path.is_file() else {}
+    # a damaged manifest (or completion list) is named and read as empty: every asset then counts as missing
+    # and is fetched and recorded again, never trusted on hashes that cannot be read
+    return read_json(path) if json_intact(path, "treating every asset as missing; fetch again") else {}
 
 
 def _key(path: Path) -> str:
@@ -653,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.record:
             for path in args.record:
+                _check_recordable(Path(path))
+            for path in args.record:
                 mark_complete(Path(path), f"provided by hand: {path}")
                 print(f"recorded and marked complete: {path}")
             return 0
@@ -673,6 +677,19 @@ def main(argv: list[str] | None = None) -> int:
     for a in still:
         print(f"still missing: {a}\n  {a.how}", file=sys.stderr)
     return 1 if still else 0
+
+
+def _check_recordable(path: Path) -> None:
+    """Refuse a hand-provided file that no loader would read: it must lie under the data root or under a
+    folder that one of :data:`mslib.cache.PAPER_DATA_VARS` points the loaders at."""
+    from .cache import PAPER_DATA_VARS
+
+    p = path.resolve()
+    roots = [data_root().resolve()] + [Path(os.environ[v]).resolve() for v in PAPER_DATA_VARS if os.environ.get(v)]
+    if not any(p.is_relative_to(r) for r in roots):
+        where = " or ".join(f"${v}" for v in PAPER_DATA_VARS)
+        raise ValueError(f"--record {path}: it lies outside the data root {roots[0]} (and outside {where}), "
+                         f"where no loader reads it; move it under the data root first")
 
 
 def _one_line(e: BaseException) -> str:

@@ -344,10 +344,20 @@ def write_standins(root: str | os.PathLike, datasets: Sequence[str] | None = Non
     from .profiles import PROFILES, get_profile
 
     root = Path(root)
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     names = list(PROFILES[profile]["datasets"]) if datasets is None else list(datasets)
     unknown = [d for d in names if d not in DATASET_WRITERS or d not in PROFILES[profile]["datasets"]]
     if unknown:
         raise ValueError(f"no stand-in for datasets {unknown}; profile {profile!r} has {list(PROFILES[profile]['datasets'])}")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"root {root} is a file, not a folder: pass the data root folder to write into")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"root {root} cannot be created ({e.strerror}): pass a writable folder") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ValueError(f"root {root} is not writable: pass a folder you can write into")
     written: list[Path] = []
     done: set[tuple] = set()
 
@@ -404,7 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         if not names:
             ap.error(f"--classifier needs DATASET=NAME[,NAME], got {item!r}")
         classifiers[ds] = [n for n in names.split(",") if n]
-    written = write_standins(args.root, args.datasets, classifiers or None, args.profile, progress=True)
+    try:
+        written = write_standins(args.root, args.datasets, classifiers or None, args.profile, progress=True)
+    except ValueError as e:  # bad root, profile or dataset: one line, exit 2
+        print(f"{ap.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     from .fetch import missing_assets
 
     with data_root_at(args.root):

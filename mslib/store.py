@@ -20,7 +20,7 @@ import torch
 from .cache import DamagedFileError, data_root, load_tensors, read_json, record_key
 from .defense import decide
 from .plan import DatasetPlan, Job, dataset_plan
-from .profiles import get_profile
+from .profiles import PROFILES, get_profile, profile_names
 
 OUTPUT_FIELDS = ("f", "s", "success", "reused", "zero_grad")
 # per-batch values; "threshold": the confidence rejector's (attacks on it only)
@@ -79,6 +79,8 @@ class Store:
     """Read-only access to the cached results of a profile's last complete study run."""
 
     def __init__(self, profile_name: str, root: str | Path | None = None) -> None:
+        if not isinstance(profile_name, str) or profile_name not in PROFILES:
+            raise ValueError(f"unknown profile {profile_name!r}; choose one of {profile_names()}")
         root = Path(root) if root is not None else data_root()
         self.profile_name = profile_name
         self.root = root / "results"

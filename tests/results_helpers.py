@@ -65,3 +65,51 @@ def assert_same_results(a: Path, b: Path) -> None:
         for k in d:
             x, y = d[k], files_a[name][k]
             assert (torch.equal(x, y) and x.dtype == y.dtype) if isinstance(x, torch.Tensor) else x == y, (name, k)
+
+
+# ---- per-sample outcomes by hand: a plain loop over samples, independent of mslib.tables' status/worst_case ----
+def outcomes_by_hand(preds: list[torch.Tensor], labels: torch.Tensor, reject_label: int | None = None) -> list[str]:
+    """Per sample, over the predictions of several attacks: "fooled" if any is a wrong class that is not the
+    reject label, else "rejected" if any is the reject label, else "correct"."""
+    out = []
+    for i, y in enumerate(labels.tolist()):
+        p = [int(q[i]) for q in preds]
+        out.append("fooled" if any(v != y and v != reject_label for v in p) else
+                   "rejected" if reject_label is not None and reject_label in p else "correct")
+    return out
+
+
+def share(outcomes: list[str], *which: str) -> float:
+    """The fraction of samples whose outcome is one of ``which``."""
+    return sum(o in which for o in outcomes) / len(outcomes)
+
+
+# ---- a training killed with SIGKILL, in a cache whose other models are the repo's trained ones ----------------
+def linked_models_but(cache: Path, skip: Path) -> None:
+    """``cache/models`` as a folder of links to the repo's trained models, except ``skip`` (to be trained)."""
+    real = (REPO_ROOT / "data" / "models").resolve()
+    (cache / "models").unlink()
+    (cache / "models").mkdir()
+    for entry in real.iterdir():
+        if entry.name != skip.name:
+            (cache / "models" / entry.name).symlink_to(entry)
+
+
+def kill_during_training(cache: Path, code: str, after: float = 0.5) -> None:
+    """Run ``code`` in a fresh Python with the data root at ``cache`` and SIGKILL it ``after`` seconds into
+    its first training loop (once a progress bar says "epoch")."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"import torch; torch.set_num_threads({torch.get_num_threads()}); {code}"
+    env = {**os.environ, "MSLIB_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while proc.poll() is None and "epoch" not in seen:
+        seen += proc.stderr.read(1)
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -112,3 +112,46 @@ def test_bad_input_is_a_clear_error(small_classifier, fashion_small):
         mslib.attack(small_classifier, x, y, "fgsm-please", 0.1)
     with pytest.raises(TypeError, match="integer"):
         mslib.attack(small_classifier, x, y.float(), "apgd-ce", 0.1)
+
+
+def test_apgd_through_run_attack_matches_pyautoattack_sample_by_sample(small_classifier, fashion_small, monkeypatch):
+    """run_attack (per-sample noise keyed by dataset index, restarts on what is still unbroken) against
+    pyautoattack's APGDAttack fed the same start points: the same samples broken at the same points.
+
+    Catches: the noise keyed by batch position instead of dataset index, a restart reusing restart 0's noise
+    or re-attacking broken samples, or a step-size/checkpoint schedule that drifts from AutoAttack's; each
+    moves individual samples even where the overall accuracy happens to agree."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from mslib.attacks import sample_noise
+
+    _, _, x, y = fashion_small
+    model = small_classifier
+    for p in model.parameters():
+        p.requires_grad_(False)
+    idx = torch.arange(1000, 1000 + len(y))  # dataset indices, as the executor passes them
+    # one DLR step at eps 0.05: the random start decides some samples, so a later restart breaks more
+    ours = run_attack(model, x, y, "apgd-dlr", 0.05, n_iter=1, n_restarts=3, seed=5, indices=idx, compact=False)
+    one = run_attack(model, x, y, "apgd-dlr", 0.05, n_iter=1, n_restarts=1, seed=5, indices=idx, compact=False)
+    assert one.success.sum() < ours.success.sum() < len(y)  # the restarts matter here, and not all break
+
+    aa = APGDAttack(model, norm="Linf", eps=0.05, n_iter=1, n_restarts=3, seed=0, loss="dlr", device="cpu")
+    single, rand, restart = aa.attack_single_run, torch.rand, iter(range(3))
+
+    def with_our_noise(xs, ys, x_init=None):  # pyautoattack draws torch.rand(x.shape) for its start point
+        r = next(restart)
+        rows = [int((x == xi).flatten(1).all(1).nonzero()[0]) for xi in xs]
+        noise = sample_noise(xs.shape, idx[rows], 5, r)
+        monkeypatch.setattr(torch, "rand", lambda *a, **k: noise.clone())
+        try:
+            return single(xs, ys, x_init)
+        finally:
+            monkeypatch.setattr(torch, "rand", rand)
+
+    aa.attack_single_run = with_our_noise
+    x_aa = aa.perturb(x, y)
+    with torch.no_grad():
+        broken_aa = model(x_aa).argmax(1) != y
+    # the same samples broken (the points may differ: we keep the first point that breaks a sample,
+    # pyautoattack the last one)
+    assert torch.equal(ours.success, broken_aa)

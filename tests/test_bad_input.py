@@ -7,6 +7,7 @@ seconds. Archive extraction, interrupted fetches, checkpoint hashes and the CLIs
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +379,137 @@ def test_set_overrides_refuse_malformed_values(item, match):
     with pytest.raises(ValueError, match=match):
         parse_overrides([item])
     assert main(["--profile", "smoke", "--set", item]) == 2  # one line on stderr, exit 2, nothing computed
+
+
+# ---- the rest of the public surface: each bad input refused at the boundary with one clear line ------------
+class Returns(nn.Module):
+    """A model whose forward returns ``wrap(scores)``: a tuple, a dict or a tensor of the wrong shape."""
+
+    def __init__(self, wrap, k: int = 4) -> None:
+        super().__init__()
+        self.lin, self.wrap, self.num_classes = nn.Linear(16, k), wrap, k
+
+    def forward(self, x):
+        return self.wrap(self.lin(x.flatten(1)))
+
+
+@pytest.mark.parametrize("wrap, err, match", [
+    (lambda s: (s, s), TypeError, r"must return one tensor of scores \(N, K\), got tuple"),
+    (lambda s: {"scores": s}, TypeError, "must return one tensor of scores .*got dict"),
+    (lambda s: s[:, 0], ValueError, r"must return scores of shape \(6, K\), one row per image, got \(6,\)"),
+    (lambda s: s[:, :, None], ValueError, r"must return scores of shape \(6, K\).*got \(6, 4, 1\)"),
+    (lambda s: s[:1], ValueError, r"must return scores of shape \(6, K\).*got \(1, 4\)"),
+])
+def test_malformed_model_outputs_are_named_not_crashed_on(xy, wrap, err, match):
+    """Catches: a VLM (or classifier) returning a tuple, a dict or scores of the wrong rank reaching
+    ``.detach()``/``.max(dim=1)`` inside the checks (an AttributeError or a silently broadcast decision)."""
+    from mslib.defense import ConfidenceRejector
+
+    x, _ = xy
+    for ms, which in ((MultiShield(_clf(), Returns(wrap)), "the VLM branch of MultiShield"),
+                      (MultiShield(Returns(wrap), _vlm()), "the classifier branch of MultiShield"),
+                      (ConfidenceRejector(Returns(wrap), 0.5), "the classifier of ConfidenceRejector")):
+        for call in (ms, ms.predict):
+            with pytest.raises(err, match=f"{which} {match}"):
+                call(x)
+
+
+def test_confidence_threshold_above_one_is_refused_but_the_all_reject_cut_is_not():
+    """Catches: ``ConfidenceRejector(clf, 1.5)`` accepted (it rejects every input, a defense that says
+    nothing), and a bound so tight that the cut which rejects saturated confidences is refused."""
+    from mslib.defense import MAX_THRESHOLD, ConfidenceRejector, confidence_decide, threshold_for_rejections
+
+    for thr in (1.5, 2, MAX_THRESHOLD * 1.0001):
+        with pytest.raises(ValueError, match=r"threshold must be a probability in \[0, 1\]"):
+            ConfidenceRejector(_clf(), thr)
+    f = torch.tensor([[100.0, 0.0, 0.0, 0.0], [50.0, 0.0, 0.0, 0.0]])  # p_max rounds to 1
+    thr = threshold_for_rejections(f, 2)
+    assert 1 < thr <= MAX_THRESHOLD and (confidence_decide(f, thr) == 4).all()
+    assert ConfidenceRejector(_clf(), thr).threshold == thr and ConfidenceRejector(_clf(), 1.0).threshold == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(set(mslib.attacks.ATTACKS) - mslib.attacks.REJECT_AWARE))
+def test_plain_attack_on_a_rejecting_model_is_refused(xy, name):
+    """Catches: ``square`` (or APGD-CE) run on Multi-Shield, counting a rejection as a break (the issue's
+    36/64 "successes" of which 16 were wrong-and-accepted)."""
+    from mslib.defense import ConfidenceRejector
+
+    x, y = xy
+    for model in (MultiShield(_clf(), _vlm()), ConfidenceRejector(_clf(), 0.5)):
+        with pytest.raises(ValueError, match=f"attack '{name}' counts a rejection as a success.*square-reject"):
+            mslib.attack(model, x, y, name, 0.1, n_iter=2)
+
+
+def test_the_reject_option_cannot_turn_a_plain_attack_rejection_aware(xy):
+    """Catches: ``square`` with ``reject=True`` on a plain classifier, reading class K−1 as "rejected"
+    and slipping past the rejecting-model check that the attack's name triggers."""
+    x, y = xy
+    for model, name in ((_clf(), "square"), (MultiShield(_clf(), _vlm()), "square-reject")):
+        with pytest.raises(ValueError, match="no option 'reject': choose the rejection-aware attack by name"):
+            mslib.attack(model, x, y, name, 0.1, n_iter=2, reject=True)
+
+
+def _one_error_line(capsys, prog: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_standins_cli_refuses_a_file_an_uncreatable_folder_and_unknown_names(tmp_path, capsys):
+    """Catches: ``python -m mslib.standins`` on a regular file, an uncreatable path or ``--datasets nope``
+    dying with a traceback (NotADirectoryError from mkdir, a bare ValueError) or writing half a root."""
+    from mslib.standins import main
+
+    f = tmp_path / "a-file"
+    f.write_text("not a folder")
+    cases = [([str(f)], "is a file, not a folder"), ([str(f / "sub")], "cannot be created"),
+             ([str(tmp_path / "r"), "--datasets", "nope"], r"no stand-in for datasets \['nope'\]"),
+             ([str(tmp_path / "r"), "--profile", "nope"], "unknown profile 'nope'")]
+    for argv, match in cases:
+        assert main(argv) == 2, argv
+        assert re.search(match, _one_error_line(capsys, "python -m mslib.standins")), argv
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+    assert f.read_text() == "not a folder"
+
+
+def test_fetch_record_refuses_a_file_outside_the_data_root(tmp_path, capsys, no_paper_env):
+    """Catches: ``fetch --record`` of a file no loader reads (outside the data root) recorded under its
+    absolute path and marked complete."""
+    from mslib import fetch
+    from mslib.cache import data_root_at
+
+    root, outside = tmp_path / "data", tmp_path / "elsewhere.pt"
+    root.mkdir()
+    outside.write_bytes(b"weights")
+    inside = root / "models" / "mine.pt"
+    inside.parent.mkdir()
+    inside.write_bytes(b"weights")
+    with data_root_at(root):
+        assert fetch.main(["--record", str(inside), str(outside)]) == 2  # all checked before any is recorded
+        assert "outside the data root" in _one_error_line(capsys, "python -m mslib.fetch")
+        assert not (root / "manifest.json").exists() and not fetch.is_complete(outside)
+        assert fetch.main(["--record", str(inside)]) == 0 and fetch.is_complete(inside)
+
+
+@pytest.mark.parametrize("item, match", [("name=paper", "the profile is chosen with --profile"),
+                                         ("dataset=cifar10", "choose them with --set datasets")])
+def test_set_refuses_the_profiles_identity(item, match, capsys):
+    """Catches: ``--set name=paper`` refused with Python's internal "got multiple values for argument 'name'"
+    (or, worse, accepted and run under another profile's name)."""
+    from mslib.experiment import main, parse_overrides
+
+    with pytest.raises(ValueError, match=match):
+        parse_overrides([item])
+    assert main(["--profile", "smoke", "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert match.split()[-1] in err and "multiple values" not in err
+
+
+def test_store_names_an_unknown_profile(tmp_path):
+    """Catches: ``Store("no-such-profile")`` saying "no results" (as if a run would fix it)."""
+    from mslib.store import ResultsNotReadyError, Store
+
+    with pytest.raises(ValueError, match=r"unknown profile 'no-such-profile'; choose one of \[.*'smoke'"):
+        Store("no-such-profile", root=tmp_path)
+    with pytest.raises(ResultsNotReadyError, match="no results for profile 'smoke'"):  # a known one: not computed
+        Store("smoke", root=tmp_path)

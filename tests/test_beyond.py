@@ -13,7 +13,7 @@ from mslib.cache import data_root_at
 from mslib.defense import (ConfidenceRejector, confidence_decide, confidence_logits, decide, log_confidence,
                            matched_threshold, threshold_for_rate, threshold_for_rejections)
 
-from results_helpers import OVERRIDES, TopTwo, fresh_cache
+from results_helpers import OVERRIDES, TopTwo, fresh_cache, outcomes_by_hand, share
 
 
 # ---- the confidence rejector --------------------------------------------------------------------------
@@ -228,7 +228,13 @@ def test_tables_show_both_vlm_configurations_the_baseline_and_the_health_flags(b
         ms = rows[rows.defense == "Multi-Shield"].set_index("vlm")
         for r in conf.itertuples():  # equal clean cost by construction
             assert r.clean_reject == pytest.approx(ms.loc[r.vlm, "clean_reject"])
-        assert (rows.robust_acc_every <= rows.robust_acc_worst + 1e-9).all()
+    d = store.datasets[0]
+    y, k = d.labels, d.num_classes
+    for vlm, plan in beyond.configs(d).items():  # Multi-Shield's worst case over its own ensemble, by hand
+        for clf in d.profile.classifiers:
+            hand = outcomes_by_hand([store.outputs(j).ms_pred(plan.profile.tolerance) for j in plan.ensemble[clf]], y, k)
+            row = df[(df.classifier == clf) & (df.vlm == vlm) & (df.defense == "Multi-Shield")].iloc[0]
+            assert row.robust_acc_worst == pytest.approx(share(hand, "correct", "rejected")), (clf, vlm)
     health = _in(cache, beyond.attack_health, "smoke")
     paper_dlr = health[health.attack.isin(["apgd-dlr-reject@ms", "apgd-dlr-reject@conf"])]
     excl = health[health.attack.isin(["apgd-dlr-reject-excl@ms", "apgd-dlr-reject-excl@conf"])]
@@ -238,7 +244,20 @@ def test_tables_show_both_vlm_configurations_the_baseline_and_the_health_flags(b
     assert (health[health.gradient_free].n_measured == 0).all()
     cmp = _in(cache, beyond.comparisons, "smoke")
     assert "robust VLM vs clean VLM in Multi-Shield" in set(cmp.question)
-    assert ((cmp.difference_lo <= cmp.difference + 1e-12) & (cmp.difference <= cmp.difference_hi + 1e-12)).all()
+    # the paired counts by hand (the interval itself: test_metrics' hand-computed Newcombe cases)
+    for r in cmp[cmp.question == "Multi-Shield vs its classifier alone"].itertuples():
+        plan = beyond.configs(d)[r.a.split("[")[-1].rstrip("]")]
+        every = [store.outputs(j) for j in (plan.clean[r.classifier], *plan.ensemble[r.classifier],
+                                             *plan.baseline[r.classifier], *plan.transfer.get(r.classifier, ()))]
+        ms = outcomes_by_hand([o.ms_pred(plan.profile.tolerance) for o in every], y, k)
+        every_clf = [store.outputs(j) for pl in beyond.configs(d).values() for j in (
+            pl.clean[r.classifier], *pl.ensemble[r.classifier], *pl.baseline[r.classifier],
+            *pl.transfer.get(r.classifier, ()))]
+        alone = outcomes_by_hand([o.clf_pred() for o in every_clf], y)
+        only_a = sum(a != "fooled" and b == "fooled" for a, b in zip(ms, alone))
+        only_b = sum(a == "fooled" and b != "fooled" for a, b in zip(ms, alone))
+        assert (r.only_a, r.only_b, r.n) == (only_a, only_b, len(y)), r
+        assert r.difference == pytest.approx((only_a - only_b) / len(y))
     assert len(beyond.conclusions(cmp)) == len(cmp)
     rc = _in(cache, beyond.risk_coverage, "smoke")
     assert rc.groupby(["classifier", "vlm", "defense"]).adaptive.sum().eq(1).all()
@@ -251,7 +270,6 @@ def test_multi_shield_is_scored_only_with_its_own_vlm_scores(beyond_run):
     not be scored on the clean-VLM configuration's examples (their ``s`` is the other VLM's), while the
     confidence rejector and the classifier (logits only) may use every configuration's."""
     from mslib import beyond
-    from mslib.tables import BROKEN, status, worst_case
 
     cache, store = beyond_run
     d = store.datasets[0]
@@ -264,18 +282,17 @@ def test_multi_shield_is_scored_only_with_its_own_vlm_scores(beyond_run):
         assert not torch.equal(store.outputs(cfg[base].clean[clf]).s, store.outputs(cfg[variant].clean[clf]).s)
         for vlm, plan in cfg.items():
             own = [plan.clean[clf], *plan.ensemble[clf], *plan.baseline[clf], *plan.transfer.get(clf, ())]
-            by_hand = worst_case(status(store.outputs(j).ms_pred(plan.profile.tolerance), y, k) for j in own)
+            by_hand = outcomes_by_hand([store.outputs(j).ms_pred(plan.profile.tolerance) for j in own], y, k)
             assert df.loc[(clf, vlm, "Multi-Shield"), "robust_acc_every"] == pytest.approx(
-                float((by_hand < BROKEN).float().mean()))
+                share(by_hand, "correct", "rejected"))
         row = cmp[(cmp.classifier == clf) & (cmp.question == "robust VLM vs clean VLM in Multi-Shield")].iloc[0]
         assert row.robust_acc_a == pytest.approx(df.loc[(clf, variant, "Multi-Shield"), "robust_acc_every"])
         assert row.robust_acc_b == pytest.approx(df.loc[(clf, base, "Multi-Shield"), "robust_acc_every"])
         # the classifier alone: every configuration's examples (the classifier is the same in both)
         every = [store.outputs(j) for plan in cfg.values() for j in (plan.clean[clf], *plan.ensemble[clf],
                                                                       *plan.baseline[clf], *plan.transfer.get(clf, ()))]
-        clf_st = worst_case(status(o.clf_pred(), y) for o in every)
         assert df.loc[(clf, "", "classifier alone"), "robust_acc_every"] == pytest.approx(
-            float((clf_st < BROKEN).float().mean()))
+            share(outcomes_by_hand([o.clf_pred() for o in every], y), "correct"))
 
 
 def test_the_clean_vlm_configurations_examples_are_rescored_with_the_robust_vlm(beyond_run):
@@ -347,3 +364,38 @@ def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
     for key in ("train_seconds", "base_zero_shot_test_accuracy", "fare_zero_shot_test_accuracy",
                 "base_zero_shot_pgd_accuracy", "fare_zero_shot_pgd_accuracy"):
         assert key in info
+
+
+def test_kill_9_during_the_fare_fine_tune_then_a_rerun_gives_the_same_tables(beyond_run, tmp_path):
+    """Catches: a FARE folder that a killed fine-tune leaves looking finished (weights but no train_info, or
+    a half-written file), so the rerun scores with a half-tuned VLM, or the robustness table reads nothing."""
+    import shutil
+
+    from mslib import beyond
+    from mslib.experiment import run_study
+    from mslib.models.robust import fare_dir
+    from mslib.plan import variant_profile
+    from mslib.profiles import get_profile
+
+    from results_helpers import kill_during_training, linked_models_but
+
+    src, store = beyond_run
+    p = get_profile("smoke", **BEYOND)
+    (name,) = p.extra["vlm_variants"]
+    vp = variant_profile(p, name)
+    spec = {**vp.vlm_spec, "base": {"source": "lit", **vp.vlm_spec["base"]}}
+    cache = fresh_cache(tmp_path / "killed-fare")
+    shutil.copytree(src / "results", cache / "results")
+    with data_root_at(cache):
+        folder = fare_dir(vp, spec)
+    linked_models_but(cache, folder)
+    kill_during_training(cache, "from mslib.models import load_vlm; from mslib.plan import variant_profile; "
+                         "from mslib.profiles import get_profile; "
+                         f"load_vlm(variant_profile(get_profile('smoke', **{BEYOND!r}), {name!r}))")
+    assert (folder / "record.json").is_file() and not (folder / "train_info.json").exists(), "killed too late"
+    tables = (beyond.beyond_table, beyond.comparisons, beyond.vlm_robustness)
+    before = [_in(src, fn, "smoke").to_csv(index=False) for fn in tables]
+    with data_root_at(cache):
+        summary = run_study("smoke", progress=False, overrides=BEYOND)
+    assert summary.done and summary.computed == 0  # fine-tuned again whole: the same weights, the same keys
+    assert [_in(cache, fn, "smoke").to_csv(index=False) for fn in tables] == before

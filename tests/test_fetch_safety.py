@@ -322,3 +322,23 @@ def test_launch_cli_bad_input_is_one_line_and_exit_2(capsys):
     assert "n_shards" in capsys.readouterr().err
     assert launch.main(["--profile", "tiny", "--shards", "1", "--param", "oops"]) == 2
     assert "--param" in capsys.readouterr().err
+
+
+def test_a_damaged_manifest_is_named_and_its_assets_recorded_again(roots, capfd):
+    """Catches: a garbled ``manifest.json`` crashing every fetch and verify with a bare JSONDecodeError, or
+    its assets still counted complete, instead of being named and the assets fetched (recorded) again."""
+    f = roots / "models" / "x.pt"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"PK\x03\x04 weights")
+    fetch.mark_complete(f, "test")
+    assert fetch.is_complete(f)
+    manifest = roots / "manifest.json"
+    manifest.write_text(manifest.read_text()[:30])
+    capfd.readouterr()
+    assert not fetch.is_complete(f)
+    err = capfd.readouterr().err
+    assert f"damaged cache file {manifest}: unreadable JSON" in err and "fetch again" in err
+    with pytest.raises(ValueError, match="no recorded SHA-256"):
+        fetch.verify_file(f)
+    fetch.mark_complete(f, "test")  # fetched (here: recorded) again: the manifest is whole once more
+    assert fetch.is_complete(f) and fetch.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+
+from mslib.store import Store
+from results_helpers import outcomes_by_hand, share
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -83,13 +87,78 @@ def test_main_table_is_consistent(smoke_outputs):
     assert all(c in df.columns for c in required)
     rates = [c for c in required[3:]]
     assert ((df[rates] >= 0) & (df[rates] <= 1)).all().all()
-    assert (df.clf_robust_acc <= df.clf_clean_acc + 1e-9).all()
-    # with rejection, robust accuracy can't exceed correct-or-rejected on clean inputs
-    assert (df.ms_robust_acc_adaptive <= df.ms_clean_acc + df.ms_clean_reject + 1e-9).all()
+    # every rate, by hand from the stored outputs (a loop over samples, not mslib.tables)
+    store = Store("smoke")
+    d = store.datasets[0]
+    for clf in p.classifiers:
+        row = df[df.classifier == clf].iloc[0]
+        hand = _by_hand(store, d, clf)
+        assert row.clf_clean_acc == pytest.approx(share(hand["clf_clean"], "correct"))
+        assert row.clf_robust_acc == pytest.approx(share(hand["clf"], "correct"))
+        assert row.ms_clean_acc == pytest.approx(share(hand["ms_clean"], "correct"))
+        assert row.ms_clean_reject == pytest.approx(share(hand["ms_clean"], "rejected"))
+        for s in ("nonadaptive", "adaptive", "worst"):
+            assert row[f"ms_robust_acc_{s}"] == pytest.approx(share(hand[f"ms_{s}"], "correct", "rejected")), s
+            assert row[f"ms_reject_{s}"] == pytest.approx(share(hand[f"ms_{s}"], "rejected")), s
+
+
+def test_classifier_robust_accuracy_is_that_of_the_stored_images(smoke_outputs):
+    """Catches: stored logits that are not those of the stored adversarial images (a result written under
+    another job's key, or images of another eps), which every table reading ``f`` would silently repeat."""
+    from mslib.models import load_classifier
+
+    df = pd.read_csv(smoke_outputs / "main_table.csv")
+    store = Store("smoke")
+    d = store.datasets[0]
+    p = d.profile
+    for clf in p.classifiers:
+        model = load_classifier(p, clf).eval()
+        with torch.no_grad():
+            preds = [model(store.load(j, ("x",))["x"]).argmax(1) for j in d.plan.nonadaptive[clf, p.eps]]
+        robust = share(outcomes_by_hand(preds, d.labels), "correct")
+        assert float(df[df.classifier == clf].clf_robust_acc.iloc[0]) == pytest.approx(robust), clf
+
+
+def test_security_curves_read_each_eps_own_results(smoke_outputs):
+    """Catches: a curve point read from another eps's (or another attack chain's) results, or a clean point
+    that is not the clean rate. (Curves need not fall with eps: the classifier's and the transferred attacks
+    are attacked afresh at each eps, so only checks against the stored outputs can fail on a real bug.)"""
     curves = pd.read_csv(smoke_outputs / "security_curves.csv")
-    for _, g in curves.groupby(["dataset", "classifier", "model"]):
-        acc = g.sort_values("eps").robust_acc.to_numpy()
-        assert (acc[1:] <= acc[:-1] + 1e-9).all(), "security curves must be monotone in eps"
+    store = Store("smoke")
+    d = store.datasets[0]
+    p, y, k = d.profile, d.labels, d.num_classes
+    for clf in p.classifiers:
+        clean = store.outputs(d.plan.clean[clf])
+        at_eps = {"clf": lambda e: outcomes_by_hand([store.outputs(j).clf_pred() for j in d.plan.nonadaptive[clf, e]], y),
+                  "ms_nonadaptive": lambda e: outcomes_by_hand(
+                      [store.outputs(j).ms_pred(p.tolerance) for j in d.plan.nonadaptive[clf, e]], y, k),
+                  "ms_adaptive": lambda e: outcomes_by_hand(
+                      [store.outputs(j).ms_pred(p.tolerance) for j in d.plan.adaptive[clf, e]], y, k)}
+        ms_clean = outcomes_by_hand([clean.ms_pred(p.tolerance)], y, k)
+        at_zero = {"clf": outcomes_by_hand([clean.clf_pred()], y), "ms_nonadaptive": ms_clean,
+                   "ms_adaptive": ms_clean}
+        seen = 0
+        for r in curves[curves.classifier == clf].itertuples():
+            if r.model not in at_eps:
+                continue
+            hand = at_zero[r.model] if r.eps == 0 else at_eps[r.model](r.eps)
+            assert r.robust_acc == pytest.approx(share(hand, "correct", "rejected")), (r.model, r.eps)
+            assert r.reject == pytest.approx(share(hand, "rejected")), (r.model, r.eps)
+            seen += 1
+        assert seen == 3 * (1 + len([e for e in p.eps_grid if e > 0]))
+
+
+def _by_hand(store, d, clf: str) -> dict[str, list[str]]:
+    """Per-sample outcomes of the main table's settings, read from the stored outputs and scored in a plain
+    loop (results_helpers.outcomes_by_hand), independently of mslib.tables."""
+    p, y, k = d.profile, d.labels, d.num_classes
+    clean = store.outputs(d.plan.clean[clf])
+    non = [store.outputs(j) for j in d.plan.nonadaptive[clf, p.eps]]
+    ms = lambda jobs: outcomes_by_hand([store.outputs(j).ms_pred(p.tolerance) for j in jobs], y, k)  # noqa: E731
+    return {"clf_clean": outcomes_by_hand([clean.clf_pred()], y), "clf": outcomes_by_hand([o.clf_pred() for o in non], y),
+            "ms_clean": outcomes_by_hand([clean.ms_pred(p.tolerance)], y, k),
+            "ms_nonadaptive": outcomes_by_hand([o.ms_pred(p.tolerance) for o in non], y, k),
+            "ms_adaptive": ms(d.plan.adaptive[clf, p.eps]), "ms_worst": ms(d.plan.ensemble[clf])}
 
 
 def _last_markdown(nb_path: Path) -> str:
@@ -108,13 +177,17 @@ def test_headline_gains_are_the_tables_differences(smoke_outputs):
     head = pd.read_csv(smoke_outputs / "headline.csv")
     per = head[head.classifier != "mean"].set_index(["dataset", "classifier"])
     assert set(per.index) == set(df.index), "the headline must give every (dataset, classifier)"
-    for s in ("worst", "adaptive", "nonadaptive"):
-        diff = df[f"ms_robust_acc_{s}"] - df["clf_robust_acc"]
-        assert (per[f"gain_{s}"] - diff.reindex(per.index)).abs().max() < 1e-6, s  # CSVs: 6 significant digits
-    for ds, g in per.groupby(level="dataset"):
-        mean = head[(head.dataset == ds) & (head.classifier == "mean")]
-        if len(g) > 1:
-            assert abs(float(mean.gain_worst.iloc[0]) - g.gain_worst.mean()) < 1e-6
+    store = Store("smoke")
+    d = store.datasets[0]
+    gains = {}
+    for clf in d.profile.classifiers:  # by hand: robust shares from the stored outputs, sample by sample
+        hand = _by_hand(store, d, clf)
+        for s in ("worst", "adaptive", "nonadaptive"):
+            gains[clf, s] = share(hand[f"ms_{s}"], "correct", "rejected") - share(hand["clf"], "correct")
+            assert per.loc[(d.profile.dataset, clf), f"gain_{s}"] == pytest.approx(gains[clf, s], abs=1e-6), (clf, s)  # CSVs: 6 significant digits
+    mean = head[(head.dataset == d.profile.dataset) & (head.classifier == "mean")]
+    assert float(mean.gain_worst.iloc[0]) == pytest.approx(
+        sum(gains[c, "worst"] for c in d.profile.classifiers) / len(d.profile.classifiers), abs=1e-6)
     md = (smoke_outputs / "headline.md").read_text()
     assert "points" in md and "robust = correct or rejected" in md
 
@@ -123,21 +196,22 @@ def test_main_figure_shares_add_up_and_match_the_table(smoke_outputs):
     from mslib import labels, tables
 
     shares = tables.main_outcomes("smoke")
-    total = shares.groupby(["dataset", "classifier", "setting"]).share.sum()
-    assert ((total - 1).abs() < 1e-9).all(), "correct + rejected + fooled must be 100%"
-    df = pd.read_csv(smoke_outputs / "main_table.csv").set_index(["dataset", "classifier"])
-    piv = shares.pivot_table(index=["dataset", "classifier", "setting"], columns="outcome", values="share")
-    for s in ("worst", "adaptive", "nonadaptive"):
-        robust = (piv.correct + piv.rejected).xs(f"ms_{s}", level="setting")
-        assert (robust - df[f"ms_robust_acc_{s}"].reindex(robust.index)).abs().max() < 1e-6
-        rejected = piv.rejected.xs(f"ms_{s}", level="setting")
-        assert (rejected - df[f"ms_reject_{s}"].reindex(rejected.index)).abs().max() < 1e-6
-    assert (piv.rejected.xs("clf", level="setting") == 0).all(), "the classifier alone never rejects"
+    store = Store("smoke")
+    d = store.datasets[0]
+    hand = {clf: _by_hand(store, d, clf) for clf in d.profile.classifiers}
+    # each share, by hand from the stored outputs, for every (classifier, setting, outcome)
+    assert len(shares) == len(hand) * 6 * 3
+    for r in shares.itertuples():
+        assert r.share == pytest.approx(share(hand[r.classifier][r.setting], r.outcome)), r
+    assert {(r.classifier, r.setting) for r in shares.itertuples()} == {(c, s) for c in hand for s in hand[c]}
     # the figure's source data: every setting, the worst case included, in the reader's words and in percent
     data = pd.read_csv(smoke_outputs / "main_table.data.csv")
     assert labels.setting("ms_worst") in set(data[labels.column("setting")])
-    sums = data.groupby([labels.column("classifier"), labels.column("setting")])[labels.column("share")].sum()
-    assert ((sums - 100).abs() < 1e-6).all()
+    got = {(r[labels.column("classifier")], r[labels.column("setting")], r[labels.column("outcome")]):
+           r[labels.column("share")] for _, r in data.iterrows()}
+    want = {(labels.classifier(c), labels.setting(s), labels.OUTCOMES[o]): 100 * share(hand[c][s], o)
+            for c in hand for s in hand[c] for o in labels.OUTCOMES}
+    assert got.keys() == want.keys() and all(got[key] == pytest.approx(want[key]) for key in want)
 
 
 def test_figure_source_data_and_display_tables_carry_no_raw_codes(smoke_outputs):

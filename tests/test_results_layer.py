@@ -19,7 +19,7 @@ from mslib.experiment import ms_broken, run_study
 from mslib.plan import dataset_plan
 from mslib.store import ResultsNotReadyError, Store
 
-from results_helpers import OVERRIDES, fresh_cache
+from results_helpers import OVERRIDES, fresh_cache, kill_during_training, linked_models_but
 
 TABLES = ("main_table", "attacks_table", "security_curves", "tolerance_tradeoff", "eps_half_check",
           "zero_shot_table")
@@ -245,3 +245,119 @@ def test_cache_files_carry_a_checksum_that_every_read_verifies(tmp_path):
     torch.save({"f": torch.zeros(2)}, path)  # a plain torch file has no checksum: refused, not trusted
     with pytest.raises(DamagedFileError, match="no checksum header"):
         load_tensors(path)
+
+
+# ---- damage anywhere: the VLM's weights, every JSON file, a kill during training ------------------------------
+def test_another_vlm_weight_file_in_place_changes_every_key(clean_run, tmp_path):
+    """Catches: the VLM's checkpoint hash left out of the jobs' keys (or only its config file hashed), so
+    another VLM in place would be scored with the old VLM's cached similarities."""
+    from safetensors.torch import load_file, save_file
+
+    from mslib.cache import write_checksums
+    from mslib.experiment import Workspace, execute
+    from mslib.models.local import model_dir
+    from mslib.models.openclip_factory import CONFIG_NAME, WEIGHTS_NAME
+    from mslib.profiles import get_profile
+
+    src, _, store = clean_run
+    cache = fresh_cache(tmp_path / "vlm", copy_models=True)
+    _copy_results(src, cache)
+    d = store.datasets[0]
+    with data_root_at(cache):
+        folder = model_dir("lit", d.profile, d.profile.vlm_spec)
+    state = load_file(folder / WEIGHTS_NAME)
+    name = max((k for k in state if k.startswith("visual.")), key=lambda k: state[k].numel())
+    state[name] = -state[name]  # a valid open_clip folder of another model (its checksums match)
+    save_file(state, folder / WEIGHTS_NAME)
+    write_checksums(folder, [CONFIG_NAME, WEIGHTS_NAME])
+    with data_root_at(cache):
+        ws = Workspace(get_profile("smoke", **OVERRIDES))
+        plan = ws.plan()
+        assert [j.kind for j in plan.jobs()] == [j.kind for j in d.plan.jobs()]
+        assert not {j.key for j in plan.jobs()} & {j.key for j in d.plan.jobs()}  # every result uses the VLM
+        summary = execute(ws, [plan.clean["standard"]], progress=False)  # so none is reused: computed afresh
+        assert summary.computed == 2 and summary.reused == 0
+        new = load_tensors(cache / "results" / plan.clean["standard"].key / "batch_0000000.pt")
+    old = store.outputs(d.plan.clean["standard"])
+    assert torch.equal(new["f"], old.f[:len(new["f"])])  # the same classifier ...
+    assert not torch.allclose(new["s"], old.s[:len(new["s"])])  # ... scored with the other VLM
+
+
+def test_damaged_json_files_are_named_and_recovered(clean_run, tmp_path, capfd):
+    """Catches: a garbled results index, result ``record.json`` or model ``train_info.json`` crashing the
+    run (a bare JSONDecodeError), being used, or being rewritten silently; and a ``train_info.json`` missing
+    beside intact weights (a training killed after saving them) taken for a finished training."""
+    from mslib.models.local import model_dir
+
+    src, before, store = clean_run
+    cache = fresh_cache(tmp_path / "json", copy_models=True)
+    _copy_results(src, cache)
+    d = store.datasets[0]
+    p = d.profile
+    index = cache / "results" / "plans" / "smoke.json"
+    record = cache / "results" / d.plan.adaptive["standard", p.eps][0].key / "record.json"
+    with data_root_at(cache):
+        info = model_dir("cnn", p, p.classifier_specs["standard"]) / "train_info.json"
+        missing = model_dir("cnn", p, p.classifier_specs["fgsm-rs"]) / "train_info.json"
+    index.write_text(index.read_text()[:100])
+    record.write_text("{\"garbled\": ")
+    info.write_bytes(b"\x00" * 40)
+    missing.unlink()
+    with data_root_at(cache), pytest.raises(ResultsNotReadyError, match=f"the results index {index} is damaged"):
+        Store("smoke")
+    capfd.readouterr()
+    summary = _run(cache)
+    err = capfd.readouterr().err
+    for path in (index, record, info):
+        assert f"damaged cache file {path}: unreadable JSON" in err, f"{path} not named"
+    assert summary.computed == 0 and summary.recomputed == 0  # the retrained CNNs are the same models
+    assert read_json(info)["name"] == "standard" and read_json(missing)["name"] == "fgsm-rs"
+    assert read_json(record) == d.plan.adaptive["standard", p.eps][0].record()
+    assert _tables(cache) == before  # the index was rewritten
+
+
+def test_kill_9_during_model_training_then_a_rerun_gives_the_same_tables(clean_run, tmp_path):
+    """Catches: a model folder that a killed training leaves looking finished (weights without the rest,
+    or a half-written file), so the rerun uses a half-trained model and every key and table changes."""
+    from mslib.models.local import model_dir
+
+    src, before, store = clean_run
+    cache = fresh_cache(tmp_path / "killed-training")
+    _copy_results(src, cache)
+    p = store.datasets[0].profile
+    with data_root_at(cache):
+        folder = model_dir("cnn", p, p.classifier_specs["fgsm-rs"])
+    linked_models_but(cache, folder)
+    kill_during_training(cache, "from mslib.models import load_classifier; from mslib.profiles import get_profile; "
+                         f"load_classifier(get_profile('smoke', **{OVERRIDES!r}), 'fgsm-rs')")
+    assert (folder / "record.json").is_file() and not (folder / "train_info.json").exists(), "killed too late"
+    summary = _run(cache)
+    assert summary.done and summary.computed == 0  # retrained whole: the same weights, the same keys
+    assert _tables(cache) == before
+
+
+def test_a_damaged_record_or_train_info_is_named_and_never_used(tmp_path, capfd):
+    """Catches: a garbled ``record.json`` rewritten silently, and a model folder whose ``train_info.json`` is
+    garbled or missing (a training killed after saving the weights) taken for a finished model."""
+    from mslib.cache import entry_dir, folder_intact, write_checksums, write_json
+
+    with data_root_at(tmp_path):
+        record = {"job": "x", "eps": 0.1}
+        folder = entry_dir("results", record)
+        (folder / "record.json").write_text('{"job": ')
+        capfd.readouterr()
+        assert entry_dir("results", record) == folder and read_json(folder / "record.json") == record
+        assert f"damaged cache file {folder / 'record.json'}: unreadable JSON" in capfd.readouterr().err
+        entry_dir("results", record)  # whole again: nothing to say
+        assert capfd.readouterr().err == ""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"weights")
+    write_checksums(model, ["w.bin"])
+    assert not folder_intact(model, "w.bin")  # no train_info.json yet: the training did not finish
+    write_json({"name": "m"}, model / "train_info.json")
+    assert folder_intact(model, "w.bin")
+    (model / "train_info.json").write_bytes(b"\x00" * 16)
+    capfd.readouterr()
+    assert not folder_intact(model, "w.bin")
+    assert f"damaged cache file {model / 'train_info.json'}" in capfd.readouterr().err

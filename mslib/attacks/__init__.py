@@ -199,6 +199,11 @@ def _check_rejecting(model: nn.Module, name: str) -> None:
         raise ValueError(f"attack {name!r} needs a rejecting model (K+1 logits, last = reject): model must "
                          f"declare rejects = True, as mslib.MultiShield does; got a {type(model).__name__} "
                          "without it")
+    # The converse: a plain attack reads the reject logit as one more wrong class, so a rejection would count
+    # as a break and every rate built on it would be wrong.
+    if name not in REJECT_AWARE and getattr(model, "rejects", False) is True:
+        raise ValueError(f"attack {name!r} counts a rejection as a success, but {type(model).__name__} rejects "
+                         f"(rejects = True): use a rejection-aware attack, one of {sorted(REJECT_AWARE)}")
 
 
 def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: str, eps: float,
@@ -215,6 +220,9 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
     if not isinstance(name, str) or name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACK_SPECS)}")
     _check_rejecting(model, name)
+    if "reject" in options:  # the rejection-aware variant is its own attack, checked against the model above
+        raise ValueError(f"run_attack takes no option 'reject': choose the rejection-aware attack by name "
+                         f"(e.g. 'square-reject', 'apgd-ce-reject'), not {name!r} with reject=...")
     images = check_images(images)
     eps = check_eps(eps, "eps")
     check_int(n_iter, "n_iter", 1)

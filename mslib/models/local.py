@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import (DamagedFileError, entry_dir, folder_intact, load_tensors, read_json, report_damaged,
-                     save_tensors, write_checksums, write_json)
+from ..cache import (DamagedFileError, entry_dir, folder_intact, json_intact, load_tensors, read_json,
+                     report_damaged, save_tensors, write_checksums, write_json)
 from .released import announce_training, load_state, released_entry
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_zero_shot_classifier
 
@@ -238,7 +238,7 @@ def load_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> nn.M
     folder = model_dir("cnn", profile, spec)
     ckpt = folder / "model.pt"
     state = None
-    if ckpt.is_file():
+    if ckpt.is_file() and json_intact(folder / "train_info.json", "retraining the model"):
         try:
             state = load_tensors(ckpt)
         except DamagedFileError as e:  # never use it: retrain (training is deterministic for the recipe)
