@@ -435,6 +435,13 @@ def _chromium() -> str:
     return path
 
 
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def test_the_site_renders_every_page_in_a_browser(smoke_outputs, tmp_path):
     import time
 
@@ -442,10 +449,12 @@ def test_the_site_renders_every_page_in_a_browser(smoke_outputs, tmp_path):
     from mslib.browser import Browser, site_pages
 
     chromium = _chromium()
-    start = time.monotonic()
+    start, cpu = time.monotonic(), _children_cpu()
     index = site.build("smoke", figures=smoke_outputs, out=tmp_path / "site")
-    seconds = time.monotonic() - start
-    assert seconds < 60, f"the site took {seconds:.0f} s to build"
+    seconds, cpu = time.monotonic() - start, _children_cpu() - cpu
+    # CPU time, not wall time: 6 s of wall on an idle machine took 79 s beside other jobs (load 8); running
+    # a notebook instead of rendering it would cost far more CPU than this
+    assert cpu < 60, f"the site took {cpu:.0f} CPU seconds to build"
     pages = site_pages(index.parent)
     names = {p.relative_to(index.parent).as_posix() for p in pages}
     # every study notebook and every lesson is a page; the landing page carries the headline
@@ -462,4 +471,4 @@ def test_the_site_renders_every_page_in_a_browser(smoke_outputs, tmp_path):
             problems += [f"{page.name}: {e}" for e in r.errors] + [f"{page.name}: broken image {s}" for s in r.broken_images]
     assert not problems, problems[:10]
     assert shot.stat().st_size > 10_000, "the landing page's screenshot is empty"
-    print(f"site: {len(pages)} pages, built in {seconds:.1f} s; landing page screenshot: {shot}")
+    print(f"site: {len(pages)} pages, built in {seconds:.1f} s ({cpu:.1f} CPU s); landing page screenshot: {shot}")
