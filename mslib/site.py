@@ -29,6 +29,8 @@ nb_merge_streams = True
 myst_enable_extensions = []
 myst_dmath_double_inline = False
 nb_render_markdown_format = "myst"
+# Progress-bar widgets saved in a notebook would pull the widget manager from a CDN: the site stays offline.
+nb_ipywidgets_js = {{}}
 html_theme = "alabaster"
 html_theme_options = {{"page_width": "1280px", "body_max_width": "none"}}
 html_title = {title!r}
