@@ -472,3 +472,19 @@ def test_the_site_renders_every_page_in_a_browser(smoke_outputs, tmp_path):
     assert not problems, problems[:10]
     assert shot.stat().st_size > 10_000, "the landing page's screenshot is empty"
     print(f"site: {len(pages)} pages, built in {seconds:.1f} s ({cpu:.1f} CPU s); landing page screenshot: {shot}")
+
+
+def test_every_file_the_notebooks_write_is_readable_by_the_class(smoke_outputs):
+    """Catches outputs created 0600 (tempfile.mkstemp without a chmod): a course folder or a shared figures
+    folder unreadable by anyone but its writer. Under the usual umask 022 every file is group/other-readable."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    if mask & 0o044:
+        pytest.skip(f"this process's umask {mask:03o} itself hides files from group/others")
+    files = [p for p in smoke_outputs.rglob("*") if p.is_file()]
+    assert len(files) > 40
+    unreadable = [p.name for p in files if stat.S_IMODE(p.stat().st_mode) & 0o044 != 0o044]
+    assert not unreadable, unreadable
