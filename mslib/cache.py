@@ -152,18 +152,58 @@ def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cp
     Raises :class:`DamagedFileError` (naming the file) when it is missing its header, truncated, garbled or
     not loadable, and ``FileNotFoundError`` when it does not exist.
     """
-    data = Path(path).read_bytes()
-    if len(data) < _HEADER_LEN or not data.startswith(MAGIC) or data[_HEADER_LEN - 1:_HEADER_LEN] != b"\n":
-        raise DamagedFileError(path, f"no checksum header ({len(data)} bytes; truncated, zeroed or not an mslib file)")
-    expected = data[len(MAGIC):_HEADER_LEN - 1].decode("ascii", "replace")
-    payload = memoryview(data)[_HEADER_LEN:]
-    actual = hashlib.sha256(payload).hexdigest()
-    if actual != expected:
-        raise DamagedFileError(path, f"checksum mismatch (expected {expected[:16]}…, got {actual[:16]}…)")
+    payload = memoryview(_verified_bytes(path))[_HEADER_LEN:]
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as e:  # a valid checksum over bytes torch cannot read: written by something else
         raise DamagedFileError(path, f"not loadable ({type(e).__name__}: {e})") from e
+
+
+def saved_file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a whole file written by :func:`save_tensors`, after checking its payload against its header
+    (one read); raises :class:`DamagedFileError` or ``FileNotFoundError`` as :func:`load_tensors` does."""
+    return hashlib.sha256(_verified_bytes(path)).hexdigest()
+
+
+def verify_saved(path: str | os.PathLike) -> None:
+    """Check a :func:`save_tensors` file against its checksum without unpickling it (errors as
+    :func:`load_tensors`)."""
+    _verified_bytes(path)
+
+
+def _verified_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a :func:`save_tensors` file whose payload matches its header's SHA-256."""
+    data = Path(path).read_bytes()
+    if len(data) < _HEADER_LEN or not data.startswith(MAGIC) or data[_HEADER_LEN - 1:_HEADER_LEN] != b"\n":
+        raise DamagedFileError(path, f"no checksum header ({len(data)} bytes; truncated, zeroed or not an mslib file)")
+    expected = data[len(MAGIC):_HEADER_LEN - 1].decode("ascii", "replace")
+    actual = hashlib.sha256(memoryview(data)[_HEADER_LEN:]).hexdigest()
+    if actual != expected:
+        raise DamagedFileError(path, f"checksum mismatch (expected {expected[:16]}…, got {actual[:16]}…)")
+    return data
+
+
+_ZIP_END = b"PK\x05\x06"  # a zip archive's end-of-central-directory record (torch.save writes zip archives)
+
+
+def saved_file_complete(path: str | os.PathLike) -> bool:
+    """Whether a :func:`save_tensors` file has a well-formed header and ends with the zip archive's end
+    record: reads 78 bytes at the front and 22 at the end, never the payload. It tells a complete file from
+    a missing, empty, zeroed or truncated one; a payload garbled in place is found by :func:`load_tensors`
+    when the file is read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER_LEN)
+            size = f.seek(0, os.SEEK_END)
+            if size < _HEADER_LEN + 22:
+                return False
+            f.seek(size - 22)
+            tail = f.read(22)
+    except OSError:
+        return False
+    digest = head[len(MAGIC):_HEADER_LEN - 1]
+    return (head.startswith(MAGIC) and head.endswith(b"\n") and len(digest) == 64
+            and all(c in b"0123456789abcdef" for c in digest) and tail.startswith(_ZIP_END))
 
 
 def report_damaged(err: DamagedFileError, action: str = "recomputing it") -> None:
@@ -219,6 +259,27 @@ def verify_checksums(folder: str | os.PathLike) -> None:
             raise DamagedFileError(f, "missing (listed in checksums.json)")
         if file_sha256(f) != sha:
             raise DamagedFileError(f, "checksum mismatch against checksums.json")
+
+
+def manifest_sha256(folder: str | os.PathLike, names: list[str]) -> list[str]:
+    """The SHA-256 of ``folder/<name>`` for each name, each file hashed once and checked against the
+    folder's ``checksums.json``; raises :class:`DamagedFileError` if the manifest or a file disagrees."""
+    folder = Path(folder)
+    index = folder / "checksums.json"
+    try:
+        expected = read_json(index)
+    except (OSError, ValueError) as e:
+        raise DamagedFileError(index, f"missing or unreadable ({type(e).__name__})") from e
+    out = []
+    for name in names:
+        f = folder / name
+        if name not in expected or not f.is_file():
+            raise DamagedFileError(f, "missing (or not listed in checksums.json)")
+        sha = file_sha256(f)
+        if sha != expected[name]:
+            raise DamagedFileError(f, "checksum mismatch against checksums.json")
+        out.append(sha)
+    return out
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:

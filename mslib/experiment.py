@@ -32,7 +32,7 @@ from torch import nn
 
 from .attacks import ATTACKS, REJECT_AWARE, frozen, run_attack
 from .cache import DamagedFileError, canonical_json, data_root, entry_dir, load_tensors, report_damaged, \
-    save_tensors, write_json_if_changed
+    save_tensors, saved_file_complete, verify_saved, write_json_if_changed
 from .defense import ConfidenceRejector, MultiShield, confidence_decide, decide, matched_threshold
 from .plan import TARGETS, DatasetPlan, Job, dataset_plan, variant_profile, vlm_variants
 from .profiles import Profile, get_profile
@@ -131,7 +131,8 @@ def batch_files(folder: Path, start: int) -> tuple[Path, Path]:
 
 
 class Workspace:
-    """One (profile, dataset): its evaluation set and, loaded on first use, its models."""
+    """One (profile, dataset): its evaluation set and, loaded on first use, its models. Model identities
+    come from the checkpoint files when a locator finds them, so a study that is done loads no model."""
 
     def __init__(self, profile: Profile) -> None:
         from .data import load_eval_set
@@ -140,12 +141,44 @@ class Workspace:
         self.profile = profile
         self.images, self.labels, self.class_names, self.indices = load_eval_set(profile, with_indices=True)
         self._models: dict[str, nn.Module] = {}
+        self._identities: dict[str, dict[str, Any]] = {}
         self._thresholds: dict[str, float] = {}
         self._zero_shot: dict[tuple, nn.Module] = {}  # (templates, text_norm) -> zero-shot classifier
+        self._base: tuple[Workspace, str] | None = None  # a VLM variant's: (its base workspace, "vlm:<name>")
+
+    def _delegate(self, name: str) -> tuple["Workspace", str]:
+        """Where a model of this workspace lives: a variant shares its base's models (not reloaded)."""
+        if self._base is None:
+            return self, name
+        base, vlm = self._base
+        return base, (vlm if name == "vlm" else name)
+
+    def identity(self, name: str) -> dict[str, Any]:
+        """The identity of model ``name`` (see :meth:`model`), from its checkpoint files when they are there
+        (each hashed once per workspace), else from the loaded model."""
+        owner, name = self._delegate(name)
+        if owner is not self:
+            return owner.identity(name)
+        if name not in self._identities:
+            from .models import classifier_identity, vlm_identity
+
+            if name in self._models:
+                found = self._models[name].identity
+            elif name == "vlm":
+                found = vlm_identity(self.profile)
+            elif name.startswith("vlm:"):
+                found = vlm_identity(variant_profile(self.profile, name[4:]))
+            else:
+                found = classifier_identity(self.profile, name)
+            self._identities[name] = found if found is not None else self.model(name).identity
+        return self._identities[name]
 
     def model(self, name: str) -> nn.Module:
         """A classifier by name, ``"vlm"`` or ``"vlm:<variant>"``; loaded (trained on first use) outside
         inference mode."""
+        owner, name = self._delegate(name)
+        if owner is not self:
+            return owner.model(name)
         if name not in self._models:
             from .models import load_classifier, load_vlm
 
@@ -162,7 +195,7 @@ class Workspace:
 
     def identities(self) -> dict[str, dict[str, Any]]:
         names = (*self.profile.classifiers, "vlm", *(f"vlm:{v}" for v in vlm_variants(self.profile)))
-        return {name: self.model(name).identity for name in names}
+        return {name: self.identity(name) for name in names}
 
     def plan(self, compact: bool = True, ensemble: bool = True) -> DatasetPlan:
         return dataset_plan(self.profile, self.indices.tolist(), self.identities(), speed_settings(self.profile),
@@ -173,9 +206,8 @@ class Workspace:
         ws = Workspace.__new__(Workspace)
         ws.profile = variant_profile(self.profile, name)
         ws.images, ws.labels, ws.class_names, ws.indices = self.images, self.labels, self.class_names, self.indices
-        ws._models = {c: self.model(c) for c in self.profile.classifiers} | {"vlm": self.model(f"vlm:{name}")}
-        ws._thresholds = {}
-        ws._zero_shot = {}
+        ws._models, ws._identities, ws._thresholds, ws._zero_shot = {}, {}, {}, {}
+        ws._base = (self, f"vlm:{name}")
         return ws
 
     def target_model(self, clf: str, target: str, threshold: float | None = None) -> nn.Module:
@@ -244,13 +276,18 @@ class Summary:
 
 
 def batch_state(folder: Path, start: int) -> str:
-    """``done`` (both files verify), ``missing`` or ``damaged`` (reported on stderr, then treated as missing)."""
+    """``done``, ``missing`` or ``damaged`` (reported on stderr, then treated as missing). The outputs file
+    (small) is checked against its checksum; the images file, the bulk of a result, only by its header and
+    zip end record (complete, not zeroed or truncated): its content is verified whenever it is read."""
     out, xf = batch_files(folder, start)
     if not out.exists() and not xf.exists():
         return "missing"
     try:
-        load_tensors(out)
-        load_tensors(xf)
+        verify_saved(out)
+        if not xf.exists():
+            return "missing"
+        if not saved_file_complete(xf):
+            raise DamagedFileError(xf, "no checksum header or incomplete (truncated, zeroed or not an mslib file)")
     except FileNotFoundError:
         return "missing"
     except DamagedFileError as e:
@@ -360,7 +397,6 @@ def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = 
     summary = summary or Summary()
     for job in jobs:
         _check_job(job)
-        _check_models(ws, job)
         folder = entry_dir("results", job.record())
         states = {b: batch_state(folder, b) for b in ws.starts()}
         mine = ws.starts(shard)
@@ -375,6 +411,7 @@ def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = 
             summary.complete += 1
         if not todo:
             continue
+        _check_models(ws, job)  # loads the job's models: only for a job with work to do
         model = ws.target_model(job.classifier, job.target, ws.threshold(job)) if job.kind == "attack" else None
         bar: Iterable[int] = todo
         if progress:

