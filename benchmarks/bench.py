@@ -344,6 +344,40 @@ def section_multishield(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, at
             summary["speedup_vs_uncompacted"][f"{attack}/ms+{name}"] = rows[1]["wall_s"] / rows[0]["wall_s"]
 
 
+def section_paper_chain(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, repeats=1) -> None:
+    """The paper's adaptive evaluation as a whole on ``MultiShield(classifier, vlm)``: APGD CE-rejection on
+    every sample, then DLR-rejection on the samples CE left unbroken; with and without the exact skip of
+    fixed points (samples whose loss gradient is exactly zero at their start)."""
+    from mslib.models import load_classifier, load_vlm
+
+    device = profile.device
+    vlm = prepare_model(b.meter.attach(load_vlm(profile).eval()), profile)
+    xs, ys, ids = x[:n], y[:n], idx[:n]
+    for name in profile.classifiers:
+        clf = prepare_model(b.meter.attach(load_classifier(profile, name).eval()), profile)
+        ms = MultiShield(clf, vlm, tolerance=profile.tolerance)
+        _warm(ms, xs, ys, "apgd-ce-reject", device)
+
+        def go(skip: bool) -> dict[str, Any]:
+            kw = dict(n_iter=n_iter, seed=profile.seed, batch_size=bs, skip_fixed_points=skip)
+            ce = run_attack(ms, xs, ys, "apgd-ce-reject", profile.eps, indices=ids, **kw)
+            left = (~ce.success).nonzero().squeeze(1)
+            dlr = run_attack(ms, xs[left], ys[left], "apgd-dlr-reject", profile.eps, indices=ids[left], **kw)
+            broken = ce.success.clone()
+            broken[left] = dlr.success
+            zero = int((dlr.zero_grad == 1).sum()) if dlr.zero_grad is not None else -1
+            return {"robust_acc": 1 - broken.float().mean().item(), "n_forward": ce.n_forward + dlr.n_forward,
+                    "dlr_samples": int(left.numel()), "dlr_zero_grad": zero}
+        rows = b.best_of(repeats, [("f", "ce→dlr-reject", f"ms+{name}", v, n, n_iter, bs, (lambda s=s: go(s)))
+                                   for v, s in (("skip", True), ("no-skip", False))])
+        _check_equal(summary, f"paper-chain/ms+{name}", rows)
+        summary.setdefault("paper_chain", {})[name] = {
+            "skip_s": rows[0]["wall_s"], "no_skip_s": rows[1]["wall_s"], "speedup": rows[1]["wall_s"] / rows[0]["wall_s"],
+            "robust_acc": rows[0]["robust_acc"], "dlr_samples": rows[0]["dlr_samples"],
+            "dlr_zero_grad": rows[0]["dlr_zero_grad"], "n_forward_skip": rows[0]["n_forward"],
+            "n_forward_no_skip": rows[1]["n_forward"]}
+
+
 @contextlib.contextmanager
 def temporary_cache():
     """A fresh MSLIB_CACHE whose models (and datasets) are links to the real ones, so results really compute."""
@@ -396,6 +430,11 @@ def section_workload(b: Bench, profile, n, n_iter, summary) -> None:
                     return {"robust_acc": sum(accs[variant]) / len(jobs), "jobs": len(jobs)}
                 rows.append(b.run("c", "main-table", "all", variant, n, n_iter, profile.batch_size, go,
                                   work=n * n_iter))
+                if compact:  # the same study again with every job done: decided from the files, no model loaded
+                    t = time.perf_counter()
+                    again = run_study(profile.name, progress=False, overrides=overrides, compact=True, ensemble=False)
+                    summary["noop_rerun_s"] = round(time.perf_counter() - t, 3)
+                    summary["checks"]["noop_rerun"] = {"computed": again.computed, "ok": again.done and again.computed == 0}
     finally:
         restore()
     diff = max(abs(u - v) for u, v in zip(accs["uncompacted"], accs["compact"]))
@@ -505,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--device", default=None, help="override the profile's device (cpu, cuda)")
-    ap.add_argument("--sections", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e (e needs --baseline-rev)")
+    ap.add_argument("--sections", default="a,b,c,d,e,f",
+                    help="comma-separated subset of a,b,c,d,e,f (e needs --baseline-rev)")
     ap.add_argument("--n-apgd", type=int, default=250, help="(a) clean-correct images per classifier")
     ap.add_argument("--iter-apgd", type=int, default=None, help="(a) iterations (default: the profile's)")
     ap.add_argument("--n-ms", type=int, default=32, help="(b) images per Multi-Shield attack")
@@ -525,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="(a, b, d, e) alternating repeats (best of each)")
     ap.add_argument("--n-ab", type=int, default=100, help="(e) images (classifier; a quarter on Multi-Shield)")
     ap.add_argument("--iter-ab", type=int, default=25, help="(e) iterations")
+    ap.add_argument("--n-chain", type=int, default=100, help="(f) images in the paper's CE -> DLR chain")
+    ap.add_argument("--iter-chain", type=int, default=None, help="(f) iterations (default: the profile's)")
     ap.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="CUDA only: bf16 autocast")
     ap.add_argument("--channels-last", action="store_true", help="CUDA only: NHWC conv weights")
     ap.add_argument("--out", default=None, help="JSON path (default figures/<profile>/bench.json)")
@@ -554,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mslib.data import load_eval_set
 
-    n_need = max(args.n_apgd * 2, args.n_ms, args.n_scale * 4)
+    n_need = max(args.n_apgd * 2, args.n_ms, args.n_scale * 4, args.n_chain)
     x, y, _, idx = load_eval_set(profile.replace(n_samples=max(n_need, profile.n_samples)), with_indices=True)
 
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
@@ -568,7 +610,9 @@ def main(argv: list[str] | None = None) -> int:
                 "c": {"n": args.n_workload, "n_iter": args.iter_workload, "batch_size": profile.batch_size},
                 "d": {"n": args.n_scale, "n_iter": args.iter_scale, "batch_sizes": bss, "attack": args.scale_attack},
                 "e": {"baseline_rev": args.baseline_rev, "repeats": args.repeats, "n_clf": args.n_ab,
-                      "n_ms": max(4, args.n_ab // 4), "n_iter": args.iter_ab}}
+                      "n_ms": max(4, args.n_ab // 4), "n_iter": args.iter_ab},
+                "f": {"n": args.n_chain, "n_iter": args.iter_chain or profile.n_iter, "batch_size": bs,
+                      "repeats": args.repeats}}
     print(f"bench: profile {profile.name}/{profile.dataset} on {gpu or device} ({env['threads']} threads), "
           f"eps {profile.eps:g}, seed {profile.seed}, load avg {env['load_avg_start'][0]:.2f}")
     for s in sorted(sections):
@@ -587,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     if "e" in sections and args.baseline_rev:
         section_before_after(b, profile, x, y, idx, args.n_ab, max(4, args.n_ab // 4), args.iter_ab, bs,
                              args.baseline_rev, args.repeats, summary)
+    if "f" in sections:
+        section_paper_chain(b, profile, x, y, idx, args.n_chain, args.iter_chain or profile.n_iter, bs, summary,
+                            args.repeats)
     if "d" in sections:
         section_scaling(b, profile, x, y, idx, args.n_scale, args.iter_scale, bss, args.scale_attack,
                         profile.classifiers[-1], summary, args.repeats)
@@ -605,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
               "speedup_vs_pyautoattack": summary.get("speedup_vs_pyautoattack"),
               "speedup_vs_uncompacted": summary["speedup_vs_uncompacted"], "img_iter_per_s": ips,
               "linearity": summary.get("linearity"), "before_after": summary.get("before_after"),
+              "noop_rerun_s": summary.get("noop_rerun_s"), "paper_chain": summary.get("paper_chain"),
               "checks": summary["checks"],
               "all_checks_ok": all(c["ok"] for c in summary["checks"].values()), "rows": b.rows}
     out = Path(args.out) if args.out else REPO / "figures" / profile.name / "bench.json"
@@ -622,6 +670,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"APGD loop before ({args.baseline_rev}) / after, best of {args.repeats}: " + ", ".join(
             f"{k} {v['speedup']:.2f}x (model share {v['model_share_before']:.2f} -> {v['model_share_after']:.2f})"
             for k, v in result["before_after"].items() if isinstance(v, dict)))
+    if result["paper_chain"]:
+        print("paper chain (CE-reject, then DLR-reject on the survivors), no skip / skip: " + ", ".join(
+            f"{k} {v['speedup']:.2f}x ({v['dlr_zero_grad']}/{v['dlr_samples']} DLR samples fixed points)"
+            for k, v in result["paper_chain"].items()))
+    if result["noop_rerun_s"] is not None:
+        print(f"no-op rerun of the main-table workload (every job done): {result['noop_rerun_s']:.2f} s")
     print(f"robust accuracy agrees across compared variants: {result['all_checks_ok']}")
     print(f"total {env['total_s']:.0f} s, load avg {env['load_avg_start'][0]:.2f} -> {env['load_avg_end'][0]:.2f}; wrote {out}")
     return 0 if result["all_checks_ok"] else 1

@@ -58,8 +58,10 @@ def sample_noise(shape: Sequence[int], indices: torch.Tensor, seed: int, restart
 
 def apgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss_fn: losses.LossFn,
                   success_fn: losses.SuccessFn, n_iter: int = 100, n_restarts: int = 1, seed: int = 0,
-                  indices: torch.Tensor | None = None, compact: bool = True, rho: float = 0.75) -> APGDResult:
-    """APGD with restarts: samples already broken (clean or by an earlier restart) are not attacked again."""
+                  indices: torch.Tensor | None = None, compact: bool = True, rho: float = 0.75,
+                  skip_fixed_points: bool = True) -> APGDResult:
+    """APGD with restarts: samples already broken (clean or by an earlier restart) are not attacked again.
+    ``skip_fixed_points=False`` attacks fixed points too (same result, for benchmarks of the skip)."""
     indices = torch.arange(x.shape[0]) if indices is None else indices
     with torch.no_grad():
         logits = model(x)
@@ -71,7 +73,8 @@ def apgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         if todo.numel() == 0:
             break
         noise = sample_noise(x.shape, indices[todo.cpu()], seed, r, device=x.device, dtype=x.dtype)
-        res = apgd(model, x[todo], y[todo], eps, loss_fn, success_fn, noise, n_iter=n_iter, rho=rho, compact=compact)
+        res = apgd(model, x[todo], y[todo], eps, loss_fn, success_fn, noise, n_iter=n_iter, rho=rho, compact=compact,
+                   skip_fixed_points=skip_fixed_points)
         total.absorb(todo, res)
     if not total.success_curve:
         total.success_curve = [int(total.success.sum())] * (n_iter + 1)

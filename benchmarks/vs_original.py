@@ -1,0 +1,126 @@
+"""The paper's adaptive evaluation, mslib against the original authors' code, on the same models and images.
+
+One process runs one side of one configuration and prints its robust accuracy and the attack chain's wall
+time; time whole processes of the two sides alternately (e.g. ``/usr/bin/time -v``, or any benchmark runner
+that alternates two commands) and compare the best of each:
+
+    git clone https://github.com/FrancescoVillani/Multi-Shield /tmp/multishield-original
+    python benchmarks/vs_original.py --side original --original /tmp/multishield-original --classifier standard
+    python benchmarks/vs_original.py --side mslib --classifier standard
+
+The chain is the original's ``AutoAttack(version="custom", attacks_to_run=["apgd-ce-rejection",
+"apgd-dlr-rejection"])`` from ``modified_autoattack.py`` (APGD CE-rejection on every sample, then
+DLR-rejection on those CE left robust; one restart, seed 0) around its ``models/MultiShield.py``; mslib runs
+``apgd-ce-reject`` then ``apgd-dlr-reject`` on the survivors around :class:`mslib.MultiShield`. Both wrap the
+profile's classifier and VLM (the original's CLIP wrapper is given the VLM's image embeddings and class
+embeddings), process the first ``--n`` evaluation images in batches of the profile's batch size and count a
+sample as broken when Multi-Shield outputs a wrong class that is not "rejected".
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mslib import MultiShield, get_profile  # noqa: E402
+from mslib.attacks import run_attack  # noqa: E402
+from mslib.data import load_eval_set  # noqa: E402
+from mslib.models import load_classifier, load_vlm  # noqa: E402
+
+
+class OriginalClipShim:
+    """What the original ``models/MultiShield.py`` calls on its CLIP wrapper, backed by mslib's VLM."""
+
+    def __init__(self, vlm) -> None:
+        self.vlm = vlm
+        self.label_emb = vlm.text_embeddings
+
+    def create_img_emb(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vlm.encode_image(x)
+
+    def cosine_similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # as models/CLIP.py
+        a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+        return a @ b.t()
+
+
+def original_chain(path: Path, clf, vlm, x, y, eps: float, n_iter: int, bs: int, tolerance: float):
+    """x_adv of the original code's adaptive chain and its Multi-Shield module."""
+    import pyautoattack  # AutoAttack, installed as pyautoattack; the original imports it as autoattack
+
+    sys.modules.setdefault("autoattack", pyautoattack)
+    for sub in ("checks", "state", "other_utils", "fab_pt", "square"):
+        __import__(f"pyautoattack.{sub}")
+        sys.modules.setdefault(f"autoattack.{sub}", sys.modules[f"pyautoattack.{sub}"])
+    sys.path.insert(0, str(path))
+    from models.MultiShield import MultiShield as OriginalMultiShield
+    from modified_autoattack import AutoAttack
+    from modified_autopgd_base import APGDAttack
+
+    ms = OriginalMultiShield(clf, OriginalClipShim(vlm), tolerance=tolerance).eval()
+    k = vlm.num_classes
+    adversary = AutoAttack(ms, rejection_class_index=k, norm="Linf", eps=eps, seed=0, version="custom",
+                           attacks_to_run=["apgd-ce-rejection", "apgd-dlr-rejection"], verbose=False, device="cpu")
+    # the schedule's checkpoints are set from n_iter when APGD is built: build it at this budget, one restart
+    adversary.apgd = APGDAttack(ms, rejection_class_index=k, n_restarts=1, n_iter=n_iter, verbose=False, eps=eps,
+                                norm="Linf", eot_iter=1, rho=.75, seed=0, device="cpu", logger=adversary.logger)
+    return adversary.run_standard_evaluation(x, y, bs=bs), ms
+
+
+def mslib_chain(clf, vlm, x, y, eps: float, n_iter: int, bs: int, tolerance: float, seed: int, skip: bool):
+    ms = MultiShield(clf, vlm, tolerance=tolerance).eval()
+    kw = dict(n_iter=n_iter, seed=seed, batch_size=bs, skip_fixed_points=skip)
+    ce = run_attack(ms, x, y, "apgd-ce-reject", eps, **kw)
+    x_adv = ce.x_adv.clone()
+    left = (~ce.success).nonzero().squeeze(1)
+    if left.numel():
+        dlr = run_attack(ms, x[left], y[left], "apgd-dlr-reject", eps, indices=left, **kw)
+        x_adv[left] = dlr.x_adv
+    return x_adv, ms
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--side", required=True, choices=["mslib", "original"])
+    ap.add_argument("--original", type=Path, help="a checkout of FrancescoVillani/Multi-Shield (--side original)")
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--classifier", default="standard")
+    ap.add_argument("--n", type=int, default=300, help="the first n evaluation images")
+    ap.add_argument("--n-iter", type=int, default=30)
+    ap.add_argument("--no-skip", action="store_true", help="mslib without the exact fixed-point skip")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.side == "original" and not (args.original and (args.original / "modified_autoattack.py").is_file()):
+        ap.error("--side original needs --original PATH, a checkout of FrancescoVillani/Multi-Shield")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    p = get_profile(args.profile)
+    x, y, _ = load_eval_set(p)
+    x, y = x[:args.n], y[:args.n]
+    clf, vlm = load_classifier(p, args.classifier).eval(), load_vlm(p).eval()
+    for m in (clf, vlm):
+        m.requires_grad_(False)
+    t0 = time.perf_counter()
+    if args.side == "original":
+        x_adv, ms = original_chain(args.original, clf, vlm, x, y, p.eps, args.n_iter, p.batch_size, p.tolerance)
+    else:
+        x_adv, ms = mslib_chain(clf, vlm, x, y, p.eps, args.n_iter, p.batch_size, p.tolerance, p.seed,
+                                not args.no_skip)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        pred = torch.cat([ms(x_adv[i:i + p.batch_size]).argmax(1) for i in range(0, len(y), p.batch_size)])
+    k = vlm.num_classes
+    robust = 1 - ((pred != y) & (pred != k)).float().mean().item()
+    inside = bool(((x_adv - x).abs().amax() <= p.eps + 1e-6) and x_adv.min() >= 0 and x_adv.max() <= 1)
+    print(f"{args.side}{' no-skip' if args.no_skip else ''}: {args.classifier}, {len(y)} images, {args.n_iter} "
+          f"iterations: robust accuracy {robust:.4f}, attack chain {seconds:.1f} s, in the eps-ball {inside}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
