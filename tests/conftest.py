@@ -91,3 +91,18 @@ def smoke_models():
         load_classifier(p, name)
     load_vlm(p)
     return p
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory, smoke_models):
+    """A cache holding the complete small study (``results_helpers.OVERRIDES``, models linked in), computed
+    once per session; read it, or take a copy (``results_helpers.study_copy``) to change it."""
+    from mslib.cache import data_root_at
+    from mslib.experiment import run_study
+    from results_helpers import OVERRIDES, fresh_cache
+
+    cache = fresh_cache(tmp_path_factory.mktemp("study") / "cache")
+    with data_root_at(cache):
+        summary = run_study("smoke", progress=False, overrides=OVERRIDES)
+    assert summary.done and summary.computed > 0 and summary.reused == 0
+    return cache

@@ -28,6 +28,14 @@ def fresh_cache(root: Path, copy_models: bool = False) -> Path:
     return root
 
 
+def study_copy(study: Path, root: Path, copy_models: bool = False) -> Path:
+    """A :func:`fresh_cache` holding a copy of the results of the session's small study (the
+    ``smoke_study`` fixture), for a test that changes or extends them."""
+    fresh_cache(root, copy_models=copy_models)
+    shutil.copytree(study / "results", root / "results")
+    return root
+
+
 def batch_files(cache: Path) -> dict[str, dict]:
     """Every cached batch file (results/<key>/batch_*.pt and .x.pt) of a cache, without its timing."""
     out = {}

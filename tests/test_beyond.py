@@ -13,7 +13,7 @@ from mslib.cache import data_root_at
 from mslib.defense import (ConfidenceRejector, confidence_decide, confidence_logits, decide, log_confidence,
                            matched_threshold, threshold_for_rate, threshold_for_rejections)
 
-from results_helpers import OVERRIDES, TopTwo, fresh_cache, outcomes_by_hand, share
+from results_helpers import OVERRIDES, TopTwo, fresh_cache, outcomes_by_hand, share, study_copy
 
 
 # ---- the confidence rejector --------------------------------------------------------------------------
@@ -165,11 +165,12 @@ BEYOND = {**OVERRIDES, "extra": {**OVERRIDES["extra"], "vlm_variants": _smoke_va
 
 
 @pytest.fixture(scope="module")
-def beyond_run(tmp_path_factory, smoke_models):
+def beyond_run(tmp_path_factory, smoke_study):
     from mslib.experiment import run_study
     from mslib.store import Store
 
-    cache = fresh_cache(tmp_path_factory.mktemp("beyond") / "cache")
+    # the session's small study is this study's configuration with the profile's VLM: only the rest is computed
+    cache = study_copy(smoke_study, tmp_path_factory.mktemp("beyond") / "cache")
     with data_root_at(cache):
         summary = run_study("smoke", progress=False, overrides=BEYOND)
         assert summary.done

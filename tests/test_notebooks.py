@@ -36,16 +36,22 @@ FIGURE_DATA = ["zero_shot", "main_table", "security_curves", "tolerance", "galle
 
 
 @pytest.fixture(scope="module")
-def smoke_outputs(tmp_path_factory) -> Path:
+def smoke_outputs(tmp_path_factory, smoke_models) -> Path:
     import papermill as pm
 
+    from mslib.cache import data_root_at
     from mslib.experiment import run_study
 
-    assert run_study("smoke", progress=False).done  # the notebooks only read results: compute them first
+    from results_helpers import fresh_cache
+
+    # a private results cache (the repository's trained models linked in): the test writes no result into data/
+    cache = fresh_cache(tmp_path_factory.mktemp("notebooks") / "cache")
     out = tmp_path_factory.mktemp("figures_smoke")
-    for nb in NOTEBOOKS:
-        pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": "smoke", "out_dir": str(out)},
-                            kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
+    with data_root_at(cache):  # the kernels inherit MSLIB_CACHE
+        assert run_study("smoke", progress=False).done  # the notebooks only read results: compute them first
+        for nb in NOTEBOOKS:
+            pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": "smoke", "out_dir": str(out)},
+                                kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
     return out
 
 
@@ -67,6 +73,7 @@ def test_every_notebook_has_a_parameters_cell_and_no_outputs():
         assert all(not c.get("outputs") for c in cells if c.cell_type == "code"), f"{nb.name} carries outputs"
 
 
+@pytest.mark.slow
 def test_each_notebook_writes_its_files(smoke_outputs):
     for nb in NOTEBOOKS:
         assert (smoke_outputs / nb.name).is_file()
@@ -75,6 +82,7 @@ def test_each_notebook_writes_its_files(smoke_outputs):
             assert path.is_file() and path.stat().st_size > 0, f"{nb.stem} did not write {name}"
 
 
+@pytest.mark.slow
 def test_main_table_is_consistent(smoke_outputs):
     from mslib import get_profile
 
@@ -172,6 +180,7 @@ def _last_markdown(nb_path: Path) -> str:
     raise AssertionError(f"{nb_path.name} displays no Markdown")
 
 
+@pytest.mark.slow
 def test_headline_gains_are_the_tables_differences(smoke_outputs):
     df = pd.read_csv(smoke_outputs / "main_table.csv").set_index(["dataset", "classifier"])
     head = pd.read_csv(smoke_outputs / "headline.csv")
@@ -192,6 +201,7 @@ def test_headline_gains_are_the_tables_differences(smoke_outputs):
     assert "points" in md and "robust = correct or rejected" in md
 
 
+@pytest.mark.slow
 def test_main_figure_shares_add_up_and_match_the_table(smoke_outputs):
     from mslib import labels, tables
 
@@ -214,6 +224,7 @@ def test_main_figure_shares_add_up_and_match_the_table(smoke_outputs):
     assert got.keys() == want.keys() and all(got[key] == pytest.approx(want[key]) for key in want)
 
 
+@pytest.mark.slow
 def test_figure_source_data_and_display_tables_carry_no_raw_codes(smoke_outputs):
     from mslib import labels
 
@@ -233,6 +244,7 @@ def test_figure_source_data_and_display_tables_carry_no_raw_codes(smoke_outputs)
         assert not raw, f"{md.name} has raw headers {raw}"
 
 
+@pytest.mark.slow
 def test_every_csv_column_has_a_label(smoke_outputs):
     from mslib import labels
 
@@ -244,6 +256,7 @@ def test_every_csv_column_has_a_label(smoke_outputs):
         assert not missing, f"{csv.name}: columns without a label in mslib.labels.COLUMNS: {missing}"
 
 
+@pytest.mark.slow
 def test_reader_copies_state_percent_with_ci_and_what_robust_means(smoke_outputs):
     for stem in ("main_table", "headline", "attacks_table", "security_curves", "tolerance", "eps_half_check"):
         md = (smoke_outputs / f"{stem}.md").read_text()
@@ -262,6 +275,7 @@ def test_reader_copies_state_percent_with_ci_and_what_robust_means(smoke_outputs
     assert sum(ch in "lrc" for ch in spec) <= 10, f"the LaTeX main table has too many columns ({spec})"
 
 
+@pytest.mark.slow
 def test_every_reader_table_shows_percent_and_points_as_its_headers_say(smoke_outputs):
     # a fraction under a "(%)" header reads as a plausible wrong number (0.097 % for 9.7 %)
     pct = re.compile(r"—|-?\d+\.\d( \[\d+\.\d, \d+\.\d\])?")
@@ -281,6 +295,7 @@ def test_every_reader_table_shows_percent_and_points_as_its_headers_say(smoke_ou
     assert re.search(r"\| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \|", cmp), "paired differences need their CI"
 
 
+@pytest.mark.slow
 def test_closing_sentences_state_the_worst_case_first(smoke_outputs):
     for name in ("02_main_table", "07_adaptive_attacks"):
         text = _last_markdown(smoke_outputs / f"{name}.ipynb")
@@ -292,10 +307,12 @@ def test_closing_sentences_state_the_worst_case_first(smoke_outputs):
         assert f"{100 * r.gain_worst:+.1f} points" in text, "the closing sentence must give each worst-case gain"
 
 
+@pytest.mark.slow
 def test_gallery_shows_as_many_images_as_asked(smoke_outputs):
     assert len(pd.read_csv(smoke_outputs / "gallery.csv")) == 8
 
 
+@pytest.mark.slow
 def test_zero_shot_at_chance_is_explained(smoke_outputs):
     zs = pd.read_csv(smoke_outputs / "zero_shot.csv")
     text = _last_markdown(smoke_outputs / "01_zero_shot.ipynb")
@@ -306,6 +323,7 @@ def test_zero_shot_at_chance_is_explained(smoke_outputs):
     assert not ((chance.nan_scores == 0) & (chance.top_class_share == 1)).any()
 
 
+@pytest.mark.slow
 def test_unknown_classifier_names_the_valid_ones(smoke_outputs):
     from mslib import tables
 
@@ -313,6 +331,7 @@ def test_unknown_classifier_names_the_valid_ones(smoke_outputs):
         tables.gallery("smoke", "no-such-classifier")
 
 
+@pytest.mark.slow
 def test_beyond_sentences_use_the_readers_names(smoke_outputs):
     import nbformat
 

@@ -19,7 +19,7 @@ from mslib.experiment import ms_broken, run_study
 from mslib.plan import dataset_plan
 from mslib.store import ResultsNotReadyError, Store
 
-from results_helpers import OVERRIDES, fresh_cache, kill_during_training, linked_models_but
+from results_helpers import OVERRIDES, fresh_cache, kill_during_training, linked_models_but, study_copy
 
 TABLES = ("main_table", "attacks_table", "security_curves", "tolerance_tradeoff", "eps_half_check",
           "zero_shot_table")
@@ -35,12 +35,10 @@ def _copy_results(src: Path, dst: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory, smoke_models):
-    cache = fresh_cache(tmp_path_factory.mktemp("results") / "clean")
+def clean_run(tmp_path_factory, smoke_study):
+    cache = study_copy(smoke_study, tmp_path_factory.mktemp("results") / "clean")  # computed once per session
     with data_root_at(cache):
-        summary = run_study("smoke", progress=False, overrides=OVERRIDES)
         store = Store("smoke")
-    assert summary.done and summary.computed > 0 and summary.reused == 0
     return cache, _tables(cache), store
 
 
@@ -210,6 +208,7 @@ def test_transfer_attacks_never_reuse_and_the_adaptive_chain_reuses_only_what_br
         assert bool((ms_broken(ce_large["f"], ce_large["s"], y, p.tolerance) <= dlr).all())
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_point_then_a_rerun_gives_the_same_tables(clean_run, tmp_path):
     _, before, store = clean_run
     cache = fresh_cache(tmp_path / "killed")

@@ -9,10 +9,11 @@ import torch
 from mslib.experiment import run_study
 from mslib.store import ResultsNotReadyError, Store
 
-from results_helpers import OVERRIDES, assert_same_results, fresh_cache
+from results_helpers import OVERRIDES, assert_same_results, fresh_cache, study_copy
 
 
-def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypatch, smoke_models):
+@pytest.mark.slow
+def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypatch, smoke_study):
     pytest.importorskip("submitit")
     from mslib.launch import run_sharded
 
@@ -28,7 +29,7 @@ def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypat
     assert run_sharded("smoke", 2, executor="local", folder=tmp_path / "jobs", overrides=OVERRIDES,
                        threads=torch.get_num_threads(), timeout_min=10) is True
 
-    plain = fresh_cache(tmp_path / "plain")
+    plain = study_copy(smoke_study, tmp_path / "plain")  # the session's unsharded run, computed in this process
     monkeypatch.setenv("MSLIB_CACHE", str(plain))
     assert run_study("smoke", progress=False, overrides=OVERRIDES).done is True
 

@@ -74,6 +74,7 @@ def _completion_states(ids: list[str]) -> dict[str, str]:
     return dict(line.split("|")[:2] for line in out.splitlines() if line.strip())
 
 
+@pytest.mark.slow
 def test_slurm_shards_one_cancelled_and_resubmitted_merge_into_the_unsharded_result(
         slurm_conf, tmp_path, monkeypatch, smoke_models):
     from mslib import tables
