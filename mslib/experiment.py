@@ -381,12 +381,14 @@ def _check_job(job: Job) -> None:
         raise ValueError(f"{job.attack} needs a rejecting model: use target='ms' or 'conf'")
 
 
-def _check_models(ws: Workspace, job: Job) -> None:
+def _check_models(ws: Workspace, job: Job, loaded: bool = False) -> None:
     """A job runs only in a workspace holding the very models its key names (a base configuration's job in
-    a VLM variant's workspace would store the variant's outputs under the base key)."""
+    a VLM variant's workspace would store the variant's outputs under the base key); checked from the
+    identities (no model loaded), and with ``loaded`` against the loaded models themselves."""
     for role, identity in json.loads(job.context)["models"].items():
         name = job.classifier if role == "classifier" else role
-        if json.loads(canonical_json(ws.model(name).identity)) != identity:
+        have = ws.model(name).identity if loaded else ws.identity(name)
+        if json.loads(canonical_json(have)) != identity:
             raise ValueError(f"{job.label}: this workspace's {role} is not the model the job's key names "
                              f"(running it here would store another model's outputs under its key)")
 
@@ -397,6 +399,7 @@ def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = 
     summary = summary or Summary()
     for job in jobs:
         _check_job(job)
+        _check_models(ws, job)
         folder = entry_dir("results", job.record())
         states = {b: batch_state(folder, b) for b in ws.starts()}
         mine = ws.starts(shard)
@@ -411,7 +414,7 @@ def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = 
             summary.complete += 1
         if not todo:
             continue
-        _check_models(ws, job)  # loads the job's models: only for a job with work to do
+        _check_models(ws, job, loaded=True)  # loads the job's models: only for a job with work to do
         model = ws.target_model(job.classifier, job.target, ws.threshold(job)) if job.kind == "attack" else None
         bar: Iterable[int] = todo
         if progress:
