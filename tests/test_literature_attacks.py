@@ -180,9 +180,13 @@ def test_the_plan_takes_budgets_from_the_specs_and_adds_the_convergence_stages_o
     tiny = dataset_plan(get_profile("tiny"), range(10), ids)
     plus = dataset_plan(get_profile("tiny-plus"), range(10), ids)
     square = [j for j in tiny.ensemble["standard"] if j.attack == "square-reject"]
-    assert [dict(j.options)["n_queries"] for j in square] == [5000]
+    assert [dict(j.options)["n_queries"] for j in square] == [1000]  # tiny's documented budget
+    assert [dict(j.options)["n_queries"] for j in plus.ensemble["standard"] if j.attack == "square-reject"] == [5000]
     assert "n_iter" not in dict(square[0].options)
-    assert not tiny.convergence and {j.key for j in tiny.jobs()} < {j.key for j in plus.jobs()}
+    # tiny-plus holds every tiny job but Square (its bigger budget is another job), and more
+    assert not tiny.convergence
+    assert {j.key for j in tiny.jobs() if j.attack != "square-reject"} < {j.key for j in plus.jobs()}
+    assert not {j.key for j in tiny.jobs() if j.attack == "square-reject"} & {j.key for j in plus.jobs()}
     for defense, base in (("ms", plus.ensemble["standard"]), ("conf", plus.baseline["standard"])):
         stages = plus.convergence["standard", defense]
         assert [j.attack for j in stages] == list(CONVERGENCE[defense])
