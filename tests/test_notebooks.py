@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -36,7 +37,7 @@ FIGURE_DATA = ["zero_shot", "main_table", "security_curves", "tolerance", "galle
 
 
 @pytest.fixture(scope="module")
-def smoke_outputs(tmp_path_factory, smoke_models) -> Path:
+def smoke_outputs(tmp_path_factory, smoke_models) -> Iterator[Path]:
     import papermill as pm
 
     from mslib.cache import data_root_at
@@ -47,12 +48,13 @@ def smoke_outputs(tmp_path_factory, smoke_models) -> Path:
     # a private results cache (the repository's trained models linked in): the test writes no result into data/
     cache = fresh_cache(tmp_path_factory.mktemp("notebooks") / "cache")
     out = tmp_path_factory.mktemp("figures_smoke")
-    with data_root_at(cache):  # the kernels inherit MSLIB_CACHE
+    # the kernels inherit MSLIB_CACHE; the module's tests read the same results (Store("smoke")) while it is set
+    with data_root_at(cache):
         assert run_study("smoke", progress=False).done  # the notebooks only read results: compute them first
         for nb in NOTEBOOKS:
             pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": "smoke", "out_dir": str(out)},
                                 kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
-    return out
+        yield out
 
 
 def test_every_notebook_has_a_parameters_cell_and_no_outputs():
