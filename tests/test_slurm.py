@@ -66,12 +66,21 @@ def _job_ids(folder: Path) -> list[str]:
     return sorted((p.name.split("_")[0] for p in folder.glob("*_submitted.pkl")), key=int)
 
 
-def _completion_states(ids: list[str]) -> dict[str, str]:
-    """Job id -> final state from the cluster's job completion log, read by ``sacct -c`` (no slurmdbd here)."""
-    out = subprocess.run(["sacct", "-c", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+def _completion_states(ids: list[str], wait: float = 60.0) -> dict[str, str]:
+    """Job id -> final state from the cluster's job completion log, read by ``sacct -c`` (no slurmdbd here).
+
+    The executor sees a job finished from its result file, which the job writes before slurmctld logs its
+    completion, so the last job's line can arrive a moment later: wait up to ``wait`` seconds for every id."""
+    deadline = time.monotonic() + wait
+    while True:
+        out = subprocess.run(["sacct", "-c", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        states = dict(line.split("|")[:2] for line in out.splitlines() if line.strip())
+        if set(ids) <= set(states) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     print(subprocess.run(["sacct", "-c", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30).stdout)
-    return dict(line.split("|")[:2] for line in out.splitlines() if line.strip())
+    return states
 
 
 @pytest.mark.slow
