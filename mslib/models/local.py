@@ -483,15 +483,20 @@ def locate_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> li
 def locate_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> list[tuple[Path, str]] | None:
     """The files :func:`load_lit_vlm` would load (released, else the model folder's, checked against its
     ``checksums.json``) with their SHA-256, without loading them (None if it is not trained yet or damaged)."""
-    from .openclip_factory import CONFIG_NAME, WEIGHTS_NAME
-
     released = locate_released("lit", profile, spec, spec)
     if released is not None:
         return released
-    folder = data_root() / "models" / record_key(_record("lit", profile, spec))
+    return locate_model_folder(data_root() / "models" / record_key(_record("lit", profile, spec)))
+
+
+def locate_model_folder(folder: Path) -> list[tuple[Path, str]] | None:
+    """An open_clip model folder's config and weights with their SHA-256 checked against its ``checksums.json``
+    (None when it is not trained yet, or damaged, or its train_info does not read back: the loader retrains)."""
+    from .openclip_factory import CONFIG_NAME, WEIGHTS_NAME
+
     names = [CONFIG_NAME, WEIGHTS_NAME]
     try:
-        read_json(folder / "train_info.json")  # the loader retrains a folder whose train_info does not read back
+        read_json(folder / "train_info.json")
         return list(zip((folder / n for n in names), manifest_sha256(folder, names)))
     except (OSError, ValueError):  # DamagedFileError is a ValueError
         return None

@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import entry_dir, file_sha256, folder_intact, manifest_sha256, read_json, write_checksums, \
-    write_json
+from ..cache import entry_dir, file_sha256, folder_intact, write_checksums, write_json
 from .local import _LIT_KEYS, _check_spec, _class_names, _lr_at, _normal_mode, _optimizer_step, _train_data, \
-    _zero_shot, evaluate, load_lit_vlm, load_released_lit, locate_released, model_dir
+    _zero_shot, evaluate, load_lit_vlm, load_released_lit, locate_model_folder, locate_released, model_dir
 from .released import announce_training
 from .zeroshot import ImagePreprocess, ZeroShotClassifier
 
@@ -193,7 +192,7 @@ def locate_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> list[tuple
     """The model folder's files :func:`load_lit_fare` would load, with their SHA-256 checked against its
     ``checksums.json``, without loading them (None if the base or the fine-tune is not trained yet, or damaged).
     """
-    from .openclip_factory import CONFIG_NAME, WEIGHTS_NAME
+    from .openclip_factory import WEIGHTS_NAME
 
     _check_fare_spec(spec)
     base_spec = {"source": "lit", **spec["base"]}
@@ -202,13 +201,7 @@ def locate_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> list[tuple
         return released
     if not (model_dir("lit", profile, base_spec) / WEIGHTS_NAME).is_file():
         return None
-    folder = fare_dir(profile, {**spec, "base": base_spec})
-    names = [CONFIG_NAME, WEIGHTS_NAME]
-    try:
-        read_json(folder / "train_info.json")  # the loader retrains a folder whose train_info does not read back
-        return list(zip((folder / n for n in names), manifest_sha256(folder, names)))
-    except (OSError, ValueError):  # DamagedFileError is a ValueError
-        return None
+    return locate_model_folder(fare_dir(profile, {**spec, "base": base_spec}))
 
 
 __all__ = ["CODE_VERSION", "fare_dir", "fare_record", "load_lit_fare", "locate_lit_fare", "pgd_accuracy",
