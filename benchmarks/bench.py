@@ -323,15 +323,20 @@ def section_apgd_vs_pyautoattack(b: Bench, profile, x, y, idx, n, n_iter, bs, su
     summary["speedup_vs_pyautoattack"] = {**speed, "all": tot_aa / tot_ours}
 
 
-def section_multishield(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, attacks, repeats=1) -> None:
+def _multishields(b: "Bench", profile):
+    """(classifier name, Multi-Shield of it and the profile's VLM) per classifier, their passes metered."""
     from mslib.models import load_classifier, load_vlm
 
-    device = profile.device
     vlm = prepare_model(b.meter.attach(load_vlm(profile).eval()), profile)
-    xs, ys, ids = x[:n], y[:n], idx[:n]
     for name in profile.classifiers:
         clf = prepare_model(b.meter.attach(load_classifier(profile, name).eval()), profile)
-        ms = MultiShield(clf, vlm, tolerance=profile.tolerance)
+        yield name, MultiShield(clf, vlm, tolerance=profile.tolerance)
+
+
+def section_multishield(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, attacks, repeats=1) -> None:
+    device = profile.device
+    xs, ys, ids = x[:n], y[:n], idx[:n]
+    for name, ms in _multishields(b, profile):
         for attack in attacks:
             _warm(ms, xs, ys, attack, device)
             def go(compact, attack=attack):
@@ -348,14 +353,9 @@ def section_paper_chain(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, re
     """The paper's adaptive evaluation as a whole on ``MultiShield(classifier, vlm)``: APGD CE-rejection on
     every sample, then DLR-rejection on the samples CE left unbroken; with and without the exact skip of
     fixed points (samples whose loss gradient is exactly zero at their start)."""
-    from mslib.models import load_classifier, load_vlm
-
     device = profile.device
-    vlm = prepare_model(b.meter.attach(load_vlm(profile).eval()), profile)
     xs, ys, ids = x[:n], y[:n], idx[:n]
-    for name in profile.classifiers:
-        clf = prepare_model(b.meter.attach(load_classifier(profile, name).eval()), profile)
-        ms = MultiShield(clf, vlm, tolerance=profile.tolerance)
+    for name, ms in _multishields(b, profile):
         _warm(ms, xs, ys, "apgd-ce-reject", device)
 
         def go(skip: bool) -> dict[str, Any]:
