@@ -169,3 +169,18 @@ def test_bad_input_is_a_clear_error(defense, small_classifier, fashion_small):
         mslib.attack(defense, x * 255, y, "square-reject", 0.1)
     with pytest.raises(ValueError, match="eps"):
         mslib.attack(defense, x, y, "agreement", -0.1)
+
+
+def test_square_skips_only_draws_that_leave_the_point_unchanged(defense, small_classifier, fashion_small):
+    """Catches a skip that drops a draw which would have moved the point (or counts a skipped query as
+    made): on models scored one image at a time the skip gives the same bytes as querying every draw, with
+    fewer forward passes, on the rejection-aware margin and on the plain one."""
+    _, _, x, y = fashion_small
+    x, y = x[:12], y[:12]
+    for model, name in ((_OneByOne(defense), "square-reject"), (_OneByOne(small_classifier), "square")):
+        model.rejects = name == "square-reject"
+        a = run_attack(model, x, y, name, eps=0.1, n_queries=120, seed=3)
+        b = run_attack(model, x, y, name, eps=0.1, n_queries=120, seed=3, skip_unmoved=False)
+        assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.success, b.success)
+        assert a.success_curve == b.success_curve and a.loss_curve == b.loss_curve
+        assert a.n_forward < b.n_forward
