@@ -82,8 +82,11 @@ system-deps:
 	 else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set MSLIB_DATA to a folder with the idx files"; exit 1; fi
 
 # ---- tests -----------------------------------------------------------------------------------------
+# two pytest-xdist workers (one thread each), a test file per worker at a time, so a file's fixtures are
+# computed once; TEST_WORKERS=0 runs the suite in one process
+TEST_WORKERS ?= 2
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # ---- results and figures ---------------------------------------------------------------------------
 results: $(RESULTS)

@@ -2,14 +2,32 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
+# Under pytest-xdist (``make test`` runs two workers) each worker computes with one thread, and so does every
+# process it starts (papermill kernels, CLIs): two workers of two threads each on two cores would
+# oversubscribe them, which slows torch several times over.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from filelock import FileLock  # noqa: E402
+from torch import nn  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1 if WORKER else max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this test run that every xdist worker sees (its own temp folder without workers)."""
+    base = tmp_path_factory.getbasetemp()
+    if not WORKER:
+        return base / name
+    return base.parent / f"shared-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'run')}" / name
 
 
 class TinyCNN(nn.Module):
@@ -86,10 +104,14 @@ def smoke_models():
     from mslib.profiles import get_profile
     from results_helpers import OVERRIDES
 
+    from mslib.cache import data_root
+
     p = get_profile("smoke", **OVERRIDES)
-    for name in p.classifiers:
-        load_classifier(p, name)
-    load_vlm(p)
+    data_root().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(data_root() / ".smoke-models.lock")):  # one worker trains, the others then load
+        for name in p.classifiers:
+            load_classifier(p, name)
+        load_vlm(p)
     return p
 
 
@@ -101,8 +123,18 @@ def smoke_study(tmp_path_factory, smoke_models):
     from mslib.experiment import run_study
     from results_helpers import OVERRIDES, fresh_cache
 
-    cache = fresh_cache(tmp_path_factory.mktemp("study") / "cache")
-    with data_root_at(cache):
-        summary = run_study("smoke", progress=False, overrides=OVERRIDES)
-    assert summary.done and summary.computed > 0 and summary.reused == 0
+    folder = shared_dir(tmp_path_factory, "study")
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = folder / "cache"
+    with FileLock(str(folder / ".lock")):  # computed by the first worker that needs it, read by the others
+        if not (folder / "complete").exists():
+            if cache.exists():  # a worker that died half-way
+                import shutil
+
+                shutil.rmtree(cache)
+            fresh_cache(cache)
+            with data_root_at(cache):
+                summary = run_study("smoke", progress=False, overrides=OVERRIDES)
+            assert summary.done and summary.computed > 0 and summary.reused == 0
+            (folder / "complete").touch()
     return cache

@@ -239,9 +239,12 @@ def test_tables_show_both_vlm_configurations_the_baseline_and_the_health_flags(b
     health = _in(cache, beyond.attack_health, "smoke")
     paper_dlr = health[health.attack.isin(["apgd-dlr-reject@ms", "apgd-dlr-reject@conf"])]
     excl = health[health.attack.isin(["apgd-dlr-reject-excl@ms", "apgd-dlr-reject-excl@conf"])]
-    # the paper's DLR loss cancels where y and the rejection logit are the top two: the flag must show it
-    assert (paper_dlr.zero_grad > 0.5).all() and (paper_dlr.flag == "zero gradients").all()
-    assert excl.n_zero_grad.sum() < paper_dlr.n_zero_grad.sum()
+    # the paper's DLR loss cancels where y and the rejection logit are the top two, but as the original code
+    # computes it (two divisions) its gradient there is a rounding residual, not an exact zero: the attack
+    # moves, so it must not be flagged as stuck (it would be with the two terms over one division)
+    assert len(paper_dlr) and (paper_dlr.n_measured > 0).all()
+    assert (paper_dlr.n_zero_grad < paper_dlr.n_measured).all() and (paper_dlr.flag != "zero gradients").all()
+    assert (excl.flag != "zero gradients").all()
     assert (health[health.gradient_free].n_measured == 0).all()
     cmp = _in(cache, beyond.comparisons, "smoke")
     assert "robust VLM vs clean VLM in Multi-Shield" in set(cmp.question)

@@ -143,10 +143,11 @@ for _spec in (
                "APGD, difference-of-logits ratio (scale-invariant)"),
     AttackSpec("apgd-ce-reject", _apgd_variant(losses.ce_reject_loss, losses.misclassified_not_rejected),
                "APGD-CE, rejection-aware", "APGD, CE on true + reject class", reject_aware=True),
-    # version 2: the two DLR terms share their division, so their cancellation leaves an exact zero
+    # version 3: the two DLR terms divided on their own again, operation for operation as the original code
+    # (version 2 shared the division: an exact zero gradient, a fixed point the original's attack is not)
     AttackSpec("apgd-dlr-reject", _apgd_variant(losses.dlr_reject_loss_paper, losses.misclassified_not_rejected),
                "APGD-DLR, rejection-aware", "APGD, DLR on true + reject class, after CE", reject_aware=True,
-               version=2),
+               version=3),
     AttackSpec("apgd-dlr-reject-excl",
                _apgd_variant(losses.dlr_reject_loss_excl, losses.misclassified_not_rejected),
                "APGD-DLR, rejection-aware, reject excluded",
