@@ -119,6 +119,12 @@ class Job:
         from its ``after`` jobs): ``conf`` for attacks on the confidence rejector, else ``ms``."""
         return "conf" if self.target == "conf" else "ms"
 
+    @property
+    def whole(self) -> tuple["Job", ...]:
+        """Results this job reads on every sample, whatever the shard: for an attack on the confidence rejector,
+        the clean outputs its threshold is matched on (so every shard attacks at the same threshold)."""
+        return (self.clean_job(),) if self.kind == "attack" and self.defense == "conf" else ()
+
     def clean_job(self) -> "Job":
         """The clean-outputs job of the same samples and models (the confidence rejector's threshold is
         matched to Multi-Shield's clean rejections there)."""
@@ -162,6 +168,11 @@ class DatasetPlan:
     # defense's ensemble on its survivors (CONVERGENCE), in order
     convergence: dict[tuple[str, str], tuple[Job, ...]] = field(default_factory=dict)
 
+    @property
+    def eps_half(self) -> float:
+        """The eps of Tramer's check (a key of :attr:`nonadaptive`): half the profile's."""
+        return half_eps(self.profile)
+
     def jobs(self) -> list[Job]:
         """Every job once, each after the jobs it builds on."""
         out: dict[str, Job] = {}
@@ -189,9 +200,14 @@ def study_eps(profile: Profile) -> list[float]:
     return sorted({e for e in profile.eps_grid if e > 0} | {profile.eps})
 
 
+def half_eps(profile: Profile) -> float:
+    """Tramer's check's budget: the classifier alone at half the profile's eps."""
+    return profile.eps / 2
+
+
 def nonadaptive_eps(profile: Profile) -> list[float]:
     """The study's eps values and eps/2 (for Tramer's check: the classifier alone at half the budget)."""
-    return sorted(set(study_eps(profile)) | {profile.eps / 2})
+    return sorted(set(study_eps(profile)) | {half_eps(profile)})
 
 
 def attack_options(profile: Profile, attack: str, compact: bool = True, stronger: bool = False
@@ -292,7 +308,7 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
             done = list(nonadaptive[clf, p.eps])
             for target, attack in BASELINE_ENSEMBLE[len(done):]:
                 # the paper's pair as on Multi-Shield (CE alone, DLR after CE), the later stages after all
-                after = () if attack == "apgd-ce-reject" else tuple(done[2:]) if attack == "apgd-dlr-reject" \
+                after = () if attack == PAPER_ADAPTIVE[0] else tuple(done[2:]) if attack == PAPER_ADAPTIVE[1] \
                     else tuple(done)
                 done.append(attack_job(clf, target, attack, p.eps, after))
             baseline[clf] = tuple(done)
@@ -323,5 +339,5 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
 
 
 __all__ = ["BASELINE_ENSEMBLE", "CODE_VERSION", "CONVERGENCE", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE",
-           "PAPER_ADAPTIVE", "TARGETS", "attack_options", "context", "dataset_plan", "nonadaptive_eps",
+           "PAPER_ADAPTIVE", "TARGETS", "attack_options", "context", "dataset_plan", "half_eps", "nonadaptive_eps",
            "results_family", "study_eps", "variant_profile", "vlm_variants"]

@@ -105,7 +105,7 @@ def test_worst_case_ensemble_is_the_outcome_of_the_stored_images(defense, small_
     from mslib.plan import ENSEMBLE
     from mslib.profiles import get_profile
     from mslib.store import Store
-    from mslib.tables import BROKEN, CORRECT, REJECTED, status, worst_case
+    from mslib.metrics import BROKEN, CORRECT, REJECTED, status, worst_case
     from results_helpers import outcomes_by_hand
 
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))

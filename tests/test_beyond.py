@@ -208,7 +208,7 @@ def test_the_rejector_is_attacked_at_the_threshold_matched_to_multi_shield(beyon
     for plan in beyond.configs(d).values():
         for clf in d.profile.classifiers:
             clean = store.outputs(plan.clean[clf])
-            thr = _in(cache, beyond.conf_threshold, store, plan, clf)  # also checks the recorded thresholds
+            thr = _in(cache, store.threshold, plan, clf)  # also checks the recorded thresholds
             n_ms = int((clean.ms_pred(plan.profile.tolerance) == k).sum())
             assert int((confidence_decide(clean.f, thr) == k).sum()) == n_ms
             job = plan.baseline[clf][2]
