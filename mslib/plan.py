@@ -158,7 +158,7 @@ class DatasetPlan:
     baseline: dict[str, tuple[Job, ...]] = field(default_factory=dict)
     # APGD-CE on the VLM alone at profile.eps, every sample: the VLM's robust zero-shot accuracy
     vlm_attack: tuple[Job, ...] = ()
-    # VLM variant name (profile.extra["vlm_variants"]) -> the study at profile.eps with that VLM instead
+    # VLM variant name (profile.vlm_variants) -> the study at profile.eps with that VLM instead
     variants: dict[str, "DatasetPlan"] = field(default_factory=dict)
     # in a variant's plan, classifier -> "rescore" jobs: the examples of every attack of the profile's own
     # configuration on Multi-Shield, the VLM and the rejector, scored with this configuration's models (an
@@ -228,15 +228,9 @@ def attack_options(profile: Profile, attack: str, compact: bool = True, stronger
 
 
 def vlm_variants(profile: Profile) -> dict[str, dict[str, Any]]:
-    """The profile's extra VLMs (``extra["vlm_variants"]``: name -> spec), each a configuration of the study
+    """The profile's extra VLMs (:attr:`Profile.vlm_variants`: name -> spec), each a configuration of the study
     with that VLM in Multi-Shield instead of the profile's own (e.g. an adversarially fine-tuned one)."""
-    variants = profile.extra.get("vlm_variants", {}) or {}
-    if not isinstance(variants, dict) or not all(isinstance(k, str) and isinstance(v, dict)
-                                                 for k, v in variants.items()):
-        raise TypeError(f"profile extra['vlm_variants'] must map names to VLM spec dicts, got {variants!r}")
-    if profile.vlm in variants:
-        raise ValueError(f"VLM variant {profile.vlm!r} has the name of the profile's own VLM")
-    return variants
+    return profile.vlm_variants
 
 
 def variant_profile(profile: Profile, name: str) -> Profile:
@@ -244,14 +238,13 @@ def variant_profile(profile: Profile, name: str) -> Profile:
     variants = vlm_variants(profile)
     if name not in variants:
         raise ValueError(f"profile {profile.name!r} has no VLM variant {name!r}; it has {sorted(variants)}")
-    extra = {k: v for k, v in profile.extra.items() if k != "vlm_variants"}
-    return profile.replace(vlm=name, vlm_spec=variants[name], eps_grid=(), extra=extra)
+    return profile.replace(vlm=name, vlm_spec=variants[name], eps_grid=(), vlm_variants={})
 
 
 def results_family(profile: Profile) -> str:
     """The profile name results are keyed under: a profile that only adds configurations to another
-    (``extra["results_of"]``, e.g. tiny-plus = tiny + a robust VLM) shares that profile's results."""
-    return str(profile.extra.get("results_of", profile.name))
+    (:attr:`Profile.results_of`, e.g. tiny-plus = tiny + a robust VLM) shares that profile's results."""
+    return profile.results_of or profile.name
 
 
 def context(profile: Profile, indices: Iterable[int], models: dict[str, dict[str, Any]],
