@@ -44,7 +44,7 @@ from mslib import MultiShield, get_profile  # noqa: E402
 from mslib.attacks import ATTACKS, frozen, run_attack, sample_noise  # noqa: E402
 from mslib.attacks.apgd import linf_random_start  # noqa: E402
 try:  # (absent before the CUDA speed settings existed: lets this file benchmark older trees too)
-    from mslib.experiment import prepare_model, speed_settings  # noqa: E402
+    from mslib.runtime import prepare_model, speed_settings  # noqa: E402
 except ImportError:  # pragma: no cover
     def prepare_model(model, profile):
         return model.to(profile.device)

@@ -11,8 +11,8 @@ import sys
 import torch
 
 from mslib import metrics
+from mslib.metrics import BROKEN, status, worst_case
 from mslib.store import Store
-from mslib.tables import BROKEN, status, worst_case
 
 profile = sys.argv[1] if len(sys.argv) > 1 else "tiny"
 store = Store(profile)

@@ -26,10 +26,11 @@ import torch
 
 from . import labels, metrics
 from .attacks import attack_spec
-from .defense import confidence_decide, matched_threshold, threshold_for_rejections
+from .defense import confidence_decide, threshold_for_rejections
 from .plan import CONVERGENCE_RESTARTS, CONVERGENCE_SCALE, PAPER_ADAPTIVE, DatasetPlan, Job
 from .store import DatasetResults, Outputs, Store
-from .tables import BROKEN, CORRECT, REJECTED, _ms_status, _with_ci, budget, status, worst_case
+from .metrics import BROKEN, CORRECT, REJECTED, status, worst_case
+from .tables import _ms_status, _with_ci, budget
 
 CONFIDENCE = "confidence rejector"
 CLASSIFIER = "classifier alone"
@@ -65,20 +66,6 @@ def for_readers(df: pd.DataFrame) -> pd.DataFrame:
 def configs(d: DatasetResults) -> dict[str, DatasetPlan]:
     """VLM name -> the plan of that configuration: the profile's VLM first, then its variants."""
     return {d.plan.profile.vlm: d.plan, **{name: v for name, v in d.plan.variants.items()}}
-
-
-def conf_threshold(store: Store, plan: DatasetPlan, clf: str) -> float:
-    """The confidence rejector's threshold of a configuration: matched to Multi-Shield's clean rejections,
-    recomputed from the stored clean outputs (and checked against the one the attacks recorded)."""
-    clean = store.outputs(plan.clean[clf])
-    thr = matched_threshold(clean.f, clean.s, plan.profile.tolerance)
-    for job in plan.baseline.get(clf, ()):
-        if job.target == "conf":
-            recorded = {float(t) for t in store.load(job, ("threshold",))["threshold"] if t is not None}
-            if recorded and recorded != {thr}:
-                raise ValueError(f"{job.label}: attacked at threshold {sorted(recorded)}, but the stored clean "
-                                 f"outputs give {thr}; the results are inconsistent (recompute them)")
-    return thr
 
 
 def _conf_status(out: Outputs, y: torch.Tensor, thr: float, k: int) -> torch.Tensor:
@@ -140,7 +127,7 @@ def _defense_rows(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, 
                  "robust_acc_worst": metrics.rate(worst < BROKEN), "reject_worst": metrics.rate(worst == REJECTED),
                  "robust_acc_every": metrics.rate(worst_case(ms(o) for o in every[vlm]) < BROKEN),
                  "n_attacks_worst": len(plan.ensemble[clf])})
-    thr = conf_threshold(store, plan, clf)
+    thr = store.threshold(plan, clf)
     cf = lambda o: _conf_status(o, y, thr, k)  # noqa: E731
     stages = plan.baseline[clf]
     non = _worst(store, plan.nonadaptive[clf, p.eps], cf)
@@ -170,7 +157,7 @@ def _classifier_row(store: Store, d: DatasetResults, clf: str, every: dict[str, 
             "robust_acc_every": metrics.rate(every_st == CORRECT), "n_attacks_worst": 2}
 
 
-def beyond_table(profile_name: str) -> pd.DataFrame:
+def beyond_table(store: Store | str) -> pd.DataFrame:
     """One row per (dataset, classifier, VLM configuration, defense) at the profile's eps, with 95% CIs.
 
     Defenses: ``Multi-Shield`` (that VLM, the profile's tolerance), ``confidence rejector`` (threshold matched
@@ -184,7 +171,7 @@ def beyond_table(profile_name: str) -> pd.DataFrame:
     every VLM configuration; for Multi-Shield, every attack of its own configuration), the strongest
     evaluation here.
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d, clf, every in _each_classifier(store):
         rows.append(_classifier_row(store, d, clf, every))
@@ -193,7 +180,7 @@ def beyond_table(profile_name: str) -> pd.DataFrame:
     return _with_ci(rows)
 
 
-def risk_coverage(profile_name: str) -> pd.DataFrame:
+def risk_coverage(store: Store | str) -> pd.DataFrame:
     """Worst-case robust accuracy against clean rejection as each rejector's operating point moves.
 
     Per (dataset, classifier, VLM configuration): Multi-Shield over tolerances (the profile's grid, its
@@ -205,7 +192,7 @@ def risk_coverage(profile_name: str) -> pd.DataFrame:
     elsewhere the examples were crafted for another point, so those robust accuracies are upper bounds.
     ``curve``: the line's name for readers (the rejector's names no VLM).
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d, clf, every in _each_classifier(store):
         y, k = d.labels, d.num_classes
@@ -230,7 +217,7 @@ def risk_coverage(profile_name: str) -> pd.DataFrame:
                 ms_points.append(int((c == REJECTED).sum()))
                 rows.append(_rc_row(p, clf, vlm, "Multi-Shield", "tolerance", tol, c, w, tol == p.tolerance)
                             | {"curve": curve["Multi-Shield"]})
-            matched = conf_threshold(store, plan, clf)
+            matched = store.threshold(plan, clf)
             counts = {int(round(r * len(y))) for r in RATE_GRID} | set(ms_points)
             thrs = {threshold_for_rejections(clean.f, m) for m in counts} | {matched}
             for thr in sorted(thrs):
@@ -253,11 +240,11 @@ def _every_status(store: Store, d: DatasetResults, vlm: str, plan: DatasetPlan, 
     y, k, p = d.labels, d.num_classes, plan.profile
     if defense == "Multi-Shield":
         return worst_case(_ms_status(o, y, p.tolerance, k) for o in every[vlm])
-    thr = conf_threshold(store, plan, clf)
+    thr = store.threshold(plan, clf)
     return worst_case(_conf_status(o, y, thr, k) for o in _flat(every))
 
 
-def comparisons(profile_name: str) -> pd.DataFrame:
+def comparisons(store: Store | str) -> pd.DataFrame:
     """Paired differences of worst-case robust accuracy (same samples, 95% Newcombe intervals), as fractions.
 
     Each side is scored per sample on every stored example of the classifier at eps that it can be scored
@@ -268,7 +255,7 @@ def comparisons(profile_name: str) -> pd.DataFrame:
     with the profile's VLM, and the same for their confidence rejectors. ``clean_reject_a``/``_b``: the two
     sides' clean rejection rates (equal for the matched comparisons up to ties).
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d, clf, every in _each_classifier(store):
         y, k = d.labels, d.num_classes
@@ -280,7 +267,7 @@ def comparisons(profile_name: str) -> pd.DataFrame:
         for vlm, plan in cfg.items():
             clean = store.outputs(plan.clean[clf])
             rejects[vlm, "Multi-Shield"] = float((clean.ms_pred(plan.profile.tolerance) == k).float().mean())
-            thr = conf_threshold(store, plan, clf)
+            thr = store.threshold(plan, clf)
             rejects[vlm, CONFIDENCE] = float((confidence_decide(clean.f, thr) == k).float().mean())
             names[vlm, CONFIDENCE] = rejector_name(thr)
             names[vlm, "Multi-Shield"] = f"Multi-Shield [{vlm}]"
@@ -312,10 +299,10 @@ def comparisons(profile_name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def vlm_robustness(profile_name: str) -> pd.DataFrame:
+def vlm_robustness(store: Store | str) -> pd.DataFrame:
     """Per (dataset, VLM configuration): the VLM's clean zero-shot accuracy (the profile's prompts averaged)
     and its robust zero-shot accuracy under APGD-CE on the VLM alone at the profile's eps (every sample)."""
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         for vlm, plan in configs(d).items():
@@ -345,14 +332,14 @@ def _each_defense(store: Store) -> Iterator[tuple[DatasetResults, str, str, Data
         y, k = d.labels, d.num_classes
         for clf in d.profile.classifiers:
             for vlm, plan in configs(d).items():
-                tol, thr = plan.profile.tolerance, conf_threshold(store, plan, clf)
+                tol, thr = plan.profile.tolerance, store.threshold(plan, clf)
                 yield d, clf, vlm, plan, "Multi-Shield", "ms", plan.ensemble[clf], \
                     (lambda o, tol=tol: _ms_status(o, y, tol, k))
                 yield d, clf, vlm, plan, CONFIDENCE, "conf", plan.baseline[clf], \
                     (lambda o, thr=thr: _conf_status(o, y, thr, k))
 
 
-def attack_health(profile_name: str) -> pd.DataFrame:
+def attack_health(store: Store | str) -> pd.DataFrame:
     """Per (dataset, classifier, VLM configuration, defense, attack of its worst-case ensemble) at the
     profile's eps: is the attack able to move, and does a gradient-free attack find what gradients missed?
 
@@ -363,7 +350,7 @@ def attack_health(profile_name: str) -> pd.DataFrame:
     ``flag``: ``zero gradients`` when that share exceeds :data:`ZERO_GRAD_WARN`, ``gradient masking`` when
     Square (gradient-free, run last on what every gradient attack left unbroken) breaks any sample, else empty.
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d, clf, vlm, plan, defense, _, stages, score in _each_defense(store):
         before = None
@@ -387,7 +374,7 @@ def attack_health(profile_name: str) -> pd.DataFrame:
 STRONGER = (f"{CONVERGENCE_SCALE}× iterations and queries, {CONVERGENCE_RESTARTS} restarts for gradient attacks")
 
 
-def convergence_table(profile_name: str) -> pd.DataFrame:
+def convergence_table(store: Store | str) -> pd.DataFrame:
     """How far the worst case moves at a larger budget, per (dataset, classifier, VLM configuration, defense).
 
     ``robust_acc_base``: the worst case over the defense's ensemble; ``robust_acc_stronger``: after its
@@ -396,7 +383,7 @@ def convergence_table(profile_name: str) -> pd.DataFrame:
     robust and are now broken; ``found_by``: which stronger attacks broke them. Empty when the profile does
     not run the check (``Profile.convergence``).
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     if not any(plan.convergence for d in store.datasets for plan in configs(d).values()):
         return _with_ci(rows)  # nothing to read: no thresholds to match, no outputs to load
@@ -441,5 +428,5 @@ def conclusions(cmp: pd.DataFrame) -> list[str]:
 
 
 __all__ = ["CLASSIFIER", "CONFIDENCE", "attack_health", "beyond_table", "comparisons", "conclusions", "convergence_table",
-           "conf_threshold", "configs", "defense_label", "for_readers", "rejector_name", "risk_coverage",
+           "configs", "defense_label", "for_readers", "rejector_name", "risk_coverage",
            "vlm_robustness"]

@@ -30,70 +30,14 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .attacks import ATTACKS, REJECT_AWARE, frozen, run_attack
-from .cache import DamagedFileError, canonical_json, data_root, entry_dir, load_tensors, report_damaged, \
-    save_tensors, saved_file_complete, verify_saved, write_json_if_changed
+from .attacks import attack_spec, frozen, run_attack
+from .cache import canonical_json, data_root, write_json_if_changed
 from .defense import ConfidenceRejector, MultiShield, confidence_decide, decide, matched_threshold
+from .metrics import broken
 from .plan import TARGETS, DatasetPlan, Job, dataset_plan, variant_profile, vlm_variants
 from .profiles import Profile, get_profile
-
-VLM_LOGIT_SCALE = 100.0
-
-
-class Autocast(nn.Module):
-    """Runs ``module`` under CUDA autocast (bf16) and returns float32 outputs, so attack math stays float32."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
-        super().__init__()
-        self.module = module
-        self.dtype = dtype
-
-    @property
-    def num_classes(self) -> int | None:
-        return getattr(self.module, "num_classes", None)
-
-    @property
-    def rejects(self) -> bool:
-        return bool(getattr(self.module, "rejects", False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=self.dtype):
-            return self.module(x).float()
-
-
-def speed_settings(profile: Profile) -> dict[str, Any]:
-    """The profile's CUDA speed settings that are in effect (empty on CPU or when off), for result records."""
-    if not str(profile.device).startswith("cuda"):
-        return {}
-    out: dict[str, Any] = {}
-    if profile.precision != "fp32":
-        out["precision"] = profile.precision
-    if profile.channels_last:
-        out["channels_last"] = True
-    return out
-
-
-def prepare_model(model: nn.Module, profile: Profile) -> nn.Module:
-    """Move a loaded model to the profile's device and apply its CUDA speed settings (channels_last, bf16)."""
-    settings = speed_settings(profile)
-    model = model.to(profile.device)
-    if settings.get("channels_last"):
-        model = model.to(memory_format=torch.channels_last)
-    if settings.get("precision") == "bf16":
-        model = Autocast(model)
-    return model
-
-
-class ScaledLogits(nn.Module):
-    """A VLM's cosine similarities times a CLIP-like logit scale, so CE-based attacks get useful gradients."""
-
-    def __init__(self, vlm: nn.Module, scale: float = VLM_LOGIT_SCALE) -> None:
-        super().__init__()
-        self.vlm = vlm
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vlm(x) * self.scale
+from .results import ResultFolder
+from .runtime import ScaledLogits, prepare_model, speed_settings
 
 
 def _require_assets(*profiles: Profile) -> None:
@@ -105,29 +49,11 @@ def _require_assets(*profiles: Profile) -> None:
     require_assets(profiles[0].name, list(profiles))
 
 
-def ms_broken(f: torch.Tensor, s: torch.Tensor, y: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """Per sample: Multi-Shield (at ``tolerance``) outputs a wrong class that is not "rejected"."""
-    pred = decide(f, s, tolerance)
-    return (pred != y) & (pred != f.shape[1])
-
-
-def conf_broken(f: torch.Tensor, y: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per sample: the confidence rejector (at ``threshold``) outputs a wrong class that is not "rejected"."""
-    pred = confidence_decide(f, threshold)
-    return (pred != y) & (pred != f.shape[1])
-
-
 def job_broken(job: Job, f: torch.Tensor, s: torch.Tensor, y: torch.Tensor, threshold: float | None = None
                ) -> torch.Tensor:
     """Per sample: the defense ``job`` is scored against (:attr:`Job.defense`) is broken by outputs f, s."""
-    if job.defense == "conf":
-        return conf_broken(f, y, threshold)
-    return ms_broken(f, s, y, job.tolerance)
-
-
-def batch_files(folder: Path, start: int) -> tuple[Path, Path]:
-    """(outputs file, images file) of the batch starting at sample ``start`` of a result folder."""
-    return folder / f"batch_{start:07d}.pt", folder / f"batch_{start:07d}.x.pt"
+    pred = confidence_decide(f, threshold) if job.defense == "conf" else decide(f, s, job.tolerance)
+    return broken(pred, y, f.shape[1])
 
 
 class Workspace:
@@ -231,23 +157,16 @@ class Workspace:
 
     def threshold(self, job: Job) -> float | None:
         """The confidence rejector's threshold for an attack on it: matched to Multi-Shield's clean rejections
-        on the job's samples, from the stored clean outputs (their missing batches are computed first, all
-        of them, whatever the shard: the threshold depends on every sample). None for other defenses."""
+        on the job's samples, from the stored clean outputs (:attr:`Job.whole`: :func:`execute` completes them
+        first, whatever the shard), as :meth:`mslib.store.Store.threshold` reads it back; computed once per
+        workspace. None for other defenses."""
         if job.defense != "conf":
             return None
-        clean = job.clean_job()
+        (clean,) = job.whole
         if clean.key not in self._thresholds:
-            execute(self, [clean], progress=False)  # every batch, whatever the shard
-            folder = entry_dir("results", clean.record())
-            parts = [load_tensors(batch_files(folder, b)[0]) for b in self.starts()]
-            f = torch.cat([p["f"] for p in parts])
-            s = torch.cat([p["s"] for p in parts])
-            self._thresholds[clean.key] = matched_threshold(f, s, job.tolerance)
+            clean_out = ResultFolder.of(clean).concat(("f", "s"))
+            self._thresholds[clean.key] = matched_threshold(clean_out["f"], clean_out["s"], job.tolerance)
         return self._thresholds[clean.key]
-
-    def starts(self, shard: tuple[int, int] | None = None) -> list[int]:
-        starts = list(range(0, self.images.shape[0], self.profile.batch_size))
-        return starts if shard is None else starts[shard[0]::shard[1]]
 
 
 @dataclass
@@ -275,27 +194,6 @@ class Summary:
                 f"reused, {self.recomputed} recomputed after damage; {where} ({seconds:.0f} s)")
 
 
-def batch_state(folder: Path, start: int) -> str:
-    """``done``, ``missing`` or ``damaged`` (reported on stderr, then treated as missing). The outputs file
-    (small) is checked against its checksum; the images file, the bulk of a result, only by its header and
-    zip end record (complete, not zeroed or truncated): its content is verified whenever it is read."""
-    out, xf = batch_files(folder, start)
-    if not out.exists() and not xf.exists():
-        return "missing"
-    try:
-        verify_saved(out)
-        if not xf.exists():
-            return "missing"
-        if not saved_file_complete(xf):
-            raise DamagedFileError(xf, "no checksum header or incomplete (truncated, zeroed or not an mslib file)")
-    except FileNotFoundError:
-        return "missing"
-    except DamagedFileError as e:
-        report_damaged(e)
-        return "damaged"
-    return "done"
-
-
 def _evaluate_zero_shot(ws: Workspace, job: Job, x: torch.Tensor) -> torch.Tensor:
     # the text embeddings depend only on the prompts, not on the batch: encode them once per workspace
     key = (tuple(job.option("templates")), job.option("text_norm"))
@@ -317,18 +215,18 @@ def _attack_batch(ws: Workspace, job: Job, model: nn.Module, start: int) -> dict
     threshold = ws.threshold(job)
     f = s = None
     for a in job.after:  # earlier results of this batch: the first one that broke a sample provides it
-        out_a, x_a = batch_files(entry_dir("results", a.record()), start)
-        prev = load_tensors(out_a)
+        earlier = ResultFolder.of(a)
+        prev = earlier.read(start)
         if f is None:
             f, s = prev["f"].clone(), prev["s"].clone()
         new = job_broken(job, prev["f"], prev["s"], y, threshold) & ~reused
         if new.any():
-            x_adv[new] = load_tensors(x_a)["x"][new]
+            x_adv[new] = earlier.read_images(start)[new]
             f[new], s[new] = prev["f"][new], prev["s"][new]
             reused |= new
     todo = (~reused).nonzero().squeeze(1)
     success = reused.clone()
-    steps = job.option("n_iter", job.option("n_queries", 0))
+    steps = job.option(attack_spec(job.attack).steps_option, 0)
     curve, loss_curve, n_fwd = [int(reused.sum())] * (steps + 1), [0.0] * (steps + 1), 0
     if todo.numel():
         opts = dict(job.options)
@@ -364,7 +262,7 @@ def _compute_batch(ws: Workspace, job: Job, model: nn.Module | None, start: int)
         return {"x": x[:0].clone(), "s": _evaluate_zero_shot(ws, job, x)}
     if job.kind == "rescore":  # another configuration's examples, scored with this workspace's models
         (source,) = job.after
-        x_src = load_tensors(batch_files(entry_dir("results", source.record()), start)[1])["x"]
+        x_src = ResultFolder.of(source).read_images(start)
         f, s = ws.evaluate(job.classifier, x_src)
         return {"x": x_src[:0].clone(), "f": f, "s": s}  # the images stay with the job that made them
     return _attack_batch(ws, job, model, start)
@@ -373,11 +271,10 @@ def _compute_batch(ws: Workspace, job: Job, model: nn.Module | None, start: int)
 def _check_job(job: Job) -> None:
     if job.kind != "attack":
         return
-    if job.attack not in ATTACKS:
-        raise ValueError(f"unknown attack {job.attack!r}; choose one of {sorted(ATTACKS)}")
+    spec = attack_spec(job.attack)  # an unknown name fails with the registered ones
     if job.target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {job.target!r}")
-    if job.attack in REJECT_AWARE and job.target not in ("ms", "conf"):
+    if spec.reject_aware and job.target not in ("ms", "conf"):
         raise ValueError(f"{job.attack} needs a rejecting model: use target='ms' or 'conf'")
 
 
@@ -400,20 +297,24 @@ def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = 
     for job in jobs:
         _check_job(job)
         _check_models(ws, job)
-        folder = entry_dir("results", job.record())
-        states = {b: batch_state(folder, b) for b in ws.starts()}
-        mine = ws.starts(shard)
+        folder = ResultFolder.of(job)
+        folder.write_record()
+        every = folder.starts()
+        states = {b: folder.state(b) for b in every}
+        mine = folder.starts(shard)
         todo = [b for b in mine if states[b] != "done"]
         summary.jobs += 1
         summary.reused += len(mine) - len(todo)
-        summary.damaged += [str(batch_files(folder, b)[0]) for b in todo if states[b] == "damaged"]
+        summary.damaged += [str(folder.files(b)[0]) for b in todo if states[b] == "damaged"]
         summary.recomputed += sum(states[b] == "damaged" for b in todo)
         summary.computed += sum(states[b] != "damaged" for b in todo)
-        summary.pending += sum(states[b] != "done" for b in ws.starts() if b not in mine)
-        if not any(states[b] != "done" for b in ws.starts() if b not in mine):
+        summary.pending += sum(states[b] != "done" for b in every if b not in mine)
+        if not any(states[b] != "done" for b in every if b not in mine):
             summary.complete += 1
         if not todo:
             continue
+        if job.whole:  # results this job reads whole (e.g. for a threshold): every batch, whatever the shard
+            execute(ws, job.whole, progress=False)
         _check_models(ws, job, loaded=True)  # loads the job's models: only for a job with work to do
         model = ws.target_model(job.classifier, job.target, ws.threshold(job)) if job.kind == "attack" else None
         bar: Iterable[int] = todo
@@ -423,10 +324,7 @@ def execute(ws: Workspace, jobs: Iterable[Job], shard: tuple[int, int] | None = 
             bar = tqdm(todo, desc=job.label, unit="batch", leave=False)
         with frozen(model) if model is not None else contextlib.nullcontext():
             for b in bar:
-                out = _compute_batch(ws, job, model, b)
-                out_file, x_file = batch_files(folder, b)
-                save_tensors({"x": out.pop("x")}, x_file)  # images first: the outputs file marks the batch done
-                save_tensors(out, out_file)
+                folder.write(b, _compute_batch(ws, job, model, b))
     return summary
 
 

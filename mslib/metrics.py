@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
@@ -55,6 +56,30 @@ def _check(pred: torch.Tensor, labels: torch.Tensor, name: str = "pred") -> None
     if pred.shape != labels.shape or pred.dim() != 1:
         raise ValueError(f"{name} and labels must be vectors of the same length, got {tuple(pred.shape)} "
                          f"and {tuple(labels.shape)}")
+
+
+# Per-sample outcomes of a (possibly rejecting) model: the codes every table and the executor's reuse rule use.
+CORRECT, REJECTED, BROKEN = 0, 1, 2
+OUTCOME_CODES = {CORRECT: "correct", REJECTED: "rejected", BROKEN: "fooled"}
+
+
+def status(pred: torch.Tensor, labels: torch.Tensor, reject_label: int | None = None) -> torch.Tensor:
+    """Per-sample outcome: 0 correct, 1 rejected (``pred == reject_label``), 2 wrong and not rejected."""
+    out = torch.full_like(labels, BROKEN)
+    out[pred == labels] = CORRECT
+    if reject_label is not None:
+        out[(pred == reject_label)] = REJECTED
+    return out
+
+
+def broken(pred: torch.Tensor, labels: torch.Tensor, reject_label: int | None = None) -> torch.Tensor:
+    """Per sample: the prediction is a wrong class that is not "rejected" (the attack broke the model)."""
+    return status(pred, labels, reject_label) == BROKEN
+
+
+def worst_case(statuses: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Per-sample worst outcome over attacks (broken beats rejected beats correct)."""
+    return torch.stack(list(statuses)).max(dim=0).values
 
 
 def clean_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> Rate:

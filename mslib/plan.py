@@ -119,6 +119,12 @@ class Job:
         from its ``after`` jobs): ``conf`` for attacks on the confidence rejector, else ``ms``."""
         return "conf" if self.target == "conf" else "ms"
 
+    @property
+    def whole(self) -> tuple["Job", ...]:
+        """Results this job reads on every sample, whatever the shard: for an attack on the confidence rejector,
+        the clean outputs its threshold is matched on (so every shard attacks at the same threshold)."""
+        return (self.clean_job(),) if self.kind == "attack" and self.defense == "conf" else ()
+
     def clean_job(self) -> "Job":
         """The clean-outputs job of the same samples and models (the confidence rejector's threshold is
         matched to Multi-Shield's clean rejections there)."""
@@ -152,7 +158,7 @@ class DatasetPlan:
     baseline: dict[str, tuple[Job, ...]] = field(default_factory=dict)
     # APGD-CE on the VLM alone at profile.eps, every sample: the VLM's robust zero-shot accuracy
     vlm_attack: tuple[Job, ...] = ()
-    # VLM variant name (profile.extra["vlm_variants"]) -> the study at profile.eps with that VLM instead
+    # VLM variant name (profile.vlm_variants) -> the study at profile.eps with that VLM instead
     variants: dict[str, "DatasetPlan"] = field(default_factory=dict)
     # in a variant's plan, classifier -> "rescore" jobs: the examples of every attack of the profile's own
     # configuration on Multi-Shield, the VLM and the rejector, scored with this configuration's models (an
@@ -161,6 +167,11 @@ class DatasetPlan:
     # profiles with ``convergence``: (classifier, defense "ms" | "conf") -> the stronger stages run after that
     # defense's ensemble on its survivors (CONVERGENCE), in order
     convergence: dict[tuple[str, str], tuple[Job, ...]] = field(default_factory=dict)
+
+    @property
+    def eps_half(self) -> float:
+        """The eps of Tramer's check (a key of :attr:`nonadaptive`): half the profile's."""
+        return half_eps(self.profile)
 
     def jobs(self) -> list[Job]:
         """Every job once, each after the jobs it builds on."""
@@ -189,9 +200,14 @@ def study_eps(profile: Profile) -> list[float]:
     return sorted({e for e in profile.eps_grid if e > 0} | {profile.eps})
 
 
+def half_eps(profile: Profile) -> float:
+    """Tramer's check's budget: the classifier alone at half the profile's eps."""
+    return profile.eps / 2
+
+
 def nonadaptive_eps(profile: Profile) -> list[float]:
     """The study's eps values and eps/2 (for Tramer's check: the classifier alone at half the budget)."""
-    return sorted(set(study_eps(profile)) | {profile.eps / 2})
+    return sorted(set(study_eps(profile)) | {half_eps(profile)})
 
 
 def attack_options(profile: Profile, attack: str, compact: bool = True, stronger: bool = False
@@ -212,15 +228,9 @@ def attack_options(profile: Profile, attack: str, compact: bool = True, stronger
 
 
 def vlm_variants(profile: Profile) -> dict[str, dict[str, Any]]:
-    """The profile's extra VLMs (``extra["vlm_variants"]``: name -> spec), each a configuration of the study
+    """The profile's extra VLMs (:attr:`Profile.vlm_variants`: name -> spec), each a configuration of the study
     with that VLM in Multi-Shield instead of the profile's own (e.g. an adversarially fine-tuned one)."""
-    variants = profile.extra.get("vlm_variants", {}) or {}
-    if not isinstance(variants, dict) or not all(isinstance(k, str) and isinstance(v, dict)
-                                                 for k, v in variants.items()):
-        raise TypeError(f"profile extra['vlm_variants'] must map names to VLM spec dicts, got {variants!r}")
-    if profile.vlm in variants:
-        raise ValueError(f"VLM variant {profile.vlm!r} has the name of the profile's own VLM")
-    return variants
+    return profile.vlm_variants
 
 
 def variant_profile(profile: Profile, name: str) -> Profile:
@@ -228,14 +238,13 @@ def variant_profile(profile: Profile, name: str) -> Profile:
     variants = vlm_variants(profile)
     if name not in variants:
         raise ValueError(f"profile {profile.name!r} has no VLM variant {name!r}; it has {sorted(variants)}")
-    extra = {k: v for k, v in profile.extra.items() if k != "vlm_variants"}
-    return profile.replace(vlm=name, vlm_spec=variants[name], eps_grid=(), extra=extra)
+    return profile.replace(vlm=name, vlm_spec=variants[name], eps_grid=(), vlm_variants={})
 
 
 def results_family(profile: Profile) -> str:
     """The profile name results are keyed under: a profile that only adds configurations to another
-    (``extra["results_of"]``, e.g. tiny-plus = tiny + a robust VLM) shares that profile's results."""
-    return str(profile.extra.get("results_of", profile.name))
+    (:attr:`Profile.results_of`, e.g. tiny-plus = tiny + a robust VLM) shares that profile's results."""
+    return profile.results_of or profile.name
 
 
 def context(profile: Profile, indices: Iterable[int], models: dict[str, dict[str, Any]],
@@ -292,7 +301,7 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
             done = list(nonadaptive[clf, p.eps])
             for target, attack in BASELINE_ENSEMBLE[len(done):]:
                 # the paper's pair as on Multi-Shield (CE alone, DLR after CE), the later stages after all
-                after = () if attack == "apgd-ce-reject" else tuple(done[2:]) if attack == "apgd-dlr-reject" \
+                after = () if attack == PAPER_ADAPTIVE[0] else tuple(done[2:]) if attack == PAPER_ADAPTIVE[1] \
                     else tuple(done)
                 done.append(attack_job(clf, target, attack, p.eps, after))
             baseline[clf] = tuple(done)
@@ -323,5 +332,5 @@ def dataset_plan(profile: Profile, indices: Iterable[int], identities: dict[str,
 
 
 __all__ = ["BASELINE_ENSEMBLE", "CODE_VERSION", "CONVERGENCE", "DatasetPlan", "ENSEMBLE", "Job", "NONADAPTIVE",
-           "PAPER_ADAPTIVE", "TARGETS", "attack_options", "context", "dataset_plan", "nonadaptive_eps",
+           "PAPER_ADAPTIVE", "TARGETS", "attack_options", "context", "dataset_plan", "half_eps", "nonadaptive_eps",
            "results_family", "study_eps", "variant_profile", "vlm_variants"]

@@ -63,12 +63,23 @@ class Profile:
     eps_grid: tuple[float, ...] = ()
     tolerance_grid: tuple[float, ...] = ()
     data_options: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # a profile that only adds configurations to another (tiny-plus = tiny + a robust VLM) keys its results
+    # under that profile's name, so the two share them; "" keys them under its own name
+    results_of: str = ""
+    # more VLMs, name -> VLM spec: each a configuration of the study (at eps only) with that VLM in
+    # Multi-Shield instead of the profile's own, e.g. an adversarially fine-tuned one (mslib.plan)
+    vlm_variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the agreement attacks' budgets (mslib.attacks.agreement): targets, and iterations per target (0: n_iter
+    # // 5, at least 5, so the joint attack costs about one APGD run)
+    agreement_targets: int = 3
+    agreement_iters: int = 0
+    selective_targets: int = 1
+    selective_iters: int = 0
 
     def __post_init__(self) -> None:
         # Every construction path (get_profile, replace, Profile(...)) passes here, so a bad override fails
         # once, where it is made, instead of as a silently wrong number later. Only the scalar fields are
-        # checked: model specs, data_options and extra are free-form dicts read by their own loaders.
+        # checked: model specs and data_options are free-form dicts read by their own loaders.
         for f in ("name", "dataset", "vlm"):
             _check_str(getattr(self, f), f)
         for f in ("datasets", "classifiers"):
@@ -77,7 +88,7 @@ class Profile:
                 raise TypeError(f"profile {f} must be a non-empty tuple of names, got {value!r}")
         if self.dataset not in self.datasets:
             raise ValueError(f"profile dataset {self.dataset!r} is not one of its datasets {list(self.datasets)}")
-        for f in ("classifier_specs", "vlm_spec", "data_options", "extra"):
+        for f in ("classifier_specs", "vlm_spec", "data_options", "vlm_variants"):
             if not isinstance(getattr(self, f), dict):
                 raise TypeError(f"profile {f} must be a dict, got {type(getattr(self, f)).__name__}")
         unspecified = [c for c in self.classifiers if not isinstance(self.classifier_specs.get(c), dict)]
@@ -88,8 +99,19 @@ class Profile:
                 isinstance(t, str) and "{}" in t for t in self.templates):
             raise ValueError(f"profile templates must be a non-empty tuple of strings with a '{{}}' for the class "
                              f"name, e.g. ('a photo of a {{}}.',), got {self.templates!r}")
-        for f in ("n_samples", "batch_size", "n_iter", "n_restarts", "square_queries"):
+        for f in ("n_samples", "batch_size", "n_iter", "n_restarts", "square_queries", "agreement_targets",
+                  "selective_targets"):
             check_int(getattr(self, f), f"profile {f}", 1)
+        for f in ("agreement_iters", "selective_iters"):
+            check_int(getattr(self, f), f"profile {f}", 0)
+        if not isinstance(self.results_of, str) or (self.results_of and self.results_of not in PROFILES):
+            raise ValueError(f"profile results_of must be '' or the name of a profile ({list(PROFILES)}), "
+                             f"got {self.results_of!r}")
+        bad = {k: v for k, v in self.vlm_variants.items() if not (isinstance(k, str) and k and isinstance(v, dict))}
+        if bad:
+            raise TypeError(f"profile vlm_variants must map names to VLM spec dicts, got {bad!r}")
+        if self.vlm in self.vlm_variants:
+            raise ValueError(f"profile vlm_variants: {self.vlm!r} is the name of the profile's own VLM")
         check_int(self.seed, "profile seed", 0)
         check_eps(self.eps, "profile eps")
         check_tolerance(self.tolerance, "profile tolerance")
@@ -221,8 +243,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                 },
                 "vlm": ("lit-vit-xs", _FASHION_LIT_SMOKE),
                 "eps_grid": (0.0, 0.05, 0.1), "tolerance_grid": (0.0, 1e-3, 1e-2, 5e-2),
-                "extra": {"vlm_variants": {"lit-vit-xs-fare": _fare(_FASHION_LIT_SMOKE, steps=1, batch_size=64,
-                                                                    train_subset=2000, n_check=100)}},
+                "vlm_variants": {"lit-vit-xs-fare": _fare(_FASHION_LIT_SMOKE, steps=1, batch_size=64,
+                                                          train_subset=2000, n_check=100)},
             },
         },
     },
@@ -233,8 +255,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny-plus": {"common": {**_TINY["common"], "square_queries": 5000, "convergence": True},
                   "datasets": {"fashion_mnist": {
         **_TINY["datasets"]["fashion_mnist"],
-        "extra": {"results_of": "tiny",
-                  "vlm_variants": {"lit-vit-s-fare": _fare(_FASHION_LIT, train_subset=30000, lr=1e-3)}}}}},
+        "results_of": "tiny",
+        "vlm_variants": {"lit-vit-s-fare": _fare(_FASHION_LIT, train_subset=30000, lr=1e-3)}}}},
     "paper": {
         "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 100, "n_restarts": 1, "batch_size": 100,
                    "device": "cuda", "convergence": True},
@@ -276,10 +298,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 # adds the robust configurations. `make fetch PROFILE=paper-robust` fetches their weights too.
 PROFILES["paper-robust"] = copy.deepcopy(PROFILES["paper"])
 for _ds, _d in PROFILES["paper-robust"]["datasets"].items():
+    _d["results_of"] = "paper"
     if _ds != "cifar10":
-        _d["extra"] = {**_d.get("extra", {}), "results_of": "paper", "vlm_variants": copy.deepcopy(_PAPER_ROBUST_VLMS)}
-    else:
-        _d["extra"] = {**_d.get("extra", {}), "results_of": "paper"}
+        _d["vlm_variants"] = copy.deepcopy(_PAPER_ROBUST_VLMS)
 
 
 def profile_names() -> list[str]:

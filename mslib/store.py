@@ -17,10 +17,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .cache import DamagedFileError, data_root, load_tensors, read_json, record_key
-from .defense import decide
+from .cache import DamagedFileError, data_root, read_json
+from .defense import decide, matched_threshold
 from .plan import DatasetPlan, Job, dataset_plan
 from .profiles import PROFILES, get_profile, profile_names
+from .results import ResultFolder
 
 OUTPUT_FIELDS = ("f", "s", "success", "reused", "zero_grad")
 # per-batch values; "threshold": the confidence rejector's (attacks on it only)
@@ -96,7 +97,9 @@ class Store:
         self.index = index
         self._keys = set(index["jobs"])
         # read-only results: a table build asks for the same job's outputs many times, read each once
+        self._read: dict[str, dict[str, Any]] = {}  # job key -> its fields (Store._fields)
         self._outputs: dict[tuple[str, bool], Outputs] = {}
+        self._thresholds: dict[tuple[str, str], float] = {}
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in index["overrides"].items()}
         self.datasets: list[DatasetResults] = []
         for ds, entry in index["datasets"].items():
@@ -106,42 +109,57 @@ class Store:
             self.datasets.append(DatasetResults(plan, torch.tensor(entry["labels"]), tuple(entry["class_names"]),
                                                 torch.tensor(entry["indices"])))
 
-    def folder(self, job: Job) -> Path:
-        return self.root / record_key(job.record())
+    @classmethod
+    def open(cls, source: "Store | str") -> "Store":
+        """``source`` itself when it is a store, else the store of the profile it names."""
+        return source if isinstance(source, Store) else cls(source)
+
+    def folder(self, job: Job) -> ResultFolder:
+        return ResultFolder.of(job, self.root)
 
     def _not_ready(self, job: Job, why: str) -> ResultsNotReadyError:
         return ResultsNotReadyError(f"result {job.label!r} (key {job.key}) {why}: compute it with "
                                     f"{_command(self.profile_name)}")
 
-    def load(self, job: Job, fields: Sequence[str] = ("f", "s", "success")) -> dict[str, Any]:
-        """The job's per-sample ``fields`` over all samples (``x``: the adversarial images; bookkeeping
-        fields ``success_curve``, ``loss_curve``, ``n_forward``, ``seconds`` as per-batch lists)."""
+    def _batches(self, job: Job, read) -> list[Any]:
+        """``read(folder, start)`` of every batch of a job, or the error naming what is missing or damaged."""
         if job.key not in self._keys:
             raise self._not_ready(job, "is not in the study index (the plan changed since the last run)")
         folder = self.folder(job)
-        n, bs = len(job.record()["context"]["indices"]), job.record()["context"]["batch_size"]
-        starts = list(range(0, n, bs))
         parts, bad = [], []
-        want_x = "x" in fields
-        for b in starts:
+        for b in folder.starts():
             try:
-                part = load_tensors(folder / f"batch_{b:07d}.pt")
-                if want_x:
-                    part["x"] = load_tensors(folder / f"batch_{b:07d}.x.pt")["x"]
-                parts.append({k: part[k] for k in fields if k in part})
+                parts.append(read(folder, b))
             except FileNotFoundError:
                 bad.append(f"batch {b} missing")
             except DamagedFileError as e:
                 bad.append(f"batch {b} damaged ({e.reason})")
         if bad:
-            raise self._not_ready(job, f"is incomplete in {folder}: {', '.join(bad)}")
-        out: dict[str, Any] = {}
-        for k in fields:
-            if k in BOOKKEEPING:
-                out[k] = [pt.get(k) for pt in parts]
-            elif all(k in pt for pt in parts):
-                out[k] = torch.cat([pt[k] for pt in parts])
-        return out
+            raise self._not_ready(job, f"is incomplete in {folder.path}: {', '.join(bad)}")
+        return parts
+
+    def _fields(self, job: Job) -> dict[str, Any]:
+        """Every field of a job's outputs files (not its images) over its batches: per-sample ones concatenated,
+        bookkeeping as per-batch lists. Read once per store: every table of a build shares the read."""
+        memo = self._read.get(job.key)
+        if memo is None:
+            parts = self._batches(job, lambda folder, b: folder.read(b))
+            memo = {k: [pt.get(k) for pt in parts] for k in BOOKKEEPING}
+            for k in dict.fromkeys(k for pt in parts for k in pt):
+                if k not in BOOKKEEPING and all(k in pt for pt in parts):
+                    memo[k] = torch.cat([pt[k] for pt in parts])
+            self._read[job.key] = memo
+        return memo
+
+    def load(self, job: Job, fields: Sequence[str] = ("f", "s", "success")) -> dict[str, Any]:
+        """The job's per-sample ``fields`` over all samples (``x``: the adversarial images, read from disk on
+        every call; bookkeeping fields ``success_curve``, ``loss_curve``, ``n_forward``, ``seconds``,
+        ``threshold`` as per-batch lists). The tensors are shared with later calls: do not modify them."""
+        d = self._fields(job)
+        out = {k: d[k] for k in fields if k in d}
+        if "x" in fields:
+            out["x"] = torch.cat(self._batches(job, lambda folder, b: folder.read_images(b)))
+        return {k: out[k] for k in fields if k in out}
 
     def outputs(self, job: Job, curves: bool = False) -> Outputs:
         """``f``, ``s`` (and success) of a job; with ``curves`` also its summed success/loss curves and cost.
@@ -163,6 +181,22 @@ class Store:
         self._outputs[job.key, curves] = out
         return out
 
+    def threshold(self, plan: DatasetPlan, clf: str) -> float:
+        """The confidence rejector's threshold of classifier ``clf`` in a configuration's plan: matched to
+        Multi-Shield's clean rejections on the stored clean outputs, as the executor attacked at it (checked
+        against the thresholds the attacks on it recorded). Computed once per store."""
+        memo_key = (plan.clean[clf].key, clf)
+        if memo_key not in self._thresholds:
+            clean = self.outputs(plan.clean[clf])
+            thr = matched_threshold(clean.f, clean.s, plan.profile.tolerance)
+            for job in plan.baseline.get(clf, ()):
+                if job.defense == "conf":
+                    recorded = {float(t) for t in self.load(job, ("threshold",))["threshold"] if t is not None}
+                    if recorded and recorded != {thr}:
+                        raise ValueError(f"{job.label}: attacked at threshold {sorted(recorded)}, but the stored "
+                                         f"clean outputs give {thr}; the results are inconsistent (recompute them)")
+            self._thresholds[memo_key] = thr
+        return self._thresholds[memo_key]
 
 def _sum_curves(curves: list) -> list[float]:
     n = max(len(c) for c in curves)

@@ -1,7 +1,8 @@
 """The study's tables as DataFrames, read from the results store (:mod:`mslib.store`); nothing here computes.
 
-Each function takes a profile name (all its datasets) and returns one tidy DataFrame; notebooks plot
-and save them. A result that is not computed raises :class:`mslib.store.ResultsNotReadyError`. Worst case over several attacks is taken per sample: a sample counts as robust only if no
+Each function takes a :class:`~mslib.store.Store` (all its datasets; a profile name opens one) and returns
+one tidy DataFrame; notebooks open one store and pass it to every table, so each result is read once per
+build, and plot and save them. A result that is not computed raises :class:`mslib.store.ResultsNotReadyError`. Worst case over several attacks is taken per sample: a sample counts as robust only if no
 attack broke it (Multi-Shield broken = a wrong class that is not "rejected").
 """
 from __future__ import annotations
@@ -13,25 +14,9 @@ import torch
 
 from . import metrics
 from .attacks import attack_spec
-from .plan import Job, study_eps
+from .metrics import BROKEN, CORRECT, OUTCOME_CODES, REJECTED, status, worst_case
+from .plan import PAPER_ADAPTIVE, Job, study_eps
 from .store import DatasetResults, Outputs, Store
-
-CORRECT, REJECTED, BROKEN = 0, 1, 2
-
-
-def status(pred: torch.Tensor, labels: torch.Tensor, reject_label: int | None = None) -> torch.Tensor:
-    """Per-sample outcome: 0 correct, 1 rejected, 2 wrong and not rejected."""
-    out = torch.full_like(labels, BROKEN)
-    out[pred == labels] = CORRECT
-    if reject_label is not None:
-        out[(pred == reject_label)] = REJECTED
-    return out
-
-
-def worst_case(statuses: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Per-sample worst outcome over attacks (broken beats rejected beats correct)."""
-    return torch.stack(list(statuses)).max(dim=0).values
-
 
 def _rates(st: torch.Tensor) -> dict[str, metrics.Rate]:
     return {"robust": metrics.rate(st < BROKEN), "reject": metrics.rate(st == REJECTED)}
@@ -73,7 +58,7 @@ def _main_statuses(store: Store, d: DatasetResults, clf: str) -> dict[str, torch
             "ms_worst": _ms_worst(_outs(store, d.plan.ensemble[clf]), y, p.tolerance, k)}
 
 
-def main_table(profile_name: str) -> pd.DataFrame:
+def main_table(store: Store | str) -> pd.DataFrame:
     """One row per (dataset, classifier): the paper's main results (rates as fractions) with 95% CIs.
 
     Non-adaptive: APGD-CE and APGD-DLR on the classifier, transferred; adaptive: the paper's rejection-aware
@@ -81,7 +66,7 @@ def main_table(profile_name: str) -> pd.DataFrame:
     accuracy counts a sample as robust when it is correct or rejected (``ms_reject_*`` says how much of it
     is rejection); ``gain_*``: Multi-Shield's robust accuracy minus the classifier's.
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         p, y = d.profile, d.labels
@@ -106,15 +91,12 @@ def main_table(profile_name: str) -> pd.DataFrame:
     return df
 
 
-OUTCOME_CODES = {CORRECT: "correct", REJECTED: "rejected", BROKEN: "fooled"}
-
-
-def main_outcomes(profile_name: str) -> pd.DataFrame:
+def main_outcomes(store: Store | str) -> pd.DataFrame:
     """The main table as shares of outcomes: per (dataset, classifier, setting) the fraction of samples
     ``correct``, ``rejected`` and ``fooled`` (wrong and not rejected); the three add up to one, and robust
     accuracy is correct + rejected. Settings as in :func:`_main_statuses` (the classifier alone never rejects).
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         p, n = d.profile, len(d.labels)
@@ -171,20 +153,9 @@ def headline(df: pd.DataFrame, mean: bool = True) -> pd.DataFrame:
     return out
 
 
-# Where the description depends on the target (a transfer, the paper's pair); else the attack's spec says it.
-ATTACK_DESCRIPTIONS: dict[tuple[str, str], str] = {
-    ("clf", "apgd-ce"): "non-adaptive: APGD-CE on the classifier, transferred",
-    ("clf", "apgd-dlr"): "non-adaptive: APGD-DLR on the classifier, transferred",
-    ("ms", "apgd-ce-reject"): "adaptive (paper): APGD, CE on true + reject class",
-    ("ms", "apgd-dlr-reject"): "adaptive (paper): APGD, DLR on true + reject class, after CE",
-    ("vlm", "apgd-ce"): "transfer: APGD-CE on the VLM alone",
-    ("vlm", "apgd-dlr"): "transfer: APGD-DLR on the VLM alone (scale-invariant)",
-}
-
-
 def describe(job: Job) -> str:
     """One line on what the attack of ``job`` does."""
-    return ATTACK_DESCRIPTIONS.get((job.target, job.attack)) or attack_spec(job.attack).description
+    return attack_spec(job.attack).describe(job.target)
 
 
 def budget(job: Job) -> str:
@@ -206,7 +177,7 @@ def _scope(i: int, stages: tuple[Job, ...]) -> str:
     return "after previous" if job.after == stages[:i] else "chained (smaller ε; DLR after CE)"
 
 
-def attacks_table(profile_name: str) -> pd.DataFrame:
+def attacks_table(store: Store | str) -> pd.DataFrame:
     """One row per (dataset, classifier, attack of the worst-case ensemble), then its worst case, at the profile's eps.
 
     ``robust_acc``/``reject``: Multi-Shield's robust accuracy with rejection and rejection rate (95% CIs) under
@@ -218,7 +189,7 @@ def attacks_table(profile_name: str) -> pd.DataFrame:
     ``reject_cumulative``: worst case over this row and every row above it (robust, and of it rejected). The ``worst case`` row is the ensemble's: a sample counts as robust
     only if no attack broke it.
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         p, y, k = d.profile, d.labels, d.num_classes
@@ -246,7 +217,7 @@ def attacks_table(profile_name: str) -> pd.DataFrame:
     return _with_ci(rows)
 
 
-def attack_curves(profile_name: str) -> pd.DataFrame:
+def attack_curves(store: Store | str) -> pd.DataFrame:
     """Per (dataset, classifier, attack of the ensemble) and step: the fraction of samples on which the attack
     had succeeded by that step (in its own terms: a transfer counts its source model fooled; a stage run
     after previous ones starts from the samples they broke) and the mean loss (the attack's own scale).
@@ -256,7 +227,7 @@ def attack_curves(profile_name: str) -> pd.DataFrame:
     broken (a wrong class, not rejected); for transfers (``clf``, ``vlm``) the source model fooled, which is
     not Multi-Shield broken.
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         p, n = d.profile, len(d.labels)
@@ -273,7 +244,7 @@ def attack_curves(profile_name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def eps_half_check(profile_name: str) -> pd.DataFrame:
+def eps_half_check(store: Store | str) -> pd.DataFrame:
     """Tramer (2022)'s sanity check: the classifier alone at eps/2 beside Multi-Shield at eps.
 
     A detector that is robust at eps yields a classifier robust at eps/2 (an inefficient one), so a
@@ -281,22 +252,22 @@ def eps_half_check(profile_name: str) -> pd.DataFrame:
     the classifier's robust accuracy at eps/2 (APGD-CE+DLR, worst case) and Multi-Shield's at eps under the
     paper's adaptive attack and under the worst-case ensemble.
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         p, y, k = d.profile, d.labels, d.num_classes
         for clf in p.classifiers:
-            half = _clf_worst(store, d, clf, p.eps / 2)
+            half = _clf_worst(store, d, clf, d.plan.eps_half)
             ada = _ms_worst(_outs(store, d.plan.adaptive[clf, p.eps]), y, p.tolerance, k)
             worst = _ms_worst(_outs(store, d.plan.ensemble[clf]), y, p.tolerance, k)
-            rows.append({"dataset": p.dataset, "classifier": clf, "eps": p.eps, "eps_half": p.eps / 2,
+            rows.append({"dataset": p.dataset, "classifier": clf, "eps": p.eps, "eps_half": d.plan.eps_half,
                          "clf_robust_acc_eps_half": metrics.rate(half == CORRECT),
                          "ms_robust_acc_adaptive": metrics.rate(ada < BROKEN),
                          "ms_robust_acc_worst": metrics.rate(worst < BROKEN)})
     return _with_ci(rows)
 
 
-def security_curves(profile_name: str) -> pd.DataFrame:
+def security_curves(store: Store | str) -> pd.DataFrame:
     """Robust accuracy vs eps (0 included) for the classifier and for Multi-Shield under each attack.
 
     ``model`` codes (named in :data:`mslib.labels.SETTINGS`): ``clf`` (the classifier alone under
@@ -305,7 +276,7 @@ def security_curves(profile_name: str) -> pd.DataFrame:
     correct, ``reject`` rejected; at eps 0 they are the clean rates, so Multi-Shield's robust accuracy there
     lies above its (and the classifier's) clean accuracy by its clean rejections.
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         p, y, k = d.profile, d.labels, d.num_classes
@@ -334,7 +305,7 @@ def security_curves(profile_name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
+def tolerance_tradeoff(store: Store | str) -> pd.DataFrame:
     """Clean accuracy, clean rejection and robust accuracy as the tolerance varies.
 
     ``clean_acc`` counts correct only; ``clean_robust`` correct or rejected on clean inputs, the way
@@ -345,7 +316,7 @@ def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
     against Multi-Shield at the profile's tolerance (the column ``crafted_at`` says so). Rates as fractions
     with 95% CIs (``<col>_lo``, ``<col>_hi``).
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         p, y, k = d.profile, d.labels, d.num_classes
@@ -368,12 +339,12 @@ def tolerance_tradeoff(profile_name: str) -> pd.DataFrame:
     return _with_ci(rows)
 
 
-def zero_shot_table(profile_name: str) -> pd.DataFrame:
+def zero_shot_table(store: Store | str) -> pd.DataFrame:
     """Zero-shot accuracy of the VLM per dataset and prompt template (each alone, then all averaged) and text
     normalization. ``nan_scores``: the share of images whose similarities hold a NaN (argmax then picks the
     first class); ``top_class_share``: the share of images given the most frequent prediction (1 when the
     VLM predicts one class for everything)."""
-    store = Store(profile_name)
+    store = Store.open(store)
     rows = []
     for d in store.datasets:
         p = d.profile
@@ -389,21 +360,21 @@ def zero_shot_table(profile_name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gallery(profile_name: str, clf: str | None = None, n: int = 8, attack: str = "apgd-ce-reject"
+def gallery(store: Store | str, clf: str | None = None, n: int = 8, attack: str = PAPER_ADAPTIVE[0]
             ) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, list[str]]:
     """Clean and adversarial images (first dataset) with each model's decision, for the workflow figure.
 
-    ``attack``: one of the paper's attacks at the profile's eps (``apgd-ce-reject``/``apgd-dlr-reject`` on
-    Multi-Shield, ``apgd-ce``/``apgd-dlr`` on the classifier). Returns (table, clean images, adversarial
+    ``attack``: one of the paper's attacks at the profile's eps (:data:`mslib.plan.PAPER_ADAPTIVE` on
+    Multi-Shield, by default its CE; :data:`mslib.plan.NONADAPTIVE` on the classifier). Returns (table, clean images, adversarial
     images, class names); the table has one row per image with the classifier's, the VLM's and
     Multi-Shield's predictions on the clean and adversarial image.
     """
-    store = Store(profile_name)
+    store = Store.open(store)
     d = store.datasets[0]
     p, y, k = d.profile, d.labels, d.num_classes
     clf = clf or p.classifiers[0]
     if clf not in p.classifiers:
-        raise ValueError(f"unknown classifier {clf!r}; profile {profile_name!r} has {list(p.classifiers)}")
+        raise ValueError(f"unknown classifier {clf!r}; profile {store.profile_name!r} has {list(p.classifiers)}")
     jobs = {j.attack: j for j in (*d.plan.adaptive[clf, p.eps], *d.plan.nonadaptive[clf, p.eps])}
     if attack not in jobs:
         raise ValueError(f"gallery attack must be one of {sorted(jobs)}, got {attack!r}")

@@ -8,9 +8,10 @@ import torch
 
 from mslib.cache import REPO_ROOT, load_tensors
 
-# 2 batches, few iterations, a light worst-case ensemble (1 agreement target, 8 Square queries), one template
+# 2 batches, few iterations, a light worst-case ensemble (1 agreement target, 8 Square queries), one template,
+# no VLM variant (the beyond tests add smoke's)
 OVERRIDES = {"n_samples": 10, "batch_size": 5, "n_iter": 2, "eps_grid": (0.0, 0.05, 0.1),
-             "templates": ("a photo of a {}.",), "square_queries": 8, "extra": {"agreement_targets": 1}}
+             "templates": ("a photo of a {}.",), "square_queries": 8, "agreement_targets": 1, "vlm_variants": {}}
 
 
 def fresh_cache(root: Path, copy_models: bool = False) -> Path:

@@ -105,12 +105,12 @@ def test_worst_case_ensemble_is_the_outcome_of_the_stored_images(defense, small_
     from mslib.plan import ENSEMBLE
     from mslib.profiles import get_profile
     from mslib.store import Store
-    from mslib.tables import BROKEN, CORRECT, REJECTED, status, worst_case
+    from mslib.metrics import BROKEN, CORRECT, REJECTED, status, worst_case
     from results_helpers import outcomes_by_hand
 
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
     prof = get_profile("smoke", n_samples=30, n_iter=6, eps_grid=(0.0, 0.1), batch_size=16, classifiers=("standard",),
-                       square_queries=20, extra={"agreement_targets": 2})
+                       square_queries=20, agreement_targets=2, vlm_variants={})
     ws = Workspace(prof)
     for name, model in (("standard", small_classifier), ("vlm", stand_in_vlm)):  # small stand-in models
         model.identity = {"stand-in": name}
@@ -122,7 +122,7 @@ def test_worst_case_ensemble_is_the_outcome_of_the_stored_images(defense, small_
     summary = execute(ws, jobs, progress=False)
     assert summary.done and summary.reused == 0
     write_index("smoke", {"n_samples": 30, "n_iter": 6, "eps_grid": (0.0, 0.1), "batch_size": 16,
-                          "classifiers": ("standard",), "square_queries": 20, "extra": {"agreement_targets": 2}},
+                          "classifiers": ("standard",), "square_queries": 20, "agreement_targets": 2, "vlm_variants": {}},
                 True, [ws], [plan])
     store = Store("smoke")  # the store rebuilds exactly this plan from its index
     assert [j.key for j in store.datasets[0].plan.jobs()] == [j.key for j in plan.jobs()]

@@ -155,3 +155,13 @@ def test_apgd_through_run_attack_matches_pyautoattack_sample_by_sample(small_cla
     # the same samples broken (the points may differ: we keep the first point that breaks a sample,
     # pyautoattack the last one)
     assert torch.equal(ours.success, broken_aa)
+
+
+def test_every_attack_counts_its_steps_in_an_option_of_its_budget():
+    # the executor sizes an attack's curves from this option (APGD: iterations, Square: queries), so a spec
+    # whose budget lacks it would store a one-point curve for every batch it reuses whole
+    from mslib.attacks import ATTACK_SPECS
+
+    p = mslib.get_profile("smoke")
+    for name, spec in ATTACK_SPECS.items():
+        assert spec.budget(p)[spec.steps_option] >= 1, name

@@ -260,6 +260,13 @@ def test_multishield_checks_keep_gradients(xy):
     ({"data_options": None}, TypeError, "profile data_options must be a dict"),
     ({"dataset": "cifar10"}, ValueError, "dataset 'cifar10'"),
     ({"n_sample": 10}, ValueError, r"unknown profile fields: \['n_sample'\]"),
+    ({"extra": {"agreement_targets": 2}}, ValueError, r"unknown profile fields: \['extra'\]"),  # now typed fields
+    ({"agreement_targets": 0}, ValueError, "profile agreement_targets must be an integer >= 1, got 0"),
+    ({"selective_iters": -1}, ValueError, "profile selective_iters must be an integer >= 0"),
+    ({"agreement_iters": 2.5}, TypeError, "profile agreement_iters must be an integer"),
+    ({"results_of": "tinyy"}, ValueError, r"profile results_of must be '' or the name of a profile"),
+    ({"vlm_variants": {"fare": "lit"}}, TypeError, "profile vlm_variants must map names to VLM spec dicts"),
+    ({"vlm_variants": {"lit-vit-xs": {}}}, ValueError, "'lit-vit-xs' is the name of the profile's own VLM"),
 ])
 def test_profile_fields_are_checked_where_a_profile_is_made(override, err, match):
     with pytest.raises(err, match=match):
@@ -270,7 +277,7 @@ def test_profile_fields_are_checked_where_a_profile_is_made(override, err, match
 
 def test_profile_accepts_free_form_dicts_and_valid_values():
     p = get_profile("smoke", device="cuda:0", precision="bf16", eps=8 / 255, tolerance=0,
-                    data_options={"sampler": "original", "anything": [1, 2]}, extra={"note": object()},
+                    data_options={"sampler": "original", "anything": [1, 2]}, results_of="tiny", agreement_iters=0,
                     vlm_spec={**get_profile("smoke").vlm_spec, "new_key": 3})
     assert p.data_options["sampler"] == "original" and p.vlm_spec["new_key"] == 3
     for name in mslib.profiles.profile_names():
@@ -359,7 +366,7 @@ def test_half_a_pair_does_not_fall_through_to_another_copy(env_dir, tmp_path):
     ("device=cpu", {"device": "cpu"}), ("n_samples=4", {"n_samples": 4}), ("vlm=lit-vit-s", {"vlm": "lit-vit-s"}),
     ("datasets=('cifar10','food101')", {"datasets": ("cifar10", "food101")}),
     ("eps_grid=[0.0,0.0157]", {"eps_grid": (0.0, 0.0157)}),
-    ('extra={"square_queries":20}', {"extra": {"square_queries": 20}}),
+    ('vlm_variants={"fare":{"source":"lit-fare"}}', {"vlm_variants": {"fare": {"source": "lit-fare"}}}),
 ])
 def test_set_overrides_parse_literals_and_bare_words(item, expected):
     from mslib.experiment import parse_overrides
@@ -368,7 +375,7 @@ def test_set_overrides_parse_literals_and_bare_words(item, expected):
 
 
 @pytest.mark.parametrize("item, match", [
-    ("extra={square_queries:20}", "neither a Python literal"),  # what a shell that ate the quotes passes
+    ("vlm_variants={fare:{}}", "neither a Python literal"),  # what a shell that ate the quotes passes
     ("datasets=(cifar10,food101)", "neither a Python literal"),
     ("eps_grid=(0.0,4/255)", "neither a Python literal"),
     ("n_sample=4", "unknown profile field"), ("n_samples", "key=value"),

@@ -158,10 +158,10 @@ def test_paper_robust_clip_vlms_are_optional_assets_that_load_offline_on_stand_i
 def _smoke_variants():
     from mslib.profiles import get_profile
 
-    return get_profile("smoke").extra["vlm_variants"]
+    return get_profile("smoke").vlm_variants
 
 
-BEYOND = {**OVERRIDES, "extra": {**OVERRIDES["extra"], "vlm_variants": _smoke_variants()}}
+BEYOND = {**OVERRIDES, "vlm_variants": _smoke_variants()}
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_the_rejector_is_attacked_at_the_threshold_matched_to_multi_shield(beyon
     for plan in beyond.configs(d).values():
         for clf in d.profile.classifiers:
             clean = store.outputs(plan.clean[clf])
-            thr = _in(cache, beyond.conf_threshold, store, plan, clf)  # also checks the recorded thresholds
+            thr = _in(cache, store.threshold, plan, clf)  # also checks the recorded thresholds
             n_ms = int((clean.ms_pred(plan.profile.tolerance) == k).sum())
             assert int((confidence_decide(clean.f, thr) == k).sum()) == n_ms
             job = plan.baseline[clf][2]
@@ -348,7 +348,7 @@ def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
 
     cache, store = beyond_run
     p = get_profile("smoke", **BEYOND)
-    (name,) = p.extra["vlm_variants"]
+    (name,) = p.vlm_variants
     vp = variant_profile(p, name)
     spec = {**vp.vlm_spec, "base": {"source": "lit", **vp.vlm_spec["base"]}}
     with data_root_at(cache):
@@ -385,7 +385,7 @@ def test_kill_9_during_the_fare_fine_tune_then_a_rerun_gives_the_same_tables(bey
 
     src, store = beyond_run
     p = get_profile("smoke", **BEYOND)
-    (name,) = p.extra["vlm_variants"]
+    (name,) = p.vlm_variants
     vp = variant_profile(p, name)
     spec = {**vp.vlm_spec, "base": {"source": "lit", **vp.vlm_spec["base"]}}
     cache = fresh_cache(tmp_path / "killed-fare")

@@ -89,7 +89,7 @@ def test_paired_difference_matches_newcombe_by_hand(cells, expected):
 def test_outcome_codes_and_worst_case_on_a_hand_labelled_batch():
     """Catches: a rejection counted as correct or as a break, a wrong class counted as rejected, or a worst
     case that lets a later attack's rejection (or an earlier one's correct answer) hide a break."""
-    from mslib.tables import BROKEN, CORRECT, REJECTED, status, worst_case
+    from mslib.metrics import BROKEN, CORRECT, REJECTED, status, worst_case
 
     y = torch.tensor([0, 1, 2, 3, 0, 1])  # K = 4, label 4 = rejected
     first = torch.tensor([0, 4, 1, 3, 4, 1])   # correct, rejected, fooled, correct, rejected, correct

@@ -420,7 +420,7 @@ def test_the_confidence_rejector_is_never_named_after_a_vlm(smoke_outputs):
     from mslib import get_profile, labels
 
     p = get_profile("smoke")
-    vlms = [p.vlm, *p.extra.get("vlm_variants", {})]
+    vlms = [p.vlm, *p.vlm_variants]
     assert len(vlms) == 2  # smoke has a variant, so the rejector is matched in two configurations
     vlm, defense = labels.column("vlm"), labels.column("defense")
     for name in ("beyond_table.md", "attack_health.md"):

@@ -78,7 +78,7 @@ def test_an_exported_release_loads_back_as_the_trained_models_and_train_mode_ign
     spec = {**smoke.classifier_specs["standard"], "train_subset": 500}
     vlm_spec = {**smoke.vlm_spec, "train_subset": 500}
     small = smoke.replace(classifiers=("standard",), classifier_specs={"standard": spec}, vlm_spec=vlm_spec,
-                          extra={}, weights="train")
+                          vlm_variants={}, weights="train")
     monkeypatch.setattr(released, "_profile_models", lambda name: [("cnn", "standard", small, spec),
                                                                    ("lit", small.vlm, small, vlm_spec)])
     written = released.export(["smoke-small"])

@@ -15,7 +15,9 @@ import torch
 
 from mslib import tables
 from mslib.cache import DamagedFileError, data_root_at, load_tensors, read_json, save_tensors
-from mslib.experiment import ms_broken, run_study
+from mslib.defense import decide
+from mslib.experiment import run_study
+from mslib.metrics import broken
 from mslib.plan import dataset_plan
 from mslib.store import ResultsNotReadyError, Store
 
@@ -176,17 +178,63 @@ def test_a_notebook_run_against_an_incomplete_store_stops_with_the_clear_error(c
 
 
 def test_tables_read_logits_and_similarities_only_never_images(clean_run, monkeypatch):
-    import mslib.store as store_mod
+    import mslib.results as results_mod
 
     cache, _, _ = clean_run
     read = []
-    real = store_mod.load_tensors
-    monkeypatch.setattr(store_mod, "load_tensors", lambda path, *a, **k: read.append(Path(path).name) or real(path))
+    real = results_mod.load_tensors
+    monkeypatch.setattr(results_mod, "load_tensors", lambda path, *a, **k: read.append(Path(path).name) or real(path))
     monkeypatch.setenv("MSLIB_CACHE", str(cache))
     tables.main_table("smoke")
     assert read and not [n for n in read if n.endswith(".x.pt")]
     _, clean_x, adv_x, _ = tables.gallery("smoke", n=4)  # the gallery asks for images, and gets them
     assert any(n.endswith(".x.pt") for n in read) and clean_x.shape == adv_x.shape
+
+
+def test_a_result_folder_names_its_batches_and_tells_done_from_missing_and_damaged(tmp_path, capfd):
+    from mslib.plan import Job
+    from mslib.results import ResultFolder
+
+    job = Job("clean", "fashion_mnist", '{"batch_size": 3, "indices": [10, 11, 12, 13, 14, 15, 16]}', "standard")
+    folder = ResultFolder.of(job, tmp_path)
+    assert folder.path == tmp_path / job.key
+    assert folder.starts() == [0, 3, 6] and folder.starts((1, 2)) == [3]  # 7 samples in batches of 3
+    assert [p.name for p in folder.files(3)] == ["batch_0000003.pt", "batch_0000003.x.pt"]
+    for b in folder.starts():
+        folder.write(b, {"x": torch.zeros(min(3, 7 - b), 1, 2, 2), "f": torch.full((min(3, 7 - b), 2), float(b))})
+    assert [folder.state(b) for b in folder.starts()] == ["done"] * 3
+    assert folder.concat(("f",))["f"][:, 0].tolist() == [0, 0, 0, 3, 3, 3, 6]
+    out, x = folder.files(0)
+    x.write_bytes(x.read_bytes()[:-30])  # truncated images: found from their header and end record alone
+    data = bytearray(folder.files(3)[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # an outputs file garbled in place: found by its checksum
+    folder.files(3)[0].write_bytes(bytes(data))
+    folder.files(6)[1].unlink()
+    capfd.readouterr()
+    assert [folder.state(b) for b in folder.starts()] == ["damaged", "damaged", "missing"]
+    err = capfd.readouterr().err
+    assert str(x) in err and str(folder.files(3)[0]) in err
+
+
+def test_one_store_reads_each_result_once_and_matches_each_threshold_once(clean_run, monkeypatch):
+    import mslib.store as store_mod
+    from mslib import beyond
+    from mslib.results import ResultFolder
+
+    cache, before, _ = clean_run
+    reads, matched = [], []
+    real_read, real_match = ResultFolder.read, store_mod.matched_threshold
+    monkeypatch.setattr(ResultFolder, "read", lambda self, b, images=False: reads.append((self.job.key, b))
+                        or real_read(self, b, images))
+    monkeypatch.setattr(store_mod, "matched_threshold", lambda *a: matched.append(a) or real_match(*a))
+    with data_root_at(cache):
+        store = Store("smoke")
+        built = {name: getattr(tables, name)(store).to_csv(index=False) for name in TABLES}
+        for name in ("beyond_table", "risk_coverage", "comparisons", "attack_health", "vlm_robustness"):
+            getattr(beyond, name)(store)
+    assert built == before  # the same tables as from a store per table
+    assert reads and len(reads) == len(set(reads))  # every batch file of every result read once
+    assert len(matched) == len(store.datasets[0].profile.classifiers)  # one threshold per classifier
 
 
 def test_transfer_attacks_never_reuse_and_the_adaptive_chain_reuses_only_what_broke_multishield(clean_run):
@@ -200,12 +248,12 @@ def test_transfer_attacks_never_reuse_and_the_adaptive_chain_reuses_only_what_br
     for clf in p.classifiers:
         small, large = d.plan.adaptive[clf, 0.05], d.plan.adaptive[clf, 0.1]
         ce_small, ce_large = store.outputs(small[0]), store.load(large[0], ("f", "s", "reused"))
-        broken_small = ms_broken(ce_small.f, ce_small.s, y, p.tolerance)
+        broken_small = broken(decide(ce_small.f, ce_small.s, p.tolerance), y, d.num_classes)
         assert torch.equal(ce_large["reused"], broken_small)  # reused exactly the samples broken at eps/2
         assert torch.equal(ce_large["f"][broken_small], ce_small.f[broken_small])
         # the paper's DLR ran on what its CE left unbroken
         dlr = store.load(large[1], ("reused",))["reused"]
-        assert bool((ms_broken(ce_large["f"], ce_large["s"], y, p.tolerance) <= dlr).all())
+        assert bool((broken(decide(ce_large["f"], ce_large["s"], p.tolerance), y, d.num_classes) <= dlr).all())
 
 
 @pytest.mark.slow

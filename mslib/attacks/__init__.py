@@ -108,9 +108,18 @@ class AttackSpec:
     reject_aware: bool = False
     gradient_free: bool = False
     budget: Callable[[Any], dict[str, Any]] = apgd_budget
+    # the budget option that counts the attack's steps (its curves have one point per step, plus the start)
+    steps_option: str = "n_iter"
+    # where the attack means something else on one target (a transfer from the classifier or the VLM, the
+    # paper's pair on Multi-Shield): target -> the one-line description there (else ``description``)
+    on_target: dict[str, str] = field(default_factory=dict)
     # bump when a change to this attack's code changes what it returns: the keys of its results (and of the
     # results built on them) change with it, and only theirs
     version: int = 1
+
+    def describe(self, target: str) -> str:
+        """One line on what this attack does on ``target`` (``clf``, ``ms``, ``vlm``, ``conf``)."""
+        return self.on_target.get(target, self.description)
 
 
 # name -> spec; ATTACKS and REJECT_AWARE are views of it for callers that need only the function or the flag
@@ -138,16 +147,21 @@ def attack_spec(name: str) -> AttackSpec:
 
 for _spec in (
     AttackSpec("apgd-ce", _apgd_variant(losses.ce_loss, losses.misclassified), "APGD-CE",
-               "APGD, cross-entropy of the true class"),
+               "APGD, cross-entropy of the true class",
+               on_target={"clf": "non-adaptive: APGD-CE on the classifier, transferred",
+                          "vlm": "transfer: APGD-CE on the VLM alone"}),
     AttackSpec("apgd-dlr", _apgd_variant(losses.dlr_loss, losses.misclassified), "APGD-DLR",
-               "APGD, difference-of-logits ratio (scale-invariant)"),
+               "APGD, difference-of-logits ratio (scale-invariant)",
+               on_target={"clf": "non-adaptive: APGD-DLR on the classifier, transferred",
+                          "vlm": "transfer: APGD-DLR on the VLM alone (scale-invariant)"}),
     AttackSpec("apgd-ce-reject", _apgd_variant(losses.ce_reject_loss, losses.misclassified_not_rejected),
-               "APGD-CE, rejection-aware", "APGD, CE on true + reject class", reject_aware=True),
+               "APGD-CE, rejection-aware", "APGD, CE on true + reject class", reject_aware=True,
+               on_target={"ms": "adaptive (paper): APGD, CE on true + reject class"}),
     # version 3: the two DLR terms divided on their own again, operation for operation as the original code
     # (version 2 shared the division: an exact zero gradient, a fixed point the original's attack is not)
     AttackSpec("apgd-dlr-reject", _apgd_variant(losses.dlr_reject_loss_paper, losses.misclassified_not_rejected),
                "APGD-DLR, rejection-aware", "APGD, DLR on true + reject class, after CE", reject_aware=True,
-               version=3),
+               on_target={"ms": "adaptive (paper): APGD, DLR on true + reject class, after CE"}, version=3),
     AttackSpec("apgd-dlr-reject-excl",
                _apgd_variant(losses.dlr_reject_loss_excl, losses.misclassified_not_rejected),
                "APGD-DLR, rejection-aware, reject excluded",
@@ -328,9 +342,9 @@ for _spec in (
     # version 2: a draw that leaves the point where it is is not queried (fewer forwards; on a model whose
     # rounding depends on the batch, margins equal to the last ulp can then be compared differently)
     AttackSpec("square", square.square_attack, "Square", "gradient-free: Square Attack, margin",
-               gradient_free=True, budget=square.budget, version=2),
+               gradient_free=True, budget=square.budget, steps_option="n_queries", version=2),
     AttackSpec("square-reject", square.square_reject, "Square, rejection-aware",
                "gradient-free: Square Attack, rejection-aware margin", reject_aware=True, gradient_free=True,
-               budget=square.budget, version=2),
+               budget=square.budget, steps_option="n_queries", version=2),
 ):
     register_attack(_spec)

@@ -151,19 +151,17 @@ def agreement_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
 
 
 def joint_budget(profile: Any) -> dict[str, Any]:
-    """The joint agreement attack's budget: ``extra["agreement_targets"]`` (3) targets of
-    ``extra["agreement_iters"]`` (n_iter // 5, at least 5) iterations each, so it costs about one APGD run."""
-    ex, n = profile.extra, profile.n_iter
-    return {"n_iter": int(ex.get("agreement_iters", max(n // 5, 5))), "n_restarts": profile.n_restarts,
-            "n_targets": int(ex.get("agreement_targets", 3))}
+    """The joint agreement attack's budget: ``profile.agreement_targets`` targets of ``agreement_iters``
+    (0: n_iter // 5, at least 5) iterations each, so it costs about one APGD run."""
+    return {"n_iter": profile.agreement_iters or max(profile.n_iter // 5, 5), "n_restarts": profile.n_restarts,
+            "n_targets": profile.agreement_targets}
 
 
 def selective_budget(profile: Any) -> dict[str, Any]:
-    """The selective agreement attack's budget: ``extra["selective_targets"]`` (1) target of
-    ``extra["selective_iters"]`` (n_iter // 5, at least 5) iterations."""
-    ex, n = profile.extra, profile.n_iter
-    return {"n_iter": int(ex.get("selective_iters", max(n // 5, 5))), "n_restarts": profile.n_restarts,
-            "n_targets": int(ex.get("selective_targets", 1))}
+    """The selective agreement attack's budget: ``profile.selective_targets`` targets of ``selective_iters``
+    (0: n_iter // 5, at least 5) iterations each."""
+    return {"n_iter": profile.selective_iters or max(profile.n_iter // 5, 5), "n_restarts": profile.n_restarts,
+            "n_targets": profile.selective_targets}
 
 
 def agreement_selective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **kw) -> APGDResult:

@@ -116,7 +116,7 @@ def _profile_models(profile_name: str) -> list[tuple[str, str, Any, dict[str, An
     profile = get_profile(profile_name).replace(weights="train")
     models = [("cnn", c, profile, profile.classifier_specs[c]) for c in profile.classifiers]
     models.append(("lit", profile.vlm, profile, profile.vlm_spec))
-    models += [("lit-fare", v, profile, spec) for v, spec in profile.extra.get("vlm_variants", {}).items()]
+    models += [("lit-fare", v, profile, spec) for v, spec in profile.vlm_variants.items()]
     return models
 
 
