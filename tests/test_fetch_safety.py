@@ -3,6 +3,7 @@ killed half-way leaves its asset missing until the next fetch repairs it. No net
 here and ``download`` is replaced by a local copy."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from mslib import fetch
+from mslib.data import DATASETS
+from mslib.datasets import Archive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,9 +162,12 @@ def _cifar_archive(path: Path, n_files: int = 6) -> tuple[Path, str]:
 PATCH = """
 import shutil, sys
 from pathlib import Path
-from mslib import fetch
+import dataclasses
+from mslib import data, fetch
+from mslib.datasets import Archive
 SOURCE, MD5 = sys.argv[1], sys.argv[2]
-fetch.DATASET_ARCHIVES["cifar10"] = [("https://example.invalid/cifar-10-python.tar.gz", MD5, "")]
+data.DATASETS["cifar10"] = dataclasses.replace(
+    data.DATASETS["cifar10"], archives=(Archive("https://example.invalid/cifar-10-python.tar.gz", MD5),))
 
 def local_download(url, dest, md5=None, sha256_prefix=None, progress=True):
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +241,8 @@ def test_fetch_killed_mid_way_is_missing_and_the_next_fetch_repairs_it(tmp_path,
 
 def test_interrupted_extraction_in_process_leaves_nothing_half_present(tmp_path, roots, monkeypatch):
     source, md5 = _cifar_archive(tmp_path / "cifar-10-python.tar.gz")
-    monkeypatch.setitem(fetch.DATASET_ARCHIVES, "cifar10", [("https://example.invalid/c.tar.gz", md5, "")])
+    monkeypatch.setitem(DATASETS, "cifar10", dataclasses.replace(
+        DATASETS["cifar10"], archives=(Archive("https://example.invalid/c.tar.gz", md5),)))
     monkeypatch.setattr(fetch, "download", lambda url, dest, **kw: (dest.parent.mkdir(parents=True, exist_ok=True),
                                                                     shutil.copyfile(source, dest), dest)[-1])
     real, calls = fetch._write_member, []

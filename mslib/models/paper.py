@@ -37,13 +37,14 @@ import torch
 from torch import nn
 
 from ..cache import data_root, entry_dir, load_tensors, save_tensors
+from ..integrity import FETCH_COMMAND as _FETCH, asset_files, verify_file
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_text_embeddings, build_zero_shot_classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FETCH_COMMAND = "python -m mslib.fetch --profile paper"
+FETCH_COMMAND = _FETCH.format(profile="paper")
 CODE_VERSION = "paper-models-1"  # bump when a change here changes what a loaded model computes
 INPUT_NORMS = ("config", "openai")  # open_clip input normalization: the config's mean/std, or OpenAI CLIP's
 
@@ -109,11 +110,6 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
                          f"it again) or hold pickled objects beyond tensors, which mslib refuses to execute.") from e
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """Every file under a model folder (sorted), for the model's identity."""
-    return sorted(f for f in Path(folder).rglob("*") if f.is_file())
-
-
 class ResizeInput(nn.Module):
     """Resize [0, 1] images to a model's input size inside ``forward`` (no normalization: the wrapped model
     normalizes itself, as RobustBench models do). A no-op when the size already matches."""
@@ -143,13 +139,9 @@ class NormalizedClassifier(nn.Module):
 
 def _profile_class_names(profile: Any) -> list[str]:
     """The class names of the profile's dataset, without decoding images where the loader allows."""
-    from .. import paper_data
+    from ..data import load_labels
 
-    if profile.dataset in paper_data.LOADERS:
-        return list(paper_data.load_labels(profile.dataset, "test", profile.data_options)[1])
-    from ..data import load_split
-
-    return list(load_split(profile.dataset, "test", profile.data_options)[2])
+    return list(load_labels(profile.dataset, "test", profile.data_options)[1])
 
 
 def _device(profile: Any) -> str:
@@ -293,14 +285,20 @@ def load_robustbench_model(name: str, dataset: str = "cifar10", threat_model: st
     provided by hand by ``python -m mslib.fetch --record PATH``); otherwise ``ValueError``."""
     entry = robustbench_entry(name, dataset, threat_model)
     paths = robustbench_checkpoint_paths(name, dataset, threat_model, model_dir, entry["n_files"])
-    from ..fetch import verify_file
-
+    hashes = []
     for p in paths:
         if not p.is_file():
             raise _missing(f"RobustBench checkpoint of {name} ({dataset}/{threat_model})", p)
         # RobustBench's hosts serve error pages and truncated files under the checkpoint's name: the hash
         # recorded at fetch time is the only proof this is the file the results claim to come from.
-        verify_file(p, f"RobustBench checkpoint of {name}")
+        hashes.append(verify_file(p, f"RobustBench checkpoint of {name}"))
+    model = _load_robustbench_files(name, dataset, threat_model, entry, paths)
+    model.checkpoint_sha256 = hashes  # verified above: the model's identity reuses them
+    return model
+
+
+def _load_robustbench_files(name: str, dataset: str, threat_model: str, entry: dict[str, Any],
+                            paths: list[Path]) -> nn.Module:
     model = build_robustbench_architecture(name, dataset, threat_model)
     if entry["kind"] == "timm":
         ckpt = load_checkpoint(paths[0])
@@ -346,6 +344,7 @@ def load_robustbench_classifier(profile: Any, name: str, spec: dict[str, Any]) -
                                    spec.get("threat_model", "Linf"), spec.get("model_dir"))
     size = spec.get("input_size")
     wrapped = ResizeInput(model, size, spec.get("resize_mode", "squash"), spec.get("interpolation", "bilinear"))
+    wrapped.checkpoint_sha256 = model.checkpoint_sha256
     wrapped.checkpoint_files = robustbench_checkpoint_paths(
         spec.get("model", name), spec.get("dataset", "cifar10"), spec.get("threat_model", "Linf"),
         spec.get("model_dir"), robustbench_entry(spec.get("model", name), spec.get("dataset", "cifar10"),
@@ -535,7 +534,7 @@ def load_hf_clip_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotC
                            interpolation=spec.get("interpolation", "bilinear"))
     zs = ZeroShotClassifier(HFCLIPImageEncoder(clip), emb, prep).to(device).eval()
     object.__setattr__(zs, "text_tower", (adapter, adapter.tokenize))  # other prompts: with_prompts
-    zs.checkpoint_files = _folder_files(folder(spec["vision"])) + _folder_files(folder(spec["text"]))
+    zs.checkpoint_files = asset_files(folder(spec["vision"])) + asset_files(folder(spec["text"]))
     return zs
 
 
@@ -564,7 +563,7 @@ def load_open_clip_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroSho
     prep = preprocess_from_open_clip(model, resize_mode=spec.get("resize_mode", "squash"), mean=mean, std=std)
     zs = build_zero_shot_classifier(model, tokenizer, _profile_class_names(profile), profile.templates,
                                     preprocess=prep, device=device, text_norm=spec.get("text_norm", "standard"))
-    zs.checkpoint_files = _folder_files(model_dir)
+    zs.checkpoint_files = asset_files(model_dir)
     return zs
 
 
