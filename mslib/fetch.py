@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.util
 import os
 import shutil
 import stat
@@ -34,58 +33,23 @@ import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .cache import data_root
-from .integrity import (FETCH_COMMAND, is_complete, manifest_key, mark_complete, read_manifest, record_files,
-                        unmark_complete, verify_file)
+from .integrity import FETCH_COMMAND, Asset, is_complete, mark_complete, read_manifest, record_files, unmark_complete
 
 if TYPE_CHECKING:
     from .profiles import Profile
 
 PARTIAL = ".partial-"  # infix of the temporary folders datasets are extracted into
 
-ROBUSTBENCH_INSTALL = "pip install --no-deps robustbench==1.1.1 && pip install geotorch torchdiffeq pyyaml"
 
-GDRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
 # The BERT tokenizer CLIPA's text tower names (hf_tokenizer_name), stored inside the CLIPA folder.
 OPEN_CLIP_TOKENIZERS = {"bert-base-uncased": ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "config.json"]}
 
 
-@dataclass(frozen=True)
-class Asset:
-    """One thing a profile needs from outside: what it is, where it must be, how to get it."""
-
-    kind: str  # dataset | robustbench | hf | open_clip | torchvision | package
-    name: str
-    path: Path
-    how: str  # the command (or manual step) that provides it
-    params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def present(self) -> bool:
-        check = self.params.get("check")
-        return bool(check(self.path)) if check is not None else self.path.exists()
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name}: {self.path}"
-
-
 # ------------------------------------------------------------------------------------------ asset lists
-def _hf_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(
-        (folder / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-    ) and is_complete(folder)
-
-
-def _open_clip_complete(folder: Path) -> bool:
-    from open_clip.factory import _find_checkpoint_in_dir
-
-    return ((folder / "open_clip_config.json").is_file() and _find_checkpoint_in_dir(folder) is not None
-            and is_complete(folder))
-
-
 def _dataset_complete(name: str, root: Path | None = None) -> Callable[[Path], bool]:
     """Present = the layout's marker file exists and its folder was marked complete (not half-extracted)."""
     from .data import dataset_spec
@@ -106,7 +70,8 @@ def _dataset_asset(ds: str, options: dict[str, Any], cmd: str) -> Asset | None:
     spec = dataset_spec(ds)
     if spec.archives:
         root = Path(options["root"]) if options.get("root") else None
-        return Asset("dataset", ds, spec.path(options), cmd, {"dataset": ds, "check": _dataset_complete(ds, root)})
+        return Asset("dataset", ds, spec.path(options), cmd, {"dataset": ds, "check": _dataset_complete(ds, root),
+                                                              "fetch": lambda a: fetch_dataset(a.params["dataset"])})
     if spec.manual is not None:
         return Asset("dataset", f"{spec.display} (provided by hand)", spec.path(options), spec.manual,
                      {"dataset": ds, "manual": True, "check": lambda q: q.is_dir() and any(q.iterdir())})
@@ -117,7 +82,7 @@ def profile_assets(profile_name: str, profiles: Sequence[Profile] | None = None)
     """Every external asset of every dataset of a profile (locally trained models are not assets); with
     ``profiles`` (per-dataset profiles, overrides applied, e.g. ``datasets``/``classifiers`` narrowed for a
     dry run), only theirs."""
-    from .models.paper import hub_folder, robustbench_checkpoint_paths, robustbench_dir, torchvision_weights_path
+    from .models import source_spec
     from .plan import vlm_variants
     from .profiles import PROFILES, get_profile
 
@@ -137,32 +102,11 @@ def profile_assets(profile_name: str, profiles: Sequence[Profile] | None = None)
             add(dataset_asset)
         # the profile's VLM variants are assets only where the profile enables them (e.g. paper-robust)
         specs = list(p.classifier_specs.items()) + [(p.vlm, p.vlm_spec)] + list(vlm_variants(p).items())
-        for name, spec in specs:
-            src = spec.get("source")
-            if src == "robustbench":
-                if importlib.util.find_spec("robustbench") is None:
-                    add(Asset("package", "robustbench (model zoo only)", Path("robustbench"), ROBUSTBENCH_INSTALL,
-                              {"check": lambda q: importlib.util.find_spec("robustbench") is not None}))
-                    paths = [robustbench_dir() / spec["dataset"] / spec["threat_model"] / f"{spec['model']}.pt"]
-                else:
-                    paths = robustbench_checkpoint_paths(spec["model"], spec["dataset"], spec["threat_model"])
-                for i, path in enumerate(paths):
-                    label = spec["model"] + (f" (member {i})" if len(paths) > 1 else "")
-                    add(Asset("robustbench", label, path, cmd, {"model": spec["model"], "dataset": spec["dataset"],
-                                                                "threat_model": spec["threat_model"], "member": i,
-                                                                "check": is_complete}))
-            elif src == "hf-clip":
-                for repo in (spec["vision"], spec["text"]):
-                    if not Path(repo).is_dir():
-                        add(Asset("hf", repo, hub_folder("hf", repo), cmd, {"repo": repo, "check": _hf_complete}))
-            elif src == "open_clip":
-                if not Path(spec["model"]).is_dir():
-                    add(Asset("open_clip", spec["model"], hub_folder("open_clip", spec["model"]), cmd,
-                              {"repo": spec["model"], "check": _open_clip_complete}))
-            elif src == "torchvision-ft" and spec.get("weights"):
-                path, url = torchvision_weights_path(spec.get("arch", "resnet18"), spec["weights"])
-                add(Asset("torchvision", f"{spec.get('arch', 'resnet18')} {spec['weights']}", path, cmd,
-                          {"url": url, "check": is_complete}))
+        for _, spec in specs:
+            source = source_spec(spec.get("source"))
+            if source.assets is not None:
+                for a in source.function("assets")(spec, cmd):
+                    add(a)
     return list(assets.values())
 
 
@@ -205,29 +149,11 @@ def asset_hashes(profile_name: str, dataset: str | None = None) -> dict[str, str
     manifest = read_manifest()
     root = data_root().resolve()
     wanted: list[str] = []
-    for a in profile_assets(profile_name):
-        if dataset is not None and not _asset_of_dataset(a, get_profile(profile_name, dataset)):
-            continue
+    for a in profile_assets(profile_name, None if dataset is None else [get_profile(profile_name, dataset)]):
         p = a.path.resolve()
         wanted.append(str(p.relative_to(root)) if p.is_relative_to(root) else str(p))
     return {k: v["sha256"] for k, v in sorted(manifest.items())
             if any(k == w or k.startswith(w.rstrip("/") + "/") for w in wanted)}
-
-
-def _asset_of_dataset(asset: Asset, profile: Any) -> bool:
-    from .models.paper import hub_folder
-    from .plan import vlm_variants
-
-    if asset.kind == "dataset":
-        return asset.params["dataset"] == profile.dataset
-    specs = list(profile.classifier_specs.values()) + [profile.vlm_spec] + list(vlm_variants(profile).values())
-    if asset.kind == "robustbench":
-        return any(s.get("source") == "robustbench" and s.get("model") == asset.params["model"]
-                   and s.get("dataset") == asset.params["dataset"] for s in specs)
-    if asset.kind in ("hf", "open_clip"):
-        refs = [s.get(k) for s in specs for k in ("vision", "text", "model") if isinstance(s.get(k), str)]
-        return any(hub_folder(asset.kind, r) == asset.path for r in refs)
-    return asset.kind == "torchvision" and any(s.get("source") == "torchvision-ft" for s in specs)
 
 
 # ----------------------------------------------------------------------------------------- downloading
@@ -409,42 +335,6 @@ def fetch_dataset(name: str, root: Path | None = None) -> Path:
     return final
 
 
-def fetch_robustbench(model: str, dataset: str, threat_model: str) -> list[Path]:
-    """Download a RobustBench checkpoint (Google Drive or RobustBench's GitHub release) in its layout."""
-    import timm
-
-    from .models.paper import (_rb_enums, _timm_name, check_checkpoint_file, robustbench_checkpoint_paths,
-                               robustbench_zoo)
-
-    paths = robustbench_checkpoint_paths(model, dataset, threat_model)
-    tname = _timm_name(model, dataset, threat_model)
-    if timm.is_model(tname):
-        urls = [timm.create_model(tname, pretrained=False).default_cfg["url"]]
-    else:
-        ds, tm = _rb_enums(dataset, threat_model)
-        gid = robustbench_zoo().model_dicts[ds][tm][model]["gdrive_id"]
-        urls = [GDRIVE_URL.format(id=g) for g in (gid if isinstance(gid, list) else [gid])]
-    manifest = read_manifest()
-    for url, path in zip(urls, paths):
-        if is_complete(path):
-            continue
-        if path.is_file() and manifest_key(path) in manifest:  # downloaded and recorded, not yet marked (or old layout)
-            try:
-                verify_file(path, "RobustBench checkpoint")
-                mark_complete(path)
-                continue
-            except ValueError:
-                pass  # a different file: fetch it again
-        download(url, path)
-        try:
-            check_checkpoint_file(path)
-        except ValueError:
-            path.unlink()
-            raise
-        mark_complete(path, url)
-    return paths
-
-
 def fetch_hf(repo: str, folder: Path, extra: dict[str, list[str]] | None = None) -> Path:
     """Download a hub repository's config, tokenizer and weights (safetensors when published) into ``folder``."""
     repo = repo.removeprefix("hf-hub:").strip("/")
@@ -469,30 +359,11 @@ def _fetch_hf(repo: str, folder: Path, extra: dict[str, list[str]] | None) -> No
 
 
 def fetch_asset(asset: Asset) -> None:
-    """Fetch one asset (raises for those that cannot be downloaded, e.g. ImageNet)."""
-    if asset.kind == "dataset" and not asset.params.get("manual"):
-        fetch_dataset(asset.params["dataset"])
-    elif asset.kind == "robustbench":
-        fetch_robustbench(asset.params["model"], asset.params["dataset"], asset.params["threat_model"])
-    elif asset.kind == "hf":
-        fetch_hf(asset.params["repo"], asset.path)
-        mark_complete(asset.path)
-    elif asset.kind == "open_clip":
-        from .models.openclip_factory import read_open_clip_config
-
-        fetch_hf(asset.params["repo"], asset.path)
-        tok = read_open_clip_config(asset.path)["model_cfg"]["text_cfg"].get("hf_tokenizer_name")
-        if tok:
-            fetch_hf_tokenizer(tok, asset.path)
-        mark_complete(asset.path)
-    elif asset.kind == "torchvision":
-        url = asset.params["url"]
-        # torchvision's file names end in the first hex digits of the file's SHA-256
-        prefix = url.rsplit("-", 1)[-1].split(".")[0]
-        download(url, asset.path, sha256_prefix=prefix)
-        mark_complete(asset.path, url)
-    else:
+    """Fetch one asset with the function it carries (raises for those provided by hand, e.g. ImageNet)."""
+    fetch = asset.params.get("fetch")
+    if fetch is None or asset.params.get("manual"):
         raise RuntimeError(f"cannot fetch {asset}; {asset.how}")
+    fetch(asset)
 
 
 def fetch_hf_tokenizer(repo: str, folder: Path) -> None:
@@ -511,7 +382,7 @@ def fetch_profile(profile_name: str, only: Callable[[Asset], bool] | None = None
     for asset in missing_assets(profile_name):
         if only is not None and not only(asset):
             continue
-        if asset.kind == "package" or asset.params.get("manual"):
+        if asset.params.get("manual"):
             print(f"[manual] {asset}\n         {asset.how}", file=sys.stderr)
             continue
         print(f"[fetch] {asset}", file=sys.stderr)

@@ -13,11 +13,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import data_root, file_sha256, json_intact, read_json, write_json
 
 FETCH_COMMAND = "python -m mslib.fetch --profile {profile}"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One thing a profile needs from outside: what it is, where it must be, how to get it."""
+
+    kind: str  # dataset | robustbench | hf | open_clip | torchvision | package
+    name: str
+    path: Path
+    how: str  # the command (or manual step) that provides it
+    # "check": Callable[[Path], bool] (present?; default: the path exists); "fetch": Callable[[Asset], None]
+    # (downloads it); "manual": True when a person provides it; the rest says what it is (e.g. "dataset")
+    params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def present(self) -> bool:
+        check = self.params.get("check")
+        return bool(check(self.path)) if check is not None else self.path.exists()
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}: {self.path}"
+
 
 
 def manifest_path() -> Path:

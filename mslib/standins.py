@@ -15,7 +15,7 @@
   BERT-style WordPiece tokenizer, since bert-base-uncased's files are not available offline), torchvision's
   ResNet-18 ImageNet weights file (a plain state dict under its published file name);
 
-and records every file's SHA-256 in ``DIR/manifest.json`` and marks it complete (:func:`mslib.fetch.mark_complete`), so
+and records every file's SHA-256 in ``DIR/manifest.json`` and marks it complete (:func:`mslib.integrity.mark_complete`), so
 ``mslib.fetch.missing_assets("paper")`` is empty for the assets written. All weights are random and all
 images synthetic: the numbers a run on them produces are meaningless; the plumbing is what is exercised.
 """
@@ -165,15 +165,15 @@ def robustbench_state(name: str, dataset: str, model: torch.nn.Module) -> dict[s
     """The state of ``model`` as RobustBench's checkpoint of ``name`` stores it (what its loader expects):
     a ``module.``-prefixed ``state_dict``; ImageNet zoo models without the ``model.`` prefix of the
     normalization wrapper (whose buffers the real checkpoints lack)."""
-    from .models.paper import _RB_NO_PREFIX
+    from .models.paper import robustbench_adds_model_prefix
 
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if dataset == "imagenet" and name not in _RB_NO_PREFIX:
+    if robustbench_adds_model_prefix(name, dataset):
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     return {"state_dict": {"module." + k: v for k, v in state.items()}}
 
 
-def write_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf", seed: int = 0) -> list[Path]:
+def write_robustbench(name: str, dataset: str, threat_model: str = "Linf", seed: int = 0) -> list[Path]:
     """Random-weight checkpoint(s) of RobustBench's architecture for ``name`` under :func:`robustbench_dir`."""
     from .models import paper as P
 
@@ -210,9 +210,9 @@ def write_hf_clip(vision_repo: str = "tanganke/clip-vit-base-patch32_cifar10",
     tokenizer (``text_repo``) and a ``CLIPVisionModel`` of the same config (``vision_repo``)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModel
 
-    from .models.paper import hub_folder
+    from .models.paper import hf_folder
 
-    text_dir, vision_dir = hub_folder("hf", text_repo), hub_folder("hf", vision_repo)
+    text_dir, vision_dir = hf_folder(text_repo), hf_folder(vision_repo)
     vocab_size = _clip_tokenizer_files(text_dir)
     CLIPTokenizer(str(text_dir / "vocab.json"), str(text_dir / "merges.txt")).save_pretrained(str(text_dir))
     cfg = CLIPConfig(text_config={"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 37,
@@ -264,9 +264,9 @@ def _bert_tokenizer_files(folder: Path) -> int:
 def write_open_clip_clipa(repo: str = "hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B", seed: int = 0) -> Path:
     """An open_clip hub-layout folder (open_clip_config.json + open_clip_pytorch_model.bin, the hub repo's
     names) holding a tiny model of CLIPA's architecture, with the BERT-style tokenizer files beside it."""
-    from .models.paper import hub_folder
+    from .models.paper import open_clip_folder
 
-    folder = hub_folder("open_clip", repo)
+    folder = open_clip_folder(repo)
     vocab_size = _bert_tokenizer_files(folder)
     model_cfg = {"embed_dim": 16, "vision_cfg": dict(_TINY_CLIPA_VISION),
                  "text_cfg": {**_TINY_CLIPA_TEXT, "vocab_size": vocab_size}}
@@ -285,9 +285,9 @@ OPENAI_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.2686
 def write_open_clip_vit(repo: str = "hf-hub:chs20/fare4-clip", seed: int = 0) -> Path:
     """An open_clip hub-layout folder holding a tiny model of OpenAI CLIP ViT-L/14's architecture (the robust
     FARE/TeCoA checkpoints' layout: open_clip_config.json + open_clip_pytorch_model.bin, open_clip's tokenizer)."""
-    from .models.paper import hub_folder
+    from .models.paper import open_clip_folder
 
-    folder = hub_folder("open_clip", repo)
+    folder = open_clip_folder(repo)
     folder.mkdir(parents=True, exist_ok=True)
     return _open_clip_hub_folder(folder, _TINY_OPENAI_VIT, OPENAI_PREPROCESS, seed)
 
@@ -319,6 +319,28 @@ def write_torchvision_weights(arch: str = "resnet18", weights: str = "IMAGENET1K
 
 
 # ============================================================================================ everything
+# Stand-in writers of the model sources (mslib.models.SOURCES): a spec in, the paths written out.
+def standin_robustbench(spec: dict[str, Any]) -> list[Path]:
+    return write_robustbench(spec["model"], spec["dataset"], spec.get("threat_model", "Linf"))
+
+
+def standin_torchvision(spec: dict[str, Any]) -> list[Path]:
+    return [write_torchvision_weights(spec.get("arch", "resnet18"), spec["weights"])]
+
+
+def standin_hf_clip(spec: dict[str, Any]) -> list[Path]:
+    return write_hf_clip(spec["vision"], spec["text"])
+
+
+# The hub checkpoints whose stand-in needs another architecture than an OpenAI-style ViT: CLIPA's text tower
+# is BERT-tokenized, which the loader must meet in the stand-in too.
+OPEN_CLIP_STANDIN_WRITERS = {"hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B": write_open_clip_clipa}
+
+
+def standin_open_clip(spec: dict[str, Any]) -> list[Path]:
+    return [OPEN_CLIP_STANDIN_WRITERS.get(spec["model"], write_open_clip_vit)(spec["model"])]
+
+
 def subset_profile(profile: str = "paper", datasets: Sequence[str] | None = None,
                    classifiers: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """A copy of ``PROFILES[profile]`` keeping only ``datasets`` and, per dataset, the ``classifiers`` named
@@ -343,8 +365,8 @@ def write_standins(root: str | os.PathLike, datasets: Sequence[str] | None = Non
     """Write the stand-in assets of ``profile``'s ``datasets`` (default: all) under the data root ``root``
     and record their hashes in ``root/manifest.json``. ``classifiers`` (dataset → names) restricts which
     classifiers get checkpoints (default: every classifier of each dataset). Returns the paths written."""
-    from . import fetch
     from .data import DATASETS
+    from .integrity import mark_complete
     from .profiles import PROFILES, get_profile
 
     root = Path(root)
@@ -381,24 +403,19 @@ def write_standins(root: str | os.PathLike, datasets: Sequence[str] | None = Non
             written.append(DATASETS[ds].directory())
             p = get_profile(profile, ds)
             chosen = p.classifiers if classifiers is None or ds not in classifiers else tuple(classifiers[ds])
-            for clf in chosen:
-                spec = p.classifier_specs[clf]
-                if spec["source"] == "robustbench":
-                    once(("robustbench", spec["model"], spec["dataset"]), write_robustbench, spec["model"],
-                         spec["dataset"], spec.get("threat_model", "Linf"))
-                elif spec["source"] == "torchvision-ft" and spec.get("weights"):
-                    once(("torchvision", spec.get("arch", "resnet18"), spec["weights"]), write_torchvision_weights,
-                         spec.get("arch", "resnet18"), spec["weights"])
+            from .models import source_spec
             from .plan import vlm_variants
 
-            for vs in (p.vlm_spec, *vlm_variants(p).values()):  # the profile's VLM and its enabled variants
-                if vs["source"] == "hf-clip":
-                    once(("hf-clip", vs["vision"], vs["text"]), write_hf_clip, vs["vision"], vs["text"])
-                elif vs["source"] == "open_clip":
-                    writer = write_open_clip_clipa if "CLIPA" in vs["model"] else write_open_clip_vit
-                    once(("open_clip", vs["model"]), writer, vs["model"])
+            # the chosen classifiers, the profile's VLM and its enabled variants
+            for spec in [p.classifier_specs[c] for c in chosen] + [p.vlm_spec, *vlm_variants(p).values()]:
+                source = source_spec(spec["source"])
+                if source.standin is not None:
+                    # what the spec needs from outside names what its stand-in writes (written once)
+                    places = tuple(str(a.path) for a in source.function("assets")(spec, ""))
+                    if places:
+                        once((source.name, *places), source.function("standin"), spec)
         for path in written:  # hashes recorded, then marked complete: what a finished fetch leaves
-            fetch.mark_complete(path, SOURCE)
+            mark_complete(path, SOURCE)
     return written
 
 

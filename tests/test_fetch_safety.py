@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mslib import fetch
+from mslib import fetch, integrity
 from mslib.data import DATASETS
 from mslib.datasets import Archive
 
@@ -193,10 +193,10 @@ def roots(tmp_path, monkeypatch):
     return tmp_path / "data"
 
 
-def _cifar_asset() -> fetch.Asset:
+def _cifar_asset() -> integrity.Asset:
     from mslib import paper_data
 
-    return fetch.Asset("dataset", "cifar10", paper_data.dataset_path("cifar10"), "fetch",
+    return integrity.Asset("dataset", "cifar10", paper_data.dataset_path("cifar10"), "fetch",
                        {"dataset": "cifar10", "check": fetch._dataset_complete("cifar10")})
 
 
@@ -272,17 +272,17 @@ def test_mark_complete_needs_recorded_files(roots):
     f.parent.mkdir(parents=True)
     f.write_bytes(b"PK\x03\x04 weights")
     with pytest.raises(ValueError, match="not recorded"):
-        fetch.mark_complete(f)
-    assert not fetch.is_complete(f)
+        integrity.mark_complete(f)
+    assert not integrity.is_complete(f)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        fetch.mark_complete(roots / "nope.pt", "x")
-    fetch.record_files([f], "test")
-    fetch.mark_complete(f)
-    assert fetch.is_complete(f)
-    assert fetch.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+        integrity.mark_complete(roots / "nope.pt", "x")
+    integrity.record_files([f], "test")
+    integrity.mark_complete(f)
+    assert integrity.is_complete(f)
+    assert integrity.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
     f.write_bytes(b"PK\x03\x04 tampered")  # same size, other bytes: only the hash check sees it
     with pytest.raises(ValueError) as err:
-        fetch.verify_file(f, "RobustBench checkpoint")
+        integrity.verify_file(f, "RobustBench checkpoint")
     msg = str(err.value)
     assert str(f) in msg and hashlib.sha256(f.read_bytes()).hexdigest() in msg and "expected" in msg
 
@@ -296,7 +296,7 @@ def test_robustbench_checkpoint_is_verified_on_every_load(roots):
     path.write_bytes(b"PK\x03\x04 not really weights")
     with pytest.raises(ValueError, match=r"no recorded SHA-256.*--record"):
         load_robustbench_model("Standard", "cifar10", "Linf")
-    fetch.mark_complete(path, "test")
+    integrity.mark_complete(path, "test")
     path.write_bytes(b"PK\x03\x04 swapped weights!!")
     with pytest.raises(ValueError, match=r"RobustBench checkpoint of Standard .*Standard\.pt is not the recorded file"):
         load_robustbench_model("Standard", "cifar10", "Linf")
@@ -316,7 +316,7 @@ def test_fetch_cli_bad_input_is_one_line_and_exit_2(roots, capsys):
     f = roots / "mine.bin"
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_bytes(b"provided by hand")
-    assert fetch.main(["--record", str(f)]) == 0 and fetch.is_complete(f)
+    assert fetch.main(["--record", str(f)]) == 0 and integrity.is_complete(f)
 
 
 def test_launch_cli_bad_input_is_one_line_and_exit_2(capsys):
@@ -337,15 +337,15 @@ def test_a_damaged_manifest_is_named_and_its_assets_recorded_again(roots, capfd)
     f = roots / "models" / "x.pt"
     f.parent.mkdir(parents=True)
     f.write_bytes(b"PK\x03\x04 weights")
-    fetch.mark_complete(f, "test")
-    assert fetch.is_complete(f)
+    integrity.mark_complete(f, "test")
+    assert integrity.is_complete(f)
     manifest = roots / "manifest.json"
     manifest.write_text(manifest.read_text()[:30])
     capfd.readouterr()
-    assert not fetch.is_complete(f)
+    assert not integrity.is_complete(f)
     err = capfd.readouterr().err
     assert f"damaged cache file {manifest}: unreadable JSON" in err and "fetch again" in err
     with pytest.raises(ValueError, match="no recorded SHA-256"):
-        fetch.verify_file(f)
-    fetch.mark_complete(f, "test")  # fetched (here: recorded) again: the manifest is whole once more
-    assert fetch.is_complete(f) and fetch.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+        integrity.verify_file(f)
+    integrity.mark_complete(f, "test")  # fetched (here: recorded) again: the manifest is whole once more
+    assert integrity.is_complete(f) and integrity.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
