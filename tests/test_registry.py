@@ -97,8 +97,10 @@ def test_a_model_identity_reuses_the_hashes_its_loader_verified(tmp_path, monkey
     monkeypatch.setattr(models, "file_sha256", lambda p: hashed.append(p) or "h" * 64)
     model.checkpoint_sha256 = ["v" * 64]
     assert model_identity(model, "local-cnn", {}, _toy_load)["sha256"] == ["v" * 64] and hashed == []
-    del model.checkpoint_sha256
+    model.checkpoint_sha256 = [None]  # a file the loader did not hash is hashed here
     assert model_identity(model, "local-cnn", {}, _toy_load)["sha256"] == ["h" * 64] and hashed == [f]
+    del model.checkpoint_sha256
+    assert model_identity(model, "local-cnn", {}, _toy_load)["sha256"] == ["h" * 64] and hashed == [f, f]
 
 
 def _files_naming(name: str) -> list[str]:

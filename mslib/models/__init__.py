@@ -98,12 +98,15 @@ def model_identity(model: nn.Module, source: str, spec: dict[str, Any], loader: 
                    ) -> dict[str, Any]:
     """What makes a loaded model this model: source, spec, the loader module's ``CODE_VERSION`` and the
     SHA-256 of each file in ``model.checkpoint_files`` (in order); a loader that verified its files' hashes
-    while loading hands them over as ``model.checkpoint_sha256``, so no file is hashed twice."""
+    while loading hands them over as ``model.checkpoint_sha256`` (None for a file it did not hash), so no
+    file is hashed twice."""
     files = getattr(model, "checkpoint_files", None)
     if not files:
         raise RuntimeError(f"the {source!r} loader did not name the checkpoint files of its model")
     known = getattr(model, "checkpoint_sha256", None)
-    sha256 = list(known) if known is not None and len(known) == len(files) else [file_sha256(f) for f in files]
+    if known is None or len(known) != len(files):
+        known = [None] * len(files)
+    sha256 = [k if k is not None else file_sha256(f) for f, k in zip(files, known)]
     return _identity(source, spec, loader, sha256)
 
 

@@ -235,6 +235,7 @@ def load_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> nn.M
             model = ARCHS[spec["arch"]](num_classes=int(tensors["head.3.weight"].shape[0]))
         model.load_state_dict(tensors)
         model.checkpoint_files = [path]
+        model.checkpoint_sha256 = [release["sha256"]]  # load_state checked the file against it
         return model.eval()
     folder = model_dir("cnn", profile, spec)
     ckpt = folder / "model.pt"
@@ -435,6 +436,7 @@ def load_released_lit(kind: str, profile: Any, spec: dict[str, Any], arch_spec: 
     _load_image_tower(model, tensors, path)
     zs = _zero_shot(model.eval(), tokenizer, _class_names(profile), list(profile.templates)).eval()
     zs.checkpoint_files = [path, text_tower_file(arch_spec)]
+    zs.checkpoint_sha256 = [release["sha256"], None]  # the released file was checked against its pin
     return zs
 
 
