@@ -107,7 +107,7 @@ $(OUT)/reproduction.md: $(EXECUTED)
 # Train every model of the profile here (instead of its released weights) and say how far each lands from
 # the released one; `make figures SET=weights=train` then runs the study on them.
 train: $(STAMP) system-deps
-	$(PY) -m mslib.models.released --train $(PROFILE)
+	$(PY) -m mslib.models.release_tool --train $(PROFILE)
 
 # Maintainers, after `make figures` on the released weights: the run's tables become the reference tables
 # and the README's generated numbers are rewritten from them.

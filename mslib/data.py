@@ -2,8 +2,9 @@
 
 Every loader has the signature ``loader(split, options) -> (images, labels, class_names)`` with images a
 float32 tensor N×C×H×W in [0, 1], labels an int64 vector and class names usable in prompts
-("a photo of a {}."). ``DATASETS`` maps a dataset name to ``"module:function"`` (imported lazily), so a new
-dataset is one new entry here.
+("a photo of a {}."). ``DATASETS`` maps a dataset name to its :class:`~mslib.datasets.DatasetSpec` (declared
+beside its loader: Fashion-MNIST here, the paper's datasets in :mod:`mslib.paper_data`), so a new dataset is
+one spec plus one entry here.
 
 Fashion-MNIST is read from the idx files (gzipped or plain), searched in this order: ``$MSLIB_DATA``,
 ``data/fashion_mnist`` (:func:`mslib.cache.data_root`), the Debian package ``dataset-fashion-mnist``
@@ -13,7 +14,6 @@ network allows, else a ``FileNotFoundError`` says where it looked and how to pro
 from __future__ import annotations
 
 import gzip
-import importlib
 import os
 import random
 import zlib
@@ -23,26 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import paper_data
 from .cache import data_root
-
-# dataset name -> "module:function" with signature (split, options) -> (images, labels, class_names)
-DATASETS: dict[str, str] = {
-    "fashion_mnist": "mslib.data:load_fashion_mnist",
-    "cifar10": "mslib.paper_data:load_cifar10",
-    "imagenet": "mslib.paper_data:load_imagenet",
-    "caltech101": "mslib.paper_data:load_caltech101",
-    "stl10": "mslib.paper_data:load_stl10",
-    "food101": "mslib.paper_data:load_food101",
-    "oxford_pets": "mslib.paper_data:load_oxford_pets",
-}
-
-# Datasets whose labels can be read without decoding images: name -> "module:function" with signature
-# (name, split, options) -> (labels, class_names). load_eval_set then decodes only the drawn subset
-# (ImageNet's validation split would be ~30 GB as float32), passing it as options["indices"].
-LABEL_READERS: dict[str, str] = {
-    name: "mslib.paper_data:load_labels"
-    for name in ("cifar10", "imagenet", "caltech101", "stl10", "food101", "oxford_pets")
-}
+from .datasets import DatasetSpec, lookup
 
 SPLITS = ("train", "test")
 
@@ -50,11 +33,9 @@ SPLITS = ("train", "test")
 SAMPLERS = ("stratified", "original")
 SAMPLER_KEYS = frozenset({"sampler", "sample_seed", "sample_start"})
 # The original code's draw (ingredients/dataset.py): random.seed(1233), then random.sample over
-# range(start, len(test split)); start is 1 for Food-101 and Pets, 0 elsewhere. Caltech-101 instead takes
-# the first n images of its seeded split's test list (the split's own order, see paper_data).
+# range(start, len(test split)), start being the spec's sample_start (1 for Food-101 and Pets); a spec with
+# sample_first_n (Caltech-101) takes the first n images of its seeded split's test list instead.
 ORIGINAL_SAMPLE_SEED = 1233
-ORIGINAL_SAMPLE_START: dict[str, int] = {"food101": 1, "oxford_pets": 1}
-ORIGINAL_FIRST_N = frozenset({"caltech101"})
 
 # Prompt-friendly names (lower case, usable in "a photo of a {}.") for the official class order.
 FASHION_MNIST_OFFICIAL_NAMES = (
@@ -72,12 +53,27 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 # --------------------------------------------------------------------------------------------- registry
+def dataset_spec(dataset: str) -> DatasetSpec:
+    """The registered :class:`~mslib.datasets.DatasetSpec` of ``dataset`` (``ValueError`` listing the
+    registered names otherwise)."""
+    return lookup(DATASETS, dataset)
+
+
 def get_loader(dataset: str) -> Callable[[str, dict[str, Any]], tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """The loader function registered for ``dataset``."""
-    if not isinstance(dataset, str) or dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
-    module, func = DATASETS[dataset].split(":")
-    return getattr(importlib.import_module(module), func)
+    return dataset_spec(dataset).load
+
+
+def load_labels(dataset: str, split: str = "test", options: dict[str, Any] | None = None
+                ) -> tuple[torch.Tensor, list[str]]:
+    """``(labels, class_names)`` of one split, read without decoding images where the dataset's spec has a
+    label reader (else the split is loaded)."""
+    spec = dataset_spec(dataset)
+    options = {k: v for k, v in (options or {}).items() if k not in SAMPLER_KEYS}
+    if spec.labels is None:
+        _, labels, names = load_split(dataset, split, options)
+        return labels, names
+    return spec.labels(split, options)
 
 
 def load_split(dataset: str, split: str, options: dict[str, Any] | None = None
@@ -285,19 +281,21 @@ def eval_indices(dataset: str, labels: torch.Tensor, n: int, seed: int, options:
 
     ``stratified`` (default): :func:`stratified_indices` with the profile's ``seed``. ``original``: the
     original code's draw, :func:`original_indices` with ``sample_seed`` (default 1233) and ``sample_start``
-    (default 1 for food101 and oxford_pets, else 0); for caltech101 the first n of the split's test list.
+    (default: the dataset spec's ``sample_start``); a spec with ``sample_first_n`` takes the first n of the
+    split's test list.
     """
     sampler = options.get("sampler", "stratified")
     if sampler not in SAMPLERS:
         raise ValueError(f"data_options['sampler'] must be one of {SAMPLERS}, got {sampler!r}")
     if sampler == "stratified":
         return stratified_indices(labels, n, seed)
-    if dataset in ORIGINAL_FIRST_N:
+    spec = dataset_spec(dataset)
+    if spec.sample_first_n:
         if n > labels.numel():
             raise ValueError(f"n={n} exceeds the number of available samples ({labels.numel()})")
         return torch.arange(n)
     return original_indices(labels.numel(), n, int(options.get("sample_seed", ORIGINAL_SAMPLE_SEED)),
-                            int(options.get("sample_start", ORIGINAL_SAMPLE_START.get(dataset, 0))))
+                            int(options.get("sample_start", spec.sample_start)))
 
 
 def load_eval_set(profile: Any, with_indices: bool = False):
@@ -312,9 +310,8 @@ def load_eval_set(profile: Any, with_indices: bool = False):
 
     profile = get_profile(profile)
     options = {k: v for k, v in profile.data_options.items() if k not in SAMPLER_KEYS}
-    if profile.dataset in LABEL_READERS:  # draw the subset from the labels, then decode only it
-        module, func = LABEL_READERS[profile.dataset].split(":")
-        labels, names = getattr(importlib.import_module(module), func)(profile.dataset, "test", dict(options))
+    if dataset_spec(profile.dataset).labels is not None:  # draw the subset from the labels, then decode only it
+        labels, names = load_labels(profile.dataset, "test", dict(options))
         idx = eval_indices(profile.dataset, labels, int(profile.n_samples), int(profile.seed), profile.data_options)
         images, sub_labels, names = load_split(profile.dataset, "test", {**options, "indices": idx.tolist()})
         if not torch.equal(sub_labels, labels[idx]):
@@ -335,8 +332,16 @@ def load_train_set(profile: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]
     return load_split(profile.dataset, "train", profile.data_options)
 
 
+FASHION_MNIST = DatasetSpec("fashion_mnist", "Fashion-MNIST", load_fashion_mnist)
+# Every dataset the package can run on; each consumer (loading, fetch, stand-ins, labels) loops over these.
+DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (FASHION_MNIST, *paper_data.SPECS.values())}
+
+
 __all__ = [
     "DATASETS",
+    "FASHION_MNIST",
+    "dataset_spec",
+    "load_labels",
     "FASHION_MNIST_CLASSES",
     "SAMPLERS",
     "eval_indices",

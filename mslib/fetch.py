@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.util
 import os
 import shutil
 import stat
@@ -34,88 +33,56 @@ import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .cache import data_root, file_sha256, json_intact, read_json, write_json
+from .cache import data_root
+from .integrity import FETCH_COMMAND, Asset, is_complete, mark_complete, read_manifest, record_files, unmark_complete
 
 if TYPE_CHECKING:
     from .profiles import Profile
 
 PARTIAL = ".partial-"  # infix of the temporary folders datasets are extracted into
 
-FETCH_COMMAND = "python -m mslib.fetch --profile {profile}"
-ROBUSTBENCH_INSTALL = "pip install --no-deps robustbench==1.1.1 && pip install geotorch torchdiffeq pyyaml"
 
-# https URLs and torchvision's published MD5s of the dataset archives, and where each is extracted.
-DATASET_ARCHIVES: dict[str, list[tuple[str, str, str]]] = {
-    "cifar10": [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "")],
-    "stl10": [("https://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "91f7769df0f17e558f3565bffb0c7dfb", "")],
-    "food101": [("https://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "85eeb15f3717b99a5da872d97d918f87", "")],
-    "oxford_pets": [
-        ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz", "5c4f3ee8e5d25df40f4fd59a7f44e54c",
-         "oxford-iiit-pet"),
-        ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz", "95a8c909bbe2e81eed6a22bccdf3f68f",
-         "oxford-iiit-pet"),
-    ],
-    "caltech101": [("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip",
-                    "3138e1922a9193bfa496528edbbc45d0", "caltech101")],
-}
-GDRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
 # The BERT tokenizer CLIPA's text tower names (hf_tokenizer_name), stored inside the CLIPA folder.
 OPEN_CLIP_TOKENIZERS = {"bert-base-uncased": ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "config.json"]}
 
 
-@dataclass(frozen=True)
-class Asset:
-    """One thing a profile needs from outside: what it is, where it must be, how to get it."""
-
-    kind: str  # dataset | robustbench | hf | open_clip | torchvision | package
-    name: str
-    path: Path
-    how: str  # the command (or manual step) that provides it
-    params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def present(self) -> bool:
-        check = self.params.get("check")
-        return bool(check(self.path)) if check is not None else self.path.exists()
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name}: {self.path}"
-
-
 # ------------------------------------------------------------------------------------------ asset lists
-def _hf_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(
-        (folder / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-    ) and is_complete(folder)
-
-
-def _open_clip_complete(folder: Path) -> bool:
-    from open_clip.factory import _find_checkpoint_in_dir
-
-    return ((folder / "open_clip_config.json").is_file() and _find_checkpoint_in_dir(folder) is not None
-            and is_complete(folder))
-
-
 def _dataset_complete(name: str, root: Path | None = None) -> Callable[[Path], bool]:
     """Present = the layout's marker file exists and its folder was marked complete (not half-extracted)."""
-    def check(marker: Path) -> bool:
-        from . import paper_data
+    from .data import dataset_spec
 
-        base = root if root is not None else paper_data.paper_data_root()
-        return marker.exists() and is_complete(base / paper_data.LAYOUT[name][0])
+    folder = dataset_spec(name).directory({"root": root} if root is not None else None)
+
+    def check(marker: Path) -> bool:
+        return marker.exists() and is_complete(folder)
 
     return check
+
+
+def _dataset_asset(ds: str, options: dict[str, Any], cmd: str) -> Asset | None:
+    """The asset of a dataset: downloadable when its spec lists archives, provided by hand when it says how,
+    none when neither (e.g. a system package)."""
+    from .data import dataset_spec
+
+    spec = dataset_spec(ds)
+    if spec.archives:
+        root = Path(options["root"]) if options.get("root") else None
+        return Asset("dataset", ds, spec.path(options), cmd, {"dataset": ds, "check": _dataset_complete(ds, root),
+                                                              "fetch": lambda a: fetch_dataset(a.params["dataset"])})
+    if spec.manual is not None:
+        return Asset("dataset", f"{spec.display} (provided by hand)", spec.path(options), spec.manual,
+                     {"dataset": ds, "manual": True, "check": lambda q: q.is_dir() and any(q.iterdir())})
+    return None
 
 
 def profile_assets(profile_name: str, profiles: Sequence[Profile] | None = None) -> list[Asset]:
     """Every external asset of every dataset of a profile (locally trained models are not assets); with
     ``profiles`` (per-dataset profiles, overrides applied, e.g. ``datasets``/``classifiers`` narrowed for a
     dry run), only theirs."""
-    from . import paper_data
-    from .models.paper import hub_folder, robustbench_checkpoint_paths, robustbench_dir, torchvision_weights_path
+    from .models import source_spec
     from .plan import vlm_variants
     from .profiles import PROFILES, get_profile
 
@@ -130,45 +97,16 @@ def profile_assets(profile_name: str, profiles: Sequence[Profile] | None = None)
     if profiles is None:
         profiles = [get_profile(profile_name, ds) for ds in PROFILES[profile_name]["datasets"]]
     for p in profiles:
-        ds = p.dataset
-        if ds == "imagenet":
-            add(Asset("dataset", "ImageNet validation split (ImageFolder <wnid>/*.JPEG)",
-                      paper_data.dataset_path("imagenet", p.data_options),
-                      "ImageNet needs a login at image-net.org: download ILSVRC2012_img_val.tar, sort it into "
-                      "<wnid>/ folders (valprep.sh), then set MSLIB_IMAGENET=/path/to/val or put it at "
-                      "data/imagenet/val", {"check": lambda q: q.is_dir() and any(q.iterdir())}))
-        elif ds in DATASET_ARCHIVES:
-            root = Path(p.data_options["root"]) if p.data_options.get("root") else None
-            add(Asset("dataset", ds, paper_data.dataset_path(ds, p.data_options), cmd,
-                      {"dataset": ds, "check": _dataset_complete(ds, root)}))
+        dataset_asset = _dataset_asset(p.dataset, p.data_options, cmd)
+        if dataset_asset is not None:
+            add(dataset_asset)
         # the profile's VLM variants are assets only where the profile enables them (e.g. paper-robust)
         specs = list(p.classifier_specs.items()) + [(p.vlm, p.vlm_spec)] + list(vlm_variants(p).items())
-        for name, spec in specs:
-            src = spec.get("source")
-            if src == "robustbench":
-                if importlib.util.find_spec("robustbench") is None:
-                    add(Asset("package", "robustbench (model zoo only)", Path("robustbench"), ROBUSTBENCH_INSTALL,
-                              {"check": lambda q: importlib.util.find_spec("robustbench") is not None}))
-                    paths = [robustbench_dir() / spec["dataset"] / spec["threat_model"] / f"{spec['model']}.pt"]
-                else:
-                    paths = robustbench_checkpoint_paths(spec["model"], spec["dataset"], spec["threat_model"])
-                for i, path in enumerate(paths):
-                    label = spec["model"] + (f" (member {i})" if len(paths) > 1 else "")
-                    add(Asset("robustbench", label, path, cmd, {"model": spec["model"], "dataset": spec["dataset"],
-                                                                "threat_model": spec["threat_model"], "member": i,
-                                                                "check": is_complete}))
-            elif src == "hf-clip":
-                for repo in (spec["vision"], spec["text"]):
-                    if not Path(repo).is_dir():
-                        add(Asset("hf", repo, hub_folder("hf", repo), cmd, {"repo": repo, "check": _hf_complete}))
-            elif src == "open_clip":
-                if not Path(spec["model"]).is_dir():
-                    add(Asset("open_clip", spec["model"], hub_folder("open_clip", spec["model"]), cmd,
-                              {"repo": spec["model"], "check": _open_clip_complete}))
-            elif src == "torchvision-ft" and spec.get("weights"):
-                path, url = torchvision_weights_path(spec.get("arch", "resnet18"), spec["weights"])
-                add(Asset("torchvision", f"{spec.get('arch', 'resnet18')} {spec['weights']}", path, cmd,
-                          {"url": url, "check": is_complete}))
+        for _, spec in specs:
+            source = source_spec(spec.get("source"))
+            if source.assets is not None:
+                for a in source.function("assets")(spec, cmd):
+                    add(a)
     return list(assets.values())
 
 
@@ -208,153 +146,17 @@ def asset_hashes(profile_name: str, dataset: str | None = None) -> dict[str, str
     checkpoints and data it came from. Files not in the manifest (e.g. ImageNet, named by path) are left out."""
     from .profiles import get_profile
 
-    manifest = _read(_manifest_path())
+    manifest = read_manifest()
     root = data_root().resolve()
     wanted: list[str] = []
-    for a in profile_assets(profile_name):
-        if dataset is not None and not _asset_of_dataset(a, get_profile(profile_name, dataset)):
-            continue
+    for a in profile_assets(profile_name, None if dataset is None else [get_profile(profile_name, dataset)]):
         p = a.path.resolve()
         wanted.append(str(p.relative_to(root)) if p.is_relative_to(root) else str(p))
     return {k: v["sha256"] for k, v in sorted(manifest.items())
             if any(k == w or k.startswith(w.rstrip("/") + "/") for w in wanted)}
 
 
-def _asset_of_dataset(asset: Asset, profile: Any) -> bool:
-    from .models.paper import hub_folder
-    from .plan import vlm_variants
-
-    if asset.kind == "dataset":
-        return asset.params.get("dataset", "imagenet") == profile.dataset
-    specs = list(profile.classifier_specs.values()) + [profile.vlm_spec] + list(vlm_variants(profile).values())
-    if asset.kind == "robustbench":
-        return any(s.get("source") == "robustbench" and s.get("model") == asset.params["model"]
-                   and s.get("dataset") == asset.params["dataset"] for s in specs)
-    if asset.kind in ("hf", "open_clip"):
-        refs = [s.get(k) for s in specs for k in ("vision", "text", "model") if isinstance(s.get(k), str)]
-        return any(hub_folder(asset.kind, r) == asset.path for r in refs)
-    return asset.kind == "torchvision" and any(s.get("source") == "torchvision-ft" for s in specs)
-
-
 # ----------------------------------------------------------------------------------------- downloading
-def _manifest_path() -> Path:
-    return data_root() / "manifest.json"
-
-
-def _complete_path() -> Path:
-    return data_root() / "complete.json"
-
-
-def _read(path: Path) -> dict[str, Any]:
-    # a damaged manifest (or completion list) is named and read as empty: every asset then counts as missing
-    # and is fetched and recorded again, never trusted on hashes that cannot be read
-    return read_json(path) if json_intact(path, "treating every asset as missing; fetch again") else {}
-
-
-def _key(path: Path) -> str:
-    """A file's manifest key: its path relative to ``data/`` (absolute when it lies elsewhere)."""
-    p = Path(path).resolve()
-    root = data_root().resolve()
-    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
-
-
-def _under(manifest: dict[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in manifest.items() if k == key or k.startswith(key.rstrip("/") + "/")}
-
-
-def _files(path: Path) -> list[Path]:
-    # huggingface_hub keeps download metadata and locks under <local_dir>/.cache: not part of the asset
-    if path.is_file():
-        return [path]
-    return sorted(q for q in path.rglob("*") if q.is_file() and ".cache" not in q.relative_to(path).parts)
-
-
-def record_files(paths: list[Path], source: str) -> None:
-    """Add the SHA-256 and size of ``paths`` (files, or every file under folders) to ``data/manifest.json``."""
-    manifest = _read(_manifest_path())
-    for p in paths:
-        for f in _files(Path(p)):
-            manifest[_key(f)] = {"sha256": file_sha256(f), "bytes": f.stat().st_size, "source": source}
-    write_json(manifest, _manifest_path())
-
-
-def mark_complete(path: str | os.PathLike, source: str | None = None) -> None:
-    """Mark the asset at ``path`` (a file, or a folder) complete: the last step of fetching or providing it.
-
-    With ``source``, the files' hashes are recorded first (:func:`record_files`); without, every file
-    under ``path`` must already be in the manifest with its current size. Manifest entries under ``path``
-    whose files are gone are dropped. Only marked assets count as present (:func:`is_complete`).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"path {path} does not exist; nothing to mark complete")
-    if source is not None:
-        record_files([path], source)
-    manifest = _read(_manifest_path())
-    key = _key(path)
-    stale = [k for k in _under(manifest, key) if not (data_root() / k).is_file()]
-    for k in stale:
-        del manifest[k]
-    unrecorded = [str(f) for f in _files(path)
-                  if manifest.get(_key(f), {}).get("bytes") != f.stat().st_size]
-    if unrecorded:
-        raise ValueError(f"path {path}: {len(unrecorded)} file(s) are not recorded in {_manifest_path()} "
-                         f"(first: {unrecorded[0]}); call record_files([path], source) or pass source=")
-    if stale:
-        write_json(manifest, _manifest_path())
-    entries = _under(manifest, key)
-    done = _read(_complete_path())
-    done[key] = {"files": len(entries), "bytes": sum(v["bytes"] for v in entries.values())}
-    write_json(done, _complete_path())
-
-
-def unmark_complete(path: str | os.PathLike) -> None:
-    """Forget that the asset at ``path`` is complete (before replacing it, so a crash leaves it missing)."""
-    done = _read(_complete_path())
-    if done.pop(_key(Path(path)), None) is not None:
-        write_json(done, _complete_path())
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    """Whether the asset at ``path`` was marked complete and its recorded files are all there, with their
-    recorded sizes (cheap: no hashing; :func:`verify_file` checks a file's hash)."""
-    path = Path(path)
-    if not path.exists():
-        return False
-    key = _key(path)
-    mark = _read(_complete_path()).get(key)
-    if mark is None:
-        return False
-    entries = _under(_read(_manifest_path()), key)
-    if len(entries) != mark["files"]:
-        return False
-    for k, v in entries.items():
-        f = Path(k) if Path(k).is_absolute() else data_root() / k
-        try:
-            if f.stat().st_size != v["bytes"]:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def verify_file(path: str | os.PathLike, what: str = "file") -> str:
-    """Check ``path``'s SHA-256 against ``data/manifest.json``; return it, or raise ``ValueError`` when the
-    file is not recorded or differs (naming the file, the expected and the actual hash)."""
-    path = Path(path)
-    entry = _read(_manifest_path()).get(_key(path))
-    if entry is None:
-        raise ValueError(f"{what} {path} has no recorded SHA-256 in {_manifest_path()}: fetch it with "
-                         f"`{FETCH_COMMAND.format(profile='paper')}`, or, for a file you provide yourself, record "
-                         f"it with `python -m mslib.fetch --record {path}`")
-    actual = file_sha256(path)
-    if actual != entry["sha256"]:
-        raise ValueError(f"{what} {path} is not the recorded file: SHA-256 {actual}, expected {entry['sha256']} "
-                         f"(from {entry.get('source', '?')}); delete it and fetch it again with "
-                         f"`{FETCH_COMMAND.format(profile='paper')}`")
-    return actual
-
-
 HF_HOST = "huggingface.co"
 
 
@@ -494,33 +296,33 @@ def _remove_partials(root: Path, name: str) -> None:
 
 
 def fetch_dataset(name: str, root: Path | None = None) -> Path:
-    """Download and extract a torchvision-layout dataset under ``root`` (default ``data/datasets``).
+    """Download and extract a dataset whose spec lists archives, under ``root`` (default: the spec's root).
 
     Archives are extracted into a temporary folder beside the destination, which is renamed into place;
     the files' hashes are then recorded and the folder marked complete, so a crash at any point leaves
     the dataset missing (never half-present) and the next fetch starts it again.
     """
-    from . import paper_data
+    from .data import DATASETS, dataset_spec
 
-    if name not in DATASET_ARCHIVES:
-        raise ValueError(f"dataset must be one of {sorted(DATASET_ARCHIVES)}, got {name!r}")
-    root = Path(root) if root is not None else paper_data.paper_data_root()
+    spec = dataset_spec(name)
+    if not spec.archives:
+        raise ValueError(f"dataset must be one of {sorted(n for n, s in DATASETS.items() if s.archives)} "
+                         f"(those with archives to download), got {name!r}")
+    options = {"root": root} if root is not None else None
+    root = spec.base(options)
     root.mkdir(parents=True, exist_ok=True)
     _remove_partials(root, name)
-    final = root / paper_data.LAYOUT[name][0]
+    final = spec.directory(options)
     stage = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}{PARTIAL}"))
     try:
         tree = stage / "tree"
-        for url, md5, sub in DATASET_ARCHIVES[name]:
-            arch = download(url, stage / "archives" / url.rsplit("/", 1)[-1], md5=md5)
-            safe_extract(arch, tree / sub)
+        for a in spec.archives:
+            arch = download(a.url, stage / "archives" / a.url.rsplit("/", 1)[-1], md5=a.md5)
+            safe_extract(arch, tree / a.into)
             arch.unlink()
-        if name == "caltech101":  # the zip holds caltech-101/101_ObjectCategories.tar.gz (torchvision's handling)
-            inner = tree / "caltech101" / "caltech-101"
-            for gz in inner.glob("*.tar.gz"):
-                safe_extract(gz, tree / "caltech101")
-            shutil.rmtree(inner, ignore_errors=True)
-        built = tree / paper_data.LAYOUT[name][0]
+        if spec.unpack is not None:
+            spec.unpack(tree, safe_extract)
+        built = tree / spec.folder
         if not built.is_dir():
             raise ValueError(f"{name}: the archives did not contain the folder {built.name}/")
         unmark_complete(final)  # from here on a crash leaves the dataset missing, not stale-but-present
@@ -529,44 +331,8 @@ def fetch_dataset(name: str, root: Path | None = None) -> Path:
         os.replace(built, final)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    mark_complete(final, f"{name}: {', '.join(u for u, _, _ in DATASET_ARCHIVES[name])}")
+    mark_complete(final, f"{name}: {', '.join(a.url for a in spec.archives)}")
     return final
-
-
-def fetch_robustbench(model: str, dataset: str, threat_model: str) -> list[Path]:
-    """Download a RobustBench checkpoint (Google Drive or RobustBench's GitHub release) in its layout."""
-    import timm
-
-    from .models.paper import (_rb_enums, _timm_name, check_checkpoint_file, robustbench_checkpoint_paths,
-                               robustbench_zoo)
-
-    paths = robustbench_checkpoint_paths(model, dataset, threat_model)
-    tname = _timm_name(model, dataset, threat_model)
-    if timm.is_model(tname):
-        urls = [timm.create_model(tname, pretrained=False).default_cfg["url"]]
-    else:
-        ds, tm = _rb_enums(dataset, threat_model)
-        gid = robustbench_zoo().model_dicts[ds][tm][model]["gdrive_id"]
-        urls = [GDRIVE_URL.format(id=g) for g in (gid if isinstance(gid, list) else [gid])]
-    manifest = _read(_manifest_path())
-    for url, path in zip(urls, paths):
-        if is_complete(path):
-            continue
-        if path.is_file() and _key(path) in manifest:  # downloaded and recorded, not yet marked (or old layout)
-            try:
-                verify_file(path, "RobustBench checkpoint")
-                mark_complete(path)
-                continue
-            except ValueError:
-                pass  # a different file: fetch it again
-        download(url, path)
-        try:
-            check_checkpoint_file(path)
-        except ValueError:
-            path.unlink()
-            raise
-        mark_complete(path, url)
-    return paths
 
 
 def fetch_hf(repo: str, folder: Path, extra: dict[str, list[str]] | None = None) -> Path:
@@ -593,30 +359,11 @@ def _fetch_hf(repo: str, folder: Path, extra: dict[str, list[str]] | None) -> No
 
 
 def fetch_asset(asset: Asset) -> None:
-    """Fetch one asset (raises for those that cannot be downloaded, e.g. ImageNet)."""
-    if asset.kind == "dataset" and "dataset" in asset.params:
-        fetch_dataset(asset.params["dataset"])
-    elif asset.kind == "robustbench":
-        fetch_robustbench(asset.params["model"], asset.params["dataset"], asset.params["threat_model"])
-    elif asset.kind == "hf":
-        fetch_hf(asset.params["repo"], asset.path)
-        mark_complete(asset.path)
-    elif asset.kind == "open_clip":
-        from .models.openclip_factory import read_open_clip_config
-
-        fetch_hf(asset.params["repo"], asset.path)
-        tok = read_open_clip_config(asset.path)["model_cfg"]["text_cfg"].get("hf_tokenizer_name")
-        if tok:
-            fetch_hf_tokenizer(tok, asset.path)
-        mark_complete(asset.path)
-    elif asset.kind == "torchvision":
-        url = asset.params["url"]
-        # torchvision's file names end in the first hex digits of the file's SHA-256
-        prefix = url.rsplit("-", 1)[-1].split(".")[0]
-        download(url, asset.path, sha256_prefix=prefix)
-        mark_complete(asset.path, url)
-    else:
+    """Fetch one asset with the function it carries (raises for those provided by hand, e.g. ImageNet)."""
+    fetch = asset.params.get("fetch")
+    if fetch is None or asset.params.get("manual"):
         raise RuntimeError(f"cannot fetch {asset}; {asset.how}")
+    fetch(asset)
 
 
 def fetch_hf_tokenizer(repo: str, folder: Path) -> None:
@@ -635,7 +382,7 @@ def fetch_profile(profile_name: str, only: Callable[[Asset], bool] | None = None
     for asset in missing_assets(profile_name):
         if only is not None and not only(asset):
             continue
-        if asset.kind == "package" or (asset.kind == "dataset" and "dataset" not in asset.params):
+        if asset.params.get("manual"):
             print(f"[manual] {asset}\n         {asset.how}", file=sys.stderr)
             continue
         print(f"[fetch] {asset}", file=sys.stderr)

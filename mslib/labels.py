@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from .attacks import ATTACK_SPECS
+from .data import DATASETS as _DATASET_SPECS
 
 # Said somewhere visible on every output that shows a robust accuracy.
 ROBUST = "robust = correct or rejected"
@@ -19,10 +20,8 @@ ROBUST_NOTE = ("Robust accuracy with rejection: an adversarial input counts as r
                "classifies it correctly or rejects it (robust = correct or rejected). Rates in percent with "
                "95% Wilson confidence intervals; gains in percentage points.")
 
-DATASETS = {
-    "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "imagenet": "ImageNet", "caltech101": "Caltech-101",
-    "stl10": "STL-10", "food101": "Food-101", "oxford_pets": "Oxford-IIIT Pets", "pets": "Oxford-IIIT Pets",
-}
+# a dataset's display name comes from its spec (mslib.data.DATASETS)
+DATASETS = {name: spec.display for name, spec in _DATASET_SPECS.items()}
 
 CLASSIFIERS = {"standard": "standard CNN", "fgsm-rs": "FGSM-RS CNN (adv. trained)"}
 

@@ -36,48 +36,29 @@ import io
 import json
 import os
 import pickle
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .cache import data_root
+from .datasets import Archive, DatasetSpec, lookup
 
 SPLITS = ("train", "test")
 RESIZE_MODES = ("squash", "shortest_crop")
 ASSETS = Path(__file__).resolve().parent / "assets"
 
-# Stored resolution and resize rule per dataset (the profile's data_options start from these).
-DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "cifar10": {"image_size": 32},
-    "stl10": {"image_size": 224, "resize_mode": "squash"},
-    "imagenet": {"image_size": 224, "resize_mode": "squash", "crop_pct": 0.875},
-    "caltech101": {"image_size": 224, "resize_mode": "squash", "split_seed": 1233, "test_fraction": 0.2,
-                   "split_rule": "original"},
-    "food101": {"image_size": 224, "resize_mode": "squash"},
-    "oxford_pets": {"image_size": 224, "resize_mode": "squash"},
-}
 _COMMON_KEYS = {"root", "indices", "image_size", "resize_mode", "num_workers", "class_names"}
-_EXTRA_KEYS = {"imagenet": {"crop_pct"}, "caltech101": {"split_seed", "test_fraction", "split_rule"}}
 # Keys that choose the evaluation subset (mslib.data.load_eval_set); accepted here and ignored.
 _SAMPLER_KEYS = {"sampler", "sample_seed", "sample_start"}
 # class_names: "prompt" (default: prompt-friendly names) or "original" (the original code's strings:
 # Caltech-101's raw folder names, Food-101's capitalized names; the other datasets' are the same either way).
 CLASS_NAME_MODES = ("prompt", "original")
 CALTECH_SPLIT_RULES = ("original", "sorted")
-
-# Where each dataset's folder sits under the root (torchvision's names) and a file proving it is complete.
-LAYOUT: dict[str, tuple[str, str]] = {
-    "cifar10": ("cifar-10-batches-py", "cifar-10-batches-py/test_batch"),
-    "stl10": ("stl10_binary", "stl10_binary/test_X.bin"),
-    "caltech101": ("caltech101", "caltech101/101_ObjectCategories"),
-    "food101": ("food-101", "food-101/meta/test.json"),
-    "oxford_pets": ("oxford-iiit-pet", "oxford-iiit-pet/annotations/test.txt"),
-}
-
 
 # ------------------------------------------------------------------------------------------------ roots
 def paper_data_root() -> Path:
@@ -94,39 +75,29 @@ def imagenet_root() -> Path:
 
 def dataset_path(name: str, options: dict[str, Any] | None = None) -> Path:
     """The file or folder whose presence means ``name`` is available (used by :mod:`mslib.fetch`)."""
-    options = options or {}
-    if name == "imagenet":
-        return Path(options["root"]) if options.get("root") else imagenet_root()
-    if name not in LAYOUT:
-        raise ValueError(f"unknown paper dataset {name!r}; known: {sorted(DEFAULT_OPTIONS)}")
-    root = Path(options["root"]) if options.get("root") else paper_data_root()
-    return root / LAYOUT[name][1]
+    return lookup(SPECS, name).path(options)
 
 
-def _root(name: str, options: dict[str, Any]) -> Path:
-    if name == "imagenet":
-        return dataset_path("imagenet", options)
-    root = Path(options["root"]) if options.get("root") else paper_data_root()
-    folder = root / LAYOUT[name][0]
-    if not dataset_path(name, options).exists():
+def _root(spec: DatasetSpec, options: dict[str, Any]) -> Path:
+    if not spec.path(options).exists() and spec.manual is None:
         raise FileNotFoundError(
-            f"{name} not found: expected {dataset_path(name, options)} (torchvision's layout under {root}). "
-            f"Fetch it on a machine with internet with `python -m mslib.fetch --profile paper`, or set "
-            f"MSLIB_PAPER_DATA (or options['root']) to the folder that holds {LAYOUT[name][0]}/."
+            f"{spec.name} not found: expected {spec.path(options)} (torchvision's layout under "
+            f"{spec.base(options)}). Fetch it on a machine with internet with `python -m mslib.fetch --profile "
+            f"paper`, or set MSLIB_PAPER_DATA (or options['root']) to the folder that holds {spec.folder}/."
         )
-    return folder
+    return spec.directory(options)
 
 
 # ---------------------------------------------------------------------------------------------- options
-def _options(name: str, split: str, options: dict[str, Any] | None) -> dict[str, Any]:
+def _options(spec: DatasetSpec, split: str, options: dict[str, Any] | None) -> dict[str, Any]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     options = {k: v for k, v in (options or {}).items() if k not in _SAMPLER_KEYS}
-    unknown = set(options) - _COMMON_KEYS - _EXTRA_KEYS.get(name, set())
+    unknown = set(options) - _COMMON_KEYS - spec.option_keys
     if unknown:
-        raise ValueError(f"unknown {name} options {sorted(unknown)}; known: "
-                         f"{sorted(_COMMON_KEYS | _EXTRA_KEYS.get(name, set()))}")
-    merged = {**DEFAULT_OPTIONS[name], **options}
+        raise ValueError(f"unknown {spec.name} options {sorted(unknown)}; known: "
+                         f"{sorted(_COMMON_KEYS | spec.option_keys)}")
+    merged = {**spec.defaults, **options}
     size = merged.get("image_size")
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ValueError(f"options['image_size'] must be a positive int, got {size!r}")
@@ -242,40 +213,64 @@ def read_cifar_batch(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_cifar10(split: str = "test", options: dict[str, Any] | None = None):
     """CIFAR-10 from ``cifar-10-batches-py``: images (N, 3, 32, 32), labels, the 10 class names."""
-    options = _options("cifar10", split, options)
-    folder = _root("cifar10", options)
-    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    meta = read_cifar_batch(folder / "batches.meta")
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    options = _options(CIFAR10, split, options)
+    folder = _root(CIFAR10, options)
     xs, ys = [], []
-    for fname in files:
+    for fname in _cifar10_files(split):
         batch = read_cifar_batch(folder / fname)
         xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch["labels"], dtype=np.int64))
     x, y = np.concatenate(xs), np.concatenate(ys)
     sel = _select(len(y), options)
     x_t = _resize_tensor(torch.from_numpy(x[sel]), options)
-    return x_t, torch.from_numpy(y[sel]), names
+    return x_t, torch.from_numpy(y[sel]), _cifar10_names(folder)
+
+
+def _cifar10_files(split: str) -> list[str]:
+    return [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+
+
+def _cifar10_names(folder: Path) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n)
+            for n in read_cifar_batch(folder / "batches.meta")["label_names"]]
+
+
+def _label_options(spec: DatasetSpec, split: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    return _options(spec, split, {k: v for k, v in (options or {}).items() if k != "indices"})
+
+
+def _cifar10_labels(split: str, options: dict[str, Any] | None) -> tuple[torch.Tensor, list[str]]:
+    folder = _root(CIFAR10, _label_options(CIFAR10, split, options))
+    y = np.concatenate([np.asarray(read_cifar_batch(folder / f)["labels"], dtype=np.int64)
+                        for f in _cifar10_files(split)])
+    return torch.from_numpy(y), _cifar10_names(folder)
 
 
 # ------------------------------------------------------------------------------------------------ STL-10
 def load_stl10(split: str = "test", options: dict[str, Any] | None = None):
     """STL-10 from ``stl10_binary`` (96×96 stored column-major), resized to ``image_size`` (224: the paper)."""
-    options = _options("stl10", split, options)
-    folder = _root("stl10", options)
-    y = np.fromfile(folder / f"{split}_y.bin", dtype=np.uint8).astype(np.int64) - 1
+    options = _options(STL10, split, options)
+    folder = _root(STL10, options)
+    y, names = _stl10_labels(split, options)
+    y = y.numpy()
     x = np.fromfile(folder / f"{split}_X.bin", dtype=np.uint8)
     if x.size != y.size * 3 * 96 * 96:
         raise ValueError(f"{folder}/{split}_X.bin holds {x.size} bytes, expected {y.size} images of 3×96×96")
     x = x.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)  # the binary stores each channel column-major
-    names = [l.strip() for l in (folder / "class_names.txt").read_text().splitlines() if l.strip()]
     sel = _select(len(y), options)
     return _resize_tensor(torch.from_numpy(np.ascontiguousarray(x[sel])), options), torch.from_numpy(y[sel]), names
 
 
 # -------------------------------------------------------------------------------------- file-based sets
+def _stl10_labels(split: str, options: dict[str, Any] | None) -> tuple[torch.Tensor, list[str]]:
+    folder = _root(STL10, _label_options(STL10, split, options))
+    y = np.fromfile(folder / f"{split}_y.bin", dtype=np.uint8).astype(np.int64) - 1
+    names = [l.strip() for l in (folder / "class_names.txt").read_text().splitlines() if l.strip()]
+    return torch.from_numpy(y), names
+
+
 def _caltech101_items(split: str, options: dict[str, Any]) -> tuple[list[Path], list[int], list[str]]:
-    folder = _root("caltech101", options) / "101_ObjectCategories"
+    folder = _root(CALTECH101, options) / "101_ObjectCategories"
     categories = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name != "BACKGROUND_Google")
     paths: list[Path] = []
     labels: list[int] = []
@@ -311,7 +306,7 @@ def caltech101_prompt_name(category: str) -> str:
 
 
 def _food101_items(split: str, options: dict[str, Any]) -> tuple[list[Path], list[int], list[str]]:
-    folder = _root("food101", options)
+    folder = _root(FOOD101, options)
     classes = [l.strip() for l in (folder / "meta" / "classes.txt").read_text().splitlines() if l.strip()]
     index = {c: k for k, c in enumerate(classes)}
     meta = json.loads((folder / "meta" / f"{split}.json").read_text())
@@ -326,7 +321,7 @@ def _food101_items(split: str, options: dict[str, Any]) -> tuple[list[Path], lis
 
 
 def _oxford_pets_items(split: str, options: dict[str, Any]) -> tuple[list[Path], list[int], list[str]]:
-    folder = _root("oxford_pets", options)
+    folder = _root(OXFORD_PETS, options)
     ann = "trainval.txt" if split == "train" else "test.txt"
     ids, labels = [], []
     for line in (folder / "annotations" / ann).read_text().splitlines():
@@ -359,7 +354,7 @@ def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
 def _imagenet_items(split: str, options: dict[str, Any]) -> tuple[list[Path], list[int], list[str]]:
     if split != "test":
         raise ValueError("imagenet has only the validation split here (use split='test')")
-    folder = _root("imagenet", options)
+    folder = _root(IMAGENET, options)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"ImageNet validation folder not found: {folder}. ImageNet cannot be downloaded automatically "
@@ -381,33 +376,54 @@ def _imagenet_items(split: str, options: dict[str, Any]) -> tuple[list[Path], li
     return paths, labels, list(names)
 
 
-_ITEMS = {"caltech101": _caltech101_items, "food101": _food101_items, "oxford_pets": _oxford_pets_items,
-          "imagenet": _imagenet_items}
-_INTERPOLATION = {"imagenet": "bilinear"}
+_Items = Callable[[str, dict[str, Any]], tuple[list[Path], list[int], list[str]]]
 
 
-def _load_files(name: str, split: str, options: dict[str, Any] | None):
-    options = _options(name, split, options)
-    paths, labels, names = _ITEMS[name](split, options)
+def _load_files(spec: DatasetSpec, items: _Items, split: str, options: dict[str, Any] | None,
+                interpolation: str = "bilinear"):
+    options = _options(spec, split, options)
+    paths, labels, names = items(split, options)
     sel = _select(len(labels), options)
-    interp = "bicubic" if (name == "imagenet" and options.get("resize_mode") == "shortest_crop") else "bilinear"
-    x = load_image_files([paths[i] for i in sel], options, interpolation=interp)
+    x = load_image_files([paths[i] for i in sel], options, interpolation=interpolation)
     return x, torch.tensor([labels[i] for i in sel], dtype=torch.int64), names
+
+
+def _file_labels(spec: DatasetSpec, items: _Items, split: str, options: dict[str, Any] | None
+                 ) -> tuple[torch.Tensor, list[str]]:
+    """A file-based set's labels and class names from its file list (no image decoded)."""
+    _, labels, names = items(split, _label_options(spec, split, options))
+    return torch.tensor(labels, dtype=torch.int64), names
+
+
+def _caltech101_labels(split: str, options: dict[str, Any] | None) -> tuple[torch.Tensor, list[str]]:
+    return _file_labels(CALTECH101, _caltech101_items, split, options)
+
+
+def _food101_labels(split: str, options: dict[str, Any] | None) -> tuple[torch.Tensor, list[str]]:
+    return _file_labels(FOOD101, _food101_items, split, options)
+
+
+def _oxford_pets_labels(split: str, options: dict[str, Any] | None) -> tuple[torch.Tensor, list[str]]:
+    return _file_labels(OXFORD_PETS, _oxford_pets_items, split, options)
+
+
+def _imagenet_labels(split: str, options: dict[str, Any] | None) -> tuple[torch.Tensor, list[str]]:
+    return _file_labels(IMAGENET, _imagenet_items, split, options)
 
 
 def load_caltech101(split: str = "test", options: dict[str, Any] | None = None):
     """Caltech-101 (101 categories, no background), a fixed seeded 80/20 train/test split."""
-    return _load_files("caltech101", split, options)
+    return _load_files(CALTECH101, _caltech101_items, split, options)
 
 
 def load_food101(split: str = "test", options: dict[str, Any] | None = None):
     """Food-101 with its official train/test lists (``meta/{split}.json``)."""
-    return _load_files("food101", split, options)
+    return _load_files(FOOD101, _food101_items, split, options)
 
 
 def load_oxford_pets(split: str = "test", options: dict[str, Any] | None = None):
     """Oxford-IIIT Pets (37 breeds): ``trainval`` as train, ``test`` as test."""
-    return _load_files("oxford_pets", split, options)
+    return _load_files(OXFORD_PETS, _oxford_pets_items, split, options)
 
 
 def load_imagenet(split: str = "test", options: dict[str, Any] | None = None):
@@ -416,33 +432,69 @@ def load_imagenet(split: str = "test", options: dict[str, Any] | None = None):
     ``resize_mode='squash'`` (default) resizes straight to 224×224 as the original code;
     ``'shortest_crop'`` reproduces RobustBench's bicubic ``Resize(256) + CenterCrop(224)``.
     """
-    return _load_files("imagenet", split, options)
+    crop = (options or {}).get("resize_mode", IMAGENET.defaults["resize_mode"]) == "shortest_crop"
+    return _load_files(IMAGENET, _imagenet_items, split, options, "bicubic" if crop else "bilinear")
 
 
-LOADERS = {"cifar10": load_cifar10, "stl10": load_stl10, "caltech101": load_caltech101, "food101": load_food101,
-           "oxford_pets": load_oxford_pets, "imagenet": load_imagenet}
+def _unpack_caltech101(tree: Path, safe_extract: Callable[[Path, Path], None]) -> None:
+    """The Caltech-101 zip holds ``caltech-101/101_ObjectCategories.tar.gz`` (torchvision's handling)."""
+    inner = tree / CALTECH101.folder / "caltech-101"
+    for gz in inner.glob("*.tar.gz"):
+        safe_extract(gz, tree / CALTECH101.folder)
+    shutil.rmtree(inner, ignore_errors=True)
+
+
+_IMAGENET_MANUAL = (
+    "ImageNet needs a login at image-net.org: download ILSVRC2012_img_val.tar, sort it into <wnid>/ folders "
+    "(valprep.sh), then set MSLIB_IMAGENET=/path/to/val or put it at data/imagenet/val")
+_SQUASH_224 = {"image_size": 224, "resize_mode": "squash"}
+_STANDINS = "mslib.standins:write_"
+
+# The paper's datasets (registered in mslib.data.DATASETS). Folders and archives are torchvision's; the MD5s
+# are its published values.
+CIFAR10 = DatasetSpec(
+    "cifar10", "CIFAR-10", load_cifar10, _cifar10_labels, paper_data_root, "cifar-10-batches-py",
+    "cifar-10-batches-py/test_batch",
+    (Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
+    defaults={"image_size": 32}, standin=_STANDINS + "cifar10")
+STL10 = DatasetSpec(
+    "stl10", "STL-10", load_stl10, _stl10_labels, paper_data_root, "stl10_binary", "stl10_binary/test_X.bin",
+    (Archive("https://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "91f7769df0f17e558f3565bffb0c7dfb"),),
+    defaults=_SQUASH_224, standin=_STANDINS + "stl10")
+CALTECH101 = DatasetSpec(
+    "caltech101", "Caltech-101", load_caltech101, _caltech101_labels, paper_data_root, "caltech101",
+    "caltech101/101_ObjectCategories",
+    (Archive("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip",
+             "3138e1922a9193bfa496528edbbc45d0", "caltech101"),), unpack=_unpack_caltech101,
+    defaults={**_SQUASH_224, "split_seed": 1233, "test_fraction": 0.2, "split_rule": "original"},
+    option_keys=frozenset({"split_seed", "test_fraction", "split_rule"}), sample_first_n=True,
+    standin=_STANDINS + "caltech101")
+FOOD101 = DatasetSpec(
+    "food101", "Food-101", load_food101, _food101_labels, paper_data_root, "food-101", "food-101/meta/test.json",
+    (Archive("https://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "85eeb15f3717b99a5da872d97d918f87"),),
+    defaults=_SQUASH_224, sample_start=1, standin=_STANDINS + "food101")
+OXFORD_PETS = DatasetSpec(
+    "oxford_pets", "Oxford-IIIT Pets", load_oxford_pets, _oxford_pets_labels, paper_data_root, "oxford-iiit-pet",
+    "oxford-iiit-pet/annotations/test.txt",
+    (Archive("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz", "5c4f3ee8e5d25df40f4fd59a7f44e54c",
+             "oxford-iiit-pet"),
+     Archive("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz",
+             "95a8c909bbe2e81eed6a22bccdf3f68f", "oxford-iiit-pet")),
+    defaults=_SQUASH_224, sample_start=1, standin=_STANDINS + "oxford_pets")
+IMAGENET = DatasetSpec(
+    "imagenet", "ImageNet", load_imagenet, _imagenet_labels, imagenet_root, manual=_IMAGENET_MANUAL,
+    defaults={**_SQUASH_224, "crop_pct": 0.875}, option_keys=frozenset({"crop_pct"}), standin=_STANDINS + "imagenet")
+
+_FILE_ITEMS = {CALTECH101.name: _caltech101_items, FOOD101.name: _food101_items,
+               OXFORD_PETS.name: _oxford_pets_items, IMAGENET.name: _imagenet_items}
+SPECS: dict[str, DatasetSpec] = {s.name: s for s in (CIFAR10, IMAGENET, CALTECH101, STL10, FOOD101, OXFORD_PETS)}
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {n: dict(s.defaults) for n, s in SPECS.items()}
 
 
 def load_labels(name: str, split: str = "test", options: dict[str, Any] | None = None
                 ) -> tuple[torch.Tensor, list[str]]:
     """Labels and class names of a split without decoding images (to draw a subset before loading it)."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown paper dataset {name!r}; known: {sorted(LOADERS)}")
-    opts = _options(name, split, {k: v for k, v in (options or {}).items() if k != "indices"})
-    if name in _ITEMS:
-        _, labels, names = _ITEMS[name](split, opts)
-        return torch.tensor(labels, dtype=torch.int64), names
-    if name == "stl10":
-        folder = _root("stl10", opts)
-        y = np.fromfile(folder / f"{split}_y.bin", dtype=np.uint8).astype(np.int64) - 1
-        names = [l.strip() for l in (folder / "class_names.txt").read_text().splitlines() if l.strip()]
-        return torch.from_numpy(y), names
-    folder = _root("cifar10", opts)
-    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    names = [n.decode() if isinstance(n, bytes) else str(n)
-             for n in read_cifar_batch(folder / "batches.meta")["label_names"]]
-    y = np.concatenate([np.asarray(read_cifar_batch(folder / f)["labels"], dtype=np.int64) for f in files])
-    return torch.from_numpy(y), names
+    return lookup(SPECS, name).labels(split, options)
 
 
 class PaperImageDataset(torch.utils.data.Dataset):
@@ -453,18 +505,17 @@ class PaperImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, name: str, split: str, options: dict[str, Any] | None = None) -> None:
-        if name not in LOADERS:
-            raise ValueError(f"unknown paper dataset {name!r}; known: {sorted(LOADERS)}")
+        spec = lookup(SPECS, name)
         self.name, self.split = name, split
-        self.options = _options(name, split, options)
-        if name in _ITEMS:
-            paths, labels, self.class_names = _ITEMS[name](split, self.options)
+        self.options = _options(spec, split, options)
+        if name in _FILE_ITEMS:
+            paths, labels, self.class_names = _FILE_ITEMS[name](split, self.options)
             sel = _select(len(labels), self.options)
             self.paths = [paths[i] for i in sel]
             self.labels = [labels[i] for i in sel]
             self.images = None
         else:
-            x, y, self.class_names = LOADERS[name](split, self.options)
+            x, y, self.class_names = spec.load(split, self.options)
             self.images = x.mul(255).round_().to(torch.uint8)
             self.labels = y.tolist()
             self.paths = None
@@ -482,7 +533,7 @@ class PaperImageDataset(torch.utils.data.Dataset):
 
 __all__ = [
     "DEFAULT_OPTIONS",
-    "LOADERS",
+    "SPECS",
     "PaperImageDataset",
     "caltech101_prompt_name",
     "dataset_path",

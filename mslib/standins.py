@@ -15,7 +15,7 @@
   BERT-style WordPiece tokenizer, since bert-base-uncased's files are not available offline), torchvision's
   ResNet-18 ImageNet weights file (a plain state dict under its published file name);
 
-and records every file's SHA-256 in ``DIR/manifest.json`` and marks it complete (:func:`mslib.fetch.mark_complete`), so
+and records every file's SHA-256 in ``DIR/manifest.json`` and marks it complete (:func:`mslib.integrity.mark_complete`), so
 ``mslib.fetch.missing_assets("paper")`` is empty for the assets written. All weights are random and all
 images synthetic: the numbers a run on them produces are meaningless; the plumbing is what is exercised.
 """
@@ -32,7 +32,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import paper_data
 from .cache import data_root_at
+from .datasets import DatasetSpec
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 STL10_NAMES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
@@ -41,7 +43,6 @@ CALTECH101_CATEGORIES = ("Faces", "Faces_easy", "accordion", "car_side")  # real
 FOOD101_CLASSES = ("apple_pie", "baby_back_ribs", "beignets", "cheese_plate")
 PETS_BREEDS = ("Abyssinian", "american_bulldog", "Bengal", "great_pyrenees")  # cats capitalized, dogs not, as the real ids
 IMAGENET_WNIDS = ("n01440764", "n01443537", "n15075141")  # classes 0, 1 and 999
-DATASETS = ("cifar10", "imagenet", "caltech101", "stl10", "food101", "oxford_pets")
 SOURCE = "mslib.standins (synthetic images / random weights)"
 
 # Sizes for a dry run of the paper profile on CPU: a few images, a few iterations, one eps besides 0.
@@ -57,10 +58,16 @@ def _image(path: Path, size: tuple[int, int], color: tuple[int, int, int], mode:
 
 
 # ============================================================================================== datasets
+def _folder(spec: DatasetSpec, root: str | os.PathLike) -> Path:
+    """Where ``spec``'s loader looks for it under the data root ``root`` (its layout, no variable overriding)."""
+    with data_root_at(root):
+        return spec.directory()
+
+
 def write_cifar10(root: str | os.PathLike, n_test: int = 20, n_train: int = 10) -> tuple[np.ndarray, list[int]]:
     """``root/datasets/cifar-10-batches-py``: test_batch, data_batch_1..5 (n_train each), batches.meta.
     Returns the test batch's (data N×3072 uint8, labels)."""
-    d = Path(root) / "datasets" / "cifar-10-batches-py"
+    d = _folder(paper_data.CIFAR10, root)
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
 
@@ -84,7 +91,7 @@ def write_cifar10(root: str | os.PathLike, n_test: int = 20, n_train: int = 10) 
 def write_stl10(root: str | os.PathLike, n: int = 12, n_train: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """``root/datasets/stl10_binary``: {test,train}_{X,y}.bin (column-major 3×96×96, 1-based labels) and
     class_names.txt. Returns the test split's (images N×3×96×96 as stored after transposing, labels)."""
-    d = Path(root) / "datasets" / "stl10_binary"
+    d = _folder(paper_data.STL10, root)
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     out = None
@@ -102,7 +109,7 @@ def write_caltech101(root: str | os.PathLike, categories: Sequence[str] = CALTEC
                      per_class: int = 7) -> list[str]:
     """``root/datasets/caltech101/101_ObjectCategories/<category>/image_NNNN.jpg`` (first image of each
     category grayscale, as Caltech-101 has), plus a ``BACKGROUND_Google`` folder the loader must skip."""
-    d = Path(root) / "datasets" / "caltech101" / "101_ObjectCategories"
+    d = _folder(paper_data.CALTECH101, root) / "101_ObjectCategories"
     for k, c in enumerate(categories):
         for i in range(per_class):
             mode = "L" if i == 0 else "RGB"
@@ -114,7 +121,7 @@ def write_caltech101(root: str | os.PathLike, categories: Sequence[str] = CALTEC
 def write_food101(root: str | os.PathLike, classes: Sequence[str] = FOOD101_CLASSES, per_class: int = 7,
                   test_per_class: int = 3) -> list[str]:
     """``root/datasets/food-101``: images/<class>/<id>.jpg, meta/{classes.txt, train.json, test.json}."""
-    d = Path(root) / "datasets" / "food-101"
+    d = _folder(paper_data.FOOD101, root)
     meta: dict[str, dict[str, list[str]]] = {"train": {c: [] for c in classes}, "test": {c: [] for c in classes}}
     for k, c in enumerate(classes):
         for i in range(per_class):
@@ -132,7 +139,7 @@ def write_oxford_pets(root: str | os.PathLike, breeds: Sequence[str] = PETS_BREE
                       test_per_breed: int = 2) -> None:
     """``root/datasets/oxford-iiit-pet``: images/<breed>_<n>.jpg, annotations/{test,trainval}.txt
     (``<id> <class 1..K> <species> <breed id>``); the first ``test_per_breed`` images of each breed are test."""
-    d = Path(root) / "datasets" / "oxford-iiit-pet"
+    d = _folder(paper_data.OXFORD_PETS, root)
     (d / "annotations").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[str]] = {"test": [], "trainval": []}
     for k, breed in enumerate(breeds):
@@ -146,15 +153,11 @@ def write_oxford_pets(root: str | os.PathLike, breeds: Sequence[str] = PETS_BREE
 
 def write_imagenet(root: str | os.PathLike, wnids: Sequence[str] = IMAGENET_WNIDS, per_class: int = 2) -> Path:
     """``root/imagenet/val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG`` (300×200 images, squashed or cropped at load)."""
-    d = Path(root) / "imagenet" / "val"
+    d = _folder(paper_data.IMAGENET, root)
     for k, w in enumerate(wnids):
         for i in range(per_class):
             _image(d / w / f"ILSVRC2012_val_{k * per_class + i:08d}.JPEG", (300, 200), (250, 10 * k, 10))
     return d
-
-
-DATASET_WRITERS = {"cifar10": write_cifar10, "stl10": write_stl10, "caltech101": write_caltech101,
-                   "food101": write_food101, "oxford_pets": write_oxford_pets, "imagenet": write_imagenet}
 
 
 # ================================================================================================ models
@@ -162,15 +165,15 @@ def robustbench_state(name: str, dataset: str, model: torch.nn.Module) -> dict[s
     """The state of ``model`` as RobustBench's checkpoint of ``name`` stores it (what its loader expects):
     a ``module.``-prefixed ``state_dict``; ImageNet zoo models without the ``model.`` prefix of the
     normalization wrapper (whose buffers the real checkpoints lack)."""
-    from .models.paper import _RB_NO_PREFIX
+    from .models.paper import robustbench_adds_model_prefix
 
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if dataset == "imagenet" and name not in _RB_NO_PREFIX:
+    if robustbench_adds_model_prefix(name, dataset):
         state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     return {"state_dict": {"module." + k: v for k, v in state.items()}}
 
 
-def write_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "Linf", seed: int = 0) -> list[Path]:
+def write_robustbench(name: str, dataset: str, threat_model: str = "Linf", seed: int = 0) -> list[Path]:
     """Random-weight checkpoint(s) of RobustBench's architecture for ``name`` under :func:`robustbench_dir`."""
     from .models import paper as P
 
@@ -207,9 +210,9 @@ def write_hf_clip(vision_repo: str = "tanganke/clip-vit-base-patch32_cifar10",
     tokenizer (``text_repo``) and a ``CLIPVisionModel`` of the same config (``vision_repo``)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModel
 
-    from .models.paper import hub_folder
+    from .models.paper import hf_folder
 
-    text_dir, vision_dir = hub_folder("hf", text_repo), hub_folder("hf", vision_repo)
+    text_dir, vision_dir = hf_folder(text_repo), hf_folder(vision_repo)
     vocab_size = _clip_tokenizer_files(text_dir)
     CLIPTokenizer(str(text_dir / "vocab.json"), str(text_dir / "merges.txt")).save_pretrained(str(text_dir))
     cfg = CLIPConfig(text_config={"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 37,
@@ -261,9 +264,9 @@ def _bert_tokenizer_files(folder: Path) -> int:
 def write_open_clip_clipa(repo: str = "hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B", seed: int = 0) -> Path:
     """An open_clip hub-layout folder (open_clip_config.json + open_clip_pytorch_model.bin, the hub repo's
     names) holding a tiny model of CLIPA's architecture, with the BERT-style tokenizer files beside it."""
-    from .models.paper import hub_folder
+    from .models.paper import open_clip_folder
 
-    folder = hub_folder("open_clip", repo)
+    folder = open_clip_folder(repo)
     vocab_size = _bert_tokenizer_files(folder)
     model_cfg = {"embed_dim": 16, "vision_cfg": dict(_TINY_CLIPA_VISION),
                  "text_cfg": {**_TINY_CLIPA_TEXT, "vocab_size": vocab_size}}
@@ -282,9 +285,9 @@ OPENAI_PREPROCESS = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.2686
 def write_open_clip_vit(repo: str = "hf-hub:chs20/fare4-clip", seed: int = 0) -> Path:
     """An open_clip hub-layout folder holding a tiny model of OpenAI CLIP ViT-L/14's architecture (the robust
     FARE/TeCoA checkpoints' layout: open_clip_config.json + open_clip_pytorch_model.bin, open_clip's tokenizer)."""
-    from .models.paper import hub_folder
+    from .models.paper import open_clip_folder
 
-    folder = hub_folder("open_clip", repo)
+    folder = open_clip_folder(repo)
     folder.mkdir(parents=True, exist_ok=True)
     return _open_clip_hub_folder(folder, _TINY_OPENAI_VIT, OPENAI_PREPROCESS, seed)
 
@@ -316,6 +319,28 @@ def write_torchvision_weights(arch: str = "resnet18", weights: str = "IMAGENET1K
 
 
 # ============================================================================================ everything
+# Stand-in writers of the model sources (mslib.models.SOURCES): a spec in, the paths written out.
+def standin_robustbench(spec: dict[str, Any]) -> list[Path]:
+    return write_robustbench(spec["model"], spec["dataset"], spec.get("threat_model", "Linf"))
+
+
+def standin_torchvision(spec: dict[str, Any]) -> list[Path]:
+    return [write_torchvision_weights(spec.get("arch", "resnet18"), spec["weights"])]
+
+
+def standin_hf_clip(spec: dict[str, Any]) -> list[Path]:
+    return write_hf_clip(spec["vision"], spec["text"])
+
+
+# The hub checkpoints whose stand-in needs another architecture than an OpenAI-style ViT: CLIPA's text tower
+# is BERT-tokenized, which the loader must meet in the stand-in too.
+OPEN_CLIP_STANDIN_WRITERS = {"hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B": write_open_clip_clipa}
+
+
+def standin_open_clip(spec: dict[str, Any]) -> list[Path]:
+    return [OPEN_CLIP_STANDIN_WRITERS.get(spec["model"], write_open_clip_vit)(spec["model"])]
+
+
 def subset_profile(profile: str = "paper", datasets: Sequence[str] | None = None,
                    classifiers: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """A copy of ``PROFILES[profile]`` keeping only ``datasets`` and, per dataset, the ``classifiers`` named
@@ -340,14 +365,16 @@ def write_standins(root: str | os.PathLike, datasets: Sequence[str] | None = Non
     """Write the stand-in assets of ``profile``'s ``datasets`` (default: all) under the data root ``root``
     and record their hashes in ``root/manifest.json``. ``classifiers`` (dataset → names) restricts which
     classifiers get checkpoints (default: every classifier of each dataset). Returns the paths written."""
-    from . import fetch
+    from .data import DATASETS
+    from .integrity import mark_complete
     from .profiles import PROFILES, get_profile
 
     root = Path(root)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     names = list(PROFILES[profile]["datasets"]) if datasets is None else list(datasets)
-    unknown = [d for d in names if d not in DATASET_WRITERS or d not in PROFILES[profile]["datasets"]]
+    unknown = [d for d in names if d not in DATASETS or DATASETS[d].standin is None
+               or d not in PROFILES[profile]["datasets"]]
     if unknown:
         raise ValueError(f"no stand-in for datasets {unknown}; profile {profile!r} has {list(PROFILES[profile]['datasets'])}")
     if root.exists() and not root.is_dir():
@@ -370,33 +397,25 @@ def write_standins(root: str | os.PathLike, datasets: Sequence[str] | None = Non
             written.extend(out if isinstance(out, list) else [out])
 
     with data_root_at(root):
-        from . import paper_data
-
         for ds in names:
-            DATASET_WRITERS[ds](root)
+            DATASETS[ds].write_standin(root)
             # a dataset is complete as a whole folder (what an extraction renames into place)
-            written.append(paper_data.paper_data_root() / paper_data.LAYOUT[ds][0] if ds != "imagenet"
-                           else paper_data.imagenet_root())
+            written.append(DATASETS[ds].directory())
             p = get_profile(profile, ds)
             chosen = p.classifiers if classifiers is None or ds not in classifiers else tuple(classifiers[ds])
-            for clf in chosen:
-                spec = p.classifier_specs[clf]
-                if spec["source"] == "robustbench":
-                    once(("robustbench", spec["model"], spec["dataset"]), write_robustbench, spec["model"],
-                         spec["dataset"], spec.get("threat_model", "Linf"))
-                elif spec["source"] == "torchvision-ft" and spec.get("weights"):
-                    once(("torchvision", spec.get("arch", "resnet18"), spec["weights"]), write_torchvision_weights,
-                         spec.get("arch", "resnet18"), spec["weights"])
+            from .models import source_spec
             from .plan import vlm_variants
 
-            for vs in (p.vlm_spec, *vlm_variants(p).values()):  # the profile's VLM and its enabled variants
-                if vs["source"] == "hf-clip":
-                    once(("hf-clip", vs["vision"], vs["text"]), write_hf_clip, vs["vision"], vs["text"])
-                elif vs["source"] == "open_clip":
-                    writer = write_open_clip_clipa if "CLIPA" in vs["model"] else write_open_clip_vit
-                    once(("open_clip", vs["model"]), writer, vs["model"])
+            # the chosen classifiers, the profile's VLM and its enabled variants
+            for spec in [p.classifier_specs[c] for c in chosen] + [p.vlm_spec, *vlm_variants(p).values()]:
+                source = source_spec(spec["source"])
+                if source.standin is not None:
+                    # what the spec needs from outside names what its stand-in writes (written once)
+                    places = tuple(str(a.path) for a in source.function("assets")(spec, ""))
+                    if places:
+                        once((source.name, *places), source.function("standin"), spec)
         for path in written:  # hashes recorded, then marked complete: what a finished fetch leaves
-            fetch.mark_complete(path, SOURCE)
+            mark_complete(path, SOURCE)
     return written
 
 
@@ -404,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mslib.standins", description=__doc__.split("\n\n")[0])
     ap.add_argument("root", help="data root to write into (then run with MSLIB_CACHE set to it)")
     ap.add_argument("--profile", default="paper")
-    ap.add_argument("--datasets", nargs="*", default=None, help=f"default: all of the profile's ({', '.join(DATASETS)})")
+    ap.add_argument("--datasets", nargs="*", default=None, help="default: all of the profile's")
     ap.add_argument("--classifier", action="append", default=[], metavar="DATASET=NAME[,NAME]",
                     help="write checkpoints only for these classifiers of DATASET (repeatable); default: all")
     args = ap.parse_args(argv)

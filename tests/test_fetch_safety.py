@@ -3,6 +3,7 @@ killed half-way leaves its asset missing until the next fetch repairs it. No net
 here and ``download`` is replaced by a local copy."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from mslib import fetch
+from mslib import fetch, integrity
+from mslib.data import DATASETS
+from mslib.datasets import Archive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,9 +162,12 @@ def _cifar_archive(path: Path, n_files: int = 6) -> tuple[Path, str]:
 PATCH = """
 import shutil, sys
 from pathlib import Path
-from mslib import fetch
+import dataclasses
+from mslib import data, fetch
+from mslib.datasets import Archive
 SOURCE, MD5 = sys.argv[1], sys.argv[2]
-fetch.DATASET_ARCHIVES["cifar10"] = [("https://example.invalid/cifar-10-python.tar.gz", MD5, "")]
+data.DATASETS["cifar10"] = dataclasses.replace(
+    data.DATASETS["cifar10"], archives=(Archive("https://example.invalid/cifar-10-python.tar.gz", MD5),))
 
 def local_download(url, dest, md5=None, sha256_prefix=None, progress=True):
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -187,10 +193,10 @@ def roots(tmp_path, monkeypatch):
     return tmp_path / "data"
 
 
-def _cifar_asset() -> fetch.Asset:
+def _cifar_asset() -> integrity.Asset:
     from mslib import paper_data
 
-    return fetch.Asset("dataset", "cifar10", paper_data.dataset_path("cifar10"), "fetch",
+    return integrity.Asset("dataset", "cifar10", paper_data.dataset_path("cifar10"), "fetch",
                        {"dataset": "cifar10", "check": fetch._dataset_complete("cifar10")})
 
 
@@ -235,7 +241,8 @@ def test_fetch_killed_mid_way_is_missing_and_the_next_fetch_repairs_it(tmp_path,
 
 def test_interrupted_extraction_in_process_leaves_nothing_half_present(tmp_path, roots, monkeypatch):
     source, md5 = _cifar_archive(tmp_path / "cifar-10-python.tar.gz")
-    monkeypatch.setitem(fetch.DATASET_ARCHIVES, "cifar10", [("https://example.invalid/c.tar.gz", md5, "")])
+    monkeypatch.setitem(DATASETS, "cifar10", dataclasses.replace(
+        DATASETS["cifar10"], archives=(Archive("https://example.invalid/c.tar.gz", md5),)))
     monkeypatch.setattr(fetch, "download", lambda url, dest, **kw: (dest.parent.mkdir(parents=True, exist_ok=True),
                                                                     shutil.copyfile(source, dest), dest)[-1])
     real, calls = fetch._write_member, []
@@ -265,17 +272,17 @@ def test_mark_complete_needs_recorded_files(roots):
     f.parent.mkdir(parents=True)
     f.write_bytes(b"PK\x03\x04 weights")
     with pytest.raises(ValueError, match="not recorded"):
-        fetch.mark_complete(f)
-    assert not fetch.is_complete(f)
+        integrity.mark_complete(f)
+    assert not integrity.is_complete(f)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        fetch.mark_complete(roots / "nope.pt", "x")
-    fetch.record_files([f], "test")
-    fetch.mark_complete(f)
-    assert fetch.is_complete(f)
-    assert fetch.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+        integrity.mark_complete(roots / "nope.pt", "x")
+    integrity.record_files([f], "test")
+    integrity.mark_complete(f)
+    assert integrity.is_complete(f)
+    assert integrity.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
     f.write_bytes(b"PK\x03\x04 tampered")  # same size, other bytes: only the hash check sees it
     with pytest.raises(ValueError) as err:
-        fetch.verify_file(f, "RobustBench checkpoint")
+        integrity.verify_file(f, "RobustBench checkpoint")
     msg = str(err.value)
     assert str(f) in msg and hashlib.sha256(f.read_bytes()).hexdigest() in msg and "expected" in msg
 
@@ -289,7 +296,7 @@ def test_robustbench_checkpoint_is_verified_on_every_load(roots):
     path.write_bytes(b"PK\x03\x04 not really weights")
     with pytest.raises(ValueError, match=r"no recorded SHA-256.*--record"):
         load_robustbench_model("Standard", "cifar10", "Linf")
-    fetch.mark_complete(path, "test")
+    integrity.mark_complete(path, "test")
     path.write_bytes(b"PK\x03\x04 swapped weights!!")
     with pytest.raises(ValueError, match=r"RobustBench checkpoint of Standard .*Standard\.pt is not the recorded file"):
         load_robustbench_model("Standard", "cifar10", "Linf")
@@ -309,7 +316,7 @@ def test_fetch_cli_bad_input_is_one_line_and_exit_2(roots, capsys):
     f = roots / "mine.bin"
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_bytes(b"provided by hand")
-    assert fetch.main(["--record", str(f)]) == 0 and fetch.is_complete(f)
+    assert fetch.main(["--record", str(f)]) == 0 and integrity.is_complete(f)
 
 
 def test_launch_cli_bad_input_is_one_line_and_exit_2(capsys):
@@ -330,15 +337,15 @@ def test_a_damaged_manifest_is_named_and_its_assets_recorded_again(roots, capfd)
     f = roots / "models" / "x.pt"
     f.parent.mkdir(parents=True)
     f.write_bytes(b"PK\x03\x04 weights")
-    fetch.mark_complete(f, "test")
-    assert fetch.is_complete(f)
+    integrity.mark_complete(f, "test")
+    assert integrity.is_complete(f)
     manifest = roots / "manifest.json"
     manifest.write_text(manifest.read_text()[:30])
     capfd.readouterr()
-    assert not fetch.is_complete(f)
+    assert not integrity.is_complete(f)
     err = capfd.readouterr().err
     assert f"damaged cache file {manifest}: unreadable JSON" in err and "fetch again" in err
     with pytest.raises(ValueError, match="no recorded SHA-256"):
-        fetch.verify_file(f)
-    fetch.mark_complete(f, "test")  # fetched (here: recorded) again: the manifest is whole once more
-    assert fetch.is_complete(f) and fetch.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+        integrity.verify_file(f)
+    integrity.mark_complete(f, "test")  # fetched (here: recorded) again: the manifest is whole once more
+    assert integrity.is_complete(f) and integrity.verify_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()

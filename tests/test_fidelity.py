@@ -119,7 +119,7 @@ def test_caltech_original_sampler_is_the_first_n_of_the_split_and_the_split_is_t
     monkeypatch.setenv("MSLIB_CACHE", str(tmp_path))
     monkeypatch.delenv("MSLIB_PAPER_DATA", raising=False)
     write_caltech101(tmp_path, ("Faces", "accordion", "car_side"), per_class=5)  # 15 images, file order = category order then image number
-    opts = pdata._options("caltech101", "test", {"split_seed": 1233, "test_fraction": 0.2, "split_rule": "original"})
+    opts = pdata._options(pdata.CALTECH101, "test", {"split_seed": 1233, "test_fraction": 0.2, "split_rule": "original"})
     test_paths, _, _ = pdata._caltech101_items("test", opts)
     train_paths, _, _ = pdata._caltech101_items("train", {**opts})
     all_paths = sorted(p for p in (tmp_path / "datasets" / "caltech101" / "101_ObjectCategories").rglob("*.jpg")

@@ -82,12 +82,12 @@ def test_caltech101_split_is_fixed_disjoint_and_complete(roots):
     assert xt.shape == (3, 3, 48, 48) and xr.shape == (12, 3, 48, 48)  # 15 images, 20% test, background excluded
     assert names == ["face", "accordion", "side of a car"] and len(names) == len(cats)
     assert sorted(yt.tolist() + yr.tolist()) == sorted([k for k in range(3) for _ in range(5)])
-    test_paths, _, _ = pdata._caltech101_items("test", pdata._options("caltech101", "test", opts))
-    train_paths, _, _ = pdata._caltech101_items("train", pdata._options("caltech101", "train", opts))
+    test_paths, _, _ = pdata._caltech101_items("test", pdata._options(pdata.CALTECH101, "test", opts))
+    train_paths, _, _ = pdata._caltech101_items("train", pdata._options(pdata.CALTECH101, "train", opts))
     assert not set(test_paths) & set(train_paths)
     again = pdata.load_caltech101("test", opts)
     assert torch.equal(again[0], xt) and torch.equal(again[1], yt)
-    other = pdata._caltech101_items("test", pdata._options("caltech101", "test", {**opts, "split_seed": 0}))[0]
+    other = pdata._caltech101_items("test", pdata._options(pdata.CALTECH101, "test", {**opts, "split_seed": 0}))[0]
     assert other != test_paths  # the split depends on the seed (and only on it)
 
 
@@ -326,18 +326,19 @@ def test_missing_assets_lists_exactly_what_is_missing(roots, monkeypatch):
 
 def test_eval_set_decodes_only_the_drawn_subset(roots, monkeypatch):
     """load_eval_set draws indices from the labels, then decodes just those images (no full split in RAM)."""
-    import mslib.paper_data as pd_mod
-    from mslib.data import load_eval_set, stratified_indices
+    import dataclasses
+
+    from mslib.data import DATASETS, load_eval_set, stratified_indices
 
     data, labels = write_cifar10(roots, n_test=40)
     seen = []
-    real = pd_mod.load_cifar10
+    real = DATASETS["cifar10"].load
 
     def spy(split, options):
         seen.append(options.get("indices"))
         return real(split, options)
 
-    monkeypatch.setattr(pd_mod, "load_cifar10", spy)
+    monkeypatch.setitem(DATASETS, "cifar10", dataclasses.replace(DATASETS["cifar10"], load=spy))
     x, y, names, idx = load_eval_set(_paper("cifar10", n_samples=10), with_indices=True)
     assert seen and seen[0] is not None and len(seen[0]) == 10
     random.seed(1233)  # the paper profile draws the original code's subset

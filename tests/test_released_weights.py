@@ -12,7 +12,7 @@ import torch
 import mslib
 from mslib import data
 from mslib.cache import DamagedFileError
-from mslib.models import local, released
+from mslib.models import local, release_tool, released
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def fashion_test():
 def _entry(profile, name):
     kind = "cnn" if name in profile.classifiers else "lit"
     spec = profile.classifier_specs[name] if kind == "cnn" else profile.vlm_spec
-    entry = released.released_entry(kind, profile, spec)
+    entry = released.released_entry(kind, profile, spec, local.CODE_VERSION)
     assert entry is not None, f"no released weights for tiny/{name}"
     return entry
 
@@ -79,9 +79,9 @@ def test_an_exported_release_loads_back_as_the_trained_models_and_train_mode_ign
     vlm_spec = {**smoke.vlm_spec, "train_subset": 500}
     small = smoke.replace(classifiers=("standard",), classifier_specs={"standard": spec}, vlm_spec=vlm_spec,
                           vlm_variants={}, weights="train")
-    monkeypatch.setattr(released, "_profile_models", lambda name: [("cnn", "standard", small, spec),
+    monkeypatch.setattr(release_tool, "_profile_models", lambda name: [("cnn", "standard", small, spec),
                                                                    ("lit", small.vlm, small, vlm_spec)])
-    written = released.export(["smoke-small"])
+    written = release_tool.export(["smoke-small"])
     assert [e["kind"] for e in written] == ["cnn", "lit"]
     x = data.load_split("fashion_mnist", "test")[0][:64]
     use = small.replace(weights="released")
@@ -91,8 +91,8 @@ def test_an_exported_release_loads_back_as_the_trained_models_and_train_mode_ign
         assert shipped.identity["sha256"][0] in {e["sha256"] for e in written}
         with torch.no_grad():
             assert torch.equal(shipped(x), trained(x))
-    assert released.export(["smoke-small"]) == []  # already released: nothing rewritten
-    lines = released.retrain(["smoke-small"])
+    assert release_tool.export(["smoke-small"]) == []  # already released: nothing rewritten
+    lines = release_tool.retrain(["smoke-small"])
     assert all("+0.00 points, +0 of 10000" in line for line in lines), lines
 
 

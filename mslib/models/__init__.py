@@ -15,55 +15,99 @@ there yet: deciding that a study is done loads no model.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
-
-from pathlib import Path
 
 from ..cache import file_sha256
 
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_text_embeddings, build_zero_shot_classifier
 
-# source name -> "module:function"; the function takes (profile, name, spec) and returns an nn.Module.
-CLASSIFIER_SOURCES: dict[str, str] = {
-    "local-cnn": "mslib.models.local:load_local_classifier",
-    "robustbench": "mslib.models.paper:load_robustbench_classifier",
-    "torchvision-ft": "mslib.models.paper:load_torchvision_finetuned",
-}
-VLM_SOURCES: dict[str, str] = {
-    "lit": "mslib.models.local:load_lit_vlm",
-    "lit-fare": "mslib.models.robust:load_lit_fare",
-    "open_clip": "mslib.models.paper:load_open_clip_vlm",
-    "hf-clip": "mslib.models.paper:load_hf_clip_vlm",
-}
+@dataclass(frozen=True)
+class SourceSpec:
+    """Everything the package needs to know about one model source; each field a ``"module:function"``.
 
-# source -> "module:function" taking (profile, name, spec) and returning, without loading anything, the
-# checkpoint files the source's loader would build the model from (in the order of its ``checkpoint_files``)
-# each with its SHA-256 checked against the file's own checksum, or None when they are not all there and
-# intact (the model is then loaded, which trains or fetches it). A source without one is always loaded.
-CHECKPOINT_LOCATORS: dict[str, str] = {
-    "local-cnn": "mslib.models.local:locate_local_classifier",
-    "lit": "mslib.models.local:locate_lit_vlm",
-    "lit-fare": "mslib.models.robust:locate_lit_fare",
-}
+    ``load(profile, name, spec)`` returns the model, naming the files it was built from in
+    ``checkpoint_files`` (their hashes, with the loader module's ``CODE_VERSION``, are its identity).
+    ``locate(profile, name, spec)`` returns those files with their verified SHA-256 without loading anything,
+    or None when they are not all there (the model is then loaded, which trains or fetches it); a source
+    without one is always loaded. ``assets(spec, how)`` lists the :class:`~mslib.integrity.Asset` s a spec
+    needs from outside (each knows how to fetch itself); ``standin(spec)`` writes random-weight files in
+    their places and returns their paths.
+    """
+
+    name: str
+    kind: str  # classifier | vlm
+    display: str
+    load: str
+    locate: str | None = None
+    assets: str | None = None
+    standin: str | None = None
+
+    def function(self, field: str) -> Callable[..., Any]:
+        """The function a field names (``ValueError`` when the source has none)."""
+        ref = getattr(self, field)
+        if ref is None:
+            raise ValueError(f"model source {self.name!r} has no {field} function")
+        module, func = ref.split(":")
+        return getattr(importlib.import_module(module), func)
 
 
-def _resolve(table: dict[str, str], source: str, what: str) -> Callable[..., nn.Module]:
-    if source not in table:
-        raise ValueError(f"unknown {what} source {source!r}; known: {sorted(table)}")
-    module, func = table[source].split(":")
-    return getattr(importlib.import_module(module), func)
+_PAPER = "mslib.models.paper:"
+_LOCAL = "mslib.models.local:"
+_STANDINS = "mslib.standins:standin_"
+# Every model source a profile can name in a classifier or VLM spec ("source": ...).
+SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
+    SourceSpec("local-cnn", "classifier", "small CNN trained here", _LOCAL + "load_local_classifier",
+               _LOCAL + "locate_local_classifier"),
+    SourceSpec("robustbench", "classifier", "RobustBench model zoo", _PAPER + "load_robustbench_classifier",
+               assets=_PAPER + "robustbench_assets", standin=_STANDINS + "robustbench"),
+    SourceSpec("torchvision-ft", "classifier", "torchvision model fine-tuned here",
+               _PAPER + "load_torchvision_finetuned", assets=_PAPER + "torchvision_assets",
+               standin=_STANDINS + "torchvision"),
+    SourceSpec("lit", "vlm", "LiT model trained here", _LOCAL + "load_lit_vlm", _LOCAL + "locate_lit_vlm"),
+    SourceSpec("lit-fare", "vlm", "LiT model, FARE-fine-tuned here", "mslib.models.robust:load_lit_fare",
+               "mslib.models.robust:locate_lit_fare"),
+    SourceSpec("open_clip", "vlm", "open_clip checkpoint", _PAPER + "load_open_clip_vlm",
+               assets=_PAPER + "open_clip_assets", standin=_STANDINS + "open_clip"),
+    SourceSpec("hf-clip", "vlm", "Hugging Face CLIP", _PAPER + "load_hf_clip_vlm", assets=_PAPER + "hf_clip_assets",
+               standin=_STANDINS + "hf_clip"),
+)}
+# views by kind (source name -> "module:function" of the loader)
+CLASSIFIER_SOURCES: dict[str, str] = {n: s.load for n, s in SOURCES.items() if s.kind == "classifier"}
+VLM_SOURCES: dict[str, str] = {n: s.load for n, s in SOURCES.items() if s.kind == "vlm"}
+
+
+def source_spec(source: Any, kind: str | None = None) -> SourceSpec:
+    """The registered :class:`SourceSpec` of ``source`` (of ``kind`` when given), or a ``ValueError`` listing
+    the registered ones."""
+    known = sorted(n for n, s in SOURCES.items() if kind is None or s.kind == kind)
+    if not isinstance(source, str) or source not in known:
+        what = {"vlm": "VLM", None: "model"}.get(kind, kind)
+        raise ValueError(f"unknown {what} source {source!r}; known: {known}")
+    return SOURCES[source]
+
+
+def _resolve(source: str, what: str) -> Callable[..., nn.Module]:
+    return source_spec(source, "vlm" if what == "VLM" else "classifier").function("load")
 
 
 def model_identity(model: nn.Module, source: str, spec: dict[str, Any], loader: Callable[..., nn.Module]
                    ) -> dict[str, Any]:
     """What makes a loaded model this model: source, spec, the loader module's ``CODE_VERSION`` and the
-    SHA-256 of each file in ``model.checkpoint_files`` (in order)."""
+    SHA-256 of each file in ``model.checkpoint_files`` (in order); a loader that verified its files' hashes
+    while loading hands them over as ``model.checkpoint_sha256`` (None for a file it did not hash), so no
+    file is hashed twice."""
     files = getattr(model, "checkpoint_files", None)
     if not files:
         raise RuntimeError(f"the {source!r} loader did not name the checkpoint files of its model")
-    return _identity(source, spec, loader, [file_sha256(f) for f in files])
+    known = getattr(model, "checkpoint_sha256", None)
+    if known is None or len(known) != len(files):
+        known = [None] * len(files)
+    sha256 = [k if k is not None else file_sha256(f) for f, k in zip(files, known)]
+    return _identity(source, spec, loader, sha256)
 
 
 def _identity(source: str, spec: dict[str, Any], loader: Callable[..., nn.Module], sha256: list[str]
@@ -72,18 +116,17 @@ def _identity(source: str, spec: dict[str, Any], loader: Callable[..., nn.Module
     return {"source": source, "spec": dict(spec), "code": code, "sha256": list(sha256)}
 
 
-def _located_identity(table: dict[str, str], profile: Any, name: str, spec: dict[str, Any], what: str
-                      ) -> dict[str, Any] | None:
-    loader = _resolve(table, spec["source"], what)
-    if spec["source"] not in CHECKPOINT_LOCATORS:
+def _located_identity(profile: Any, name: str, spec: dict[str, Any], what: str) -> dict[str, Any] | None:
+    loader = _resolve(spec["source"], what)
+    src = SOURCES[spec["source"]]
+    if src.locate is None:
         return None
-    module, func = CHECKPOINT_LOCATORS[spec["source"]].split(":")
-    found: list[tuple[Path, str]] | None = getattr(importlib.import_module(module), func)(profile, name, spec)
+    found: list[tuple[Path, str]] | None = src.function("locate")(profile, name, spec)
     return None if not found else _identity(spec["source"], spec, loader, [sha for _, sha in found])
 
 
-def _load(table: dict[str, str], profile: Any, name: str, spec: dict[str, Any], what: str) -> nn.Module:
-    loader = _resolve(table, spec["source"], what)
+def _load(profile: Any, name: str, spec: dict[str, Any], what: str) -> nn.Module:
+    loader = _resolve(spec["source"], what)
     model = loader(profile, name, spec)
     model.identity = model_identity(model, spec["source"], spec, loader)
     return model.eval()
@@ -96,7 +139,7 @@ def load_classifier(profile: Any, name: str) -> nn.Module:
     profile = get_profile(profile)
     if name not in profile.classifier_specs:
         raise ValueError(f"profile {profile.name!r} has no classifier {name!r}; it has {list(profile.classifiers)}")
-    return _load(CLASSIFIER_SOURCES, profile, name, profile.classifier_specs[name], "classifier")
+    return _load(profile, name, profile.classifier_specs[name], "classifier")
 
 
 def classifier_identity(profile: Any, name: str) -> dict[str, Any] | None:
@@ -107,7 +150,7 @@ def classifier_identity(profile: Any, name: str) -> dict[str, Any] | None:
     profile = get_profile(profile)
     if name not in profile.classifier_specs:
         raise ValueError(f"profile {profile.name!r} has no classifier {name!r}; it has {list(profile.classifiers)}")
-    return _located_identity(CLASSIFIER_SOURCES, profile, name, profile.classifier_specs[name], "classifier")
+    return _located_identity(profile, name, profile.classifier_specs[name], "classifier")
 
 
 def vlm_identity(profile: Any) -> dict[str, Any] | None:
@@ -115,7 +158,7 @@ def vlm_identity(profile: Any) -> dict[str, Any] | None:
     from ..profiles import get_profile
 
     profile = get_profile(profile)
-    return _located_identity(VLM_SOURCES, profile, profile.vlm, profile.vlm_spec, "VLM")
+    return _located_identity(profile, profile.vlm, profile.vlm_spec, "VLM")
 
 
 def load_vlm(profile: Any) -> ZeroShotClassifier:
@@ -123,12 +166,13 @@ def load_vlm(profile: Any) -> ZeroShotClassifier:
     from ..profiles import get_profile
 
     profile = get_profile(profile)
-    return _load(VLM_SOURCES, profile, profile.vlm, profile.vlm_spec, "VLM")
+    return _load(profile, profile.vlm, profile.vlm_spec, "VLM")
 
 
 __all__ = [
-    "CHECKPOINT_LOCATORS",
     "CLASSIFIER_SOURCES",
+    "SOURCES",
+    "SourceSpec",
     "VLM_SOURCES",
     "ImagePreprocess",
     "ZeroShotClassifier",
@@ -138,5 +182,6 @@ __all__ = [
     "load_classifier",
     "load_vlm",
     "model_identity",
+    "source_spec",
     "vlm_identity",
 ]

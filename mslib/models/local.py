@@ -228,13 +228,14 @@ def load_local_classifier(profile: Any, name: str, spec: dict[str, Any]) -> nn.M
         raise ValueError(f"unknown training recipe {spec['recipe']!r}; known: ['fgsm-rs', 'standard']")
     if spec["recipe"] == "fgsm-rs" and not (isinstance(spec.get("eps"), (int, float)) and spec["eps"] > 0):
         raise ValueError("the fgsm-rs recipe needs spec['eps'] > 0 (the training perturbation budget)")
-    release = released_entry("cnn", profile, spec)
+    release = released_entry("cnn", profile, spec, CODE_VERSION)
     if release is not None:
         tensors, path = load_state(release)
         with _seeded(0):
             model = ARCHS[spec["arch"]](num_classes=int(tensors["head.3.weight"].shape[0]))
         model.load_state_dict(tensors)
         model.checkpoint_files = [path]
+        model.checkpoint_sha256 = [release["sha256"]]  # load_state checked the file against it
         return model.eval()
     folder = model_dir("cnn", profile, spec)
     ckpt = folder / "model.pt"
@@ -422,11 +423,12 @@ def text_tower_file(spec: dict[str, Any]) -> Path:
     return Path(resolve_hf_name(TEXT_TOWERS[spec["text_tower"]])) / "model.safetensors"
 
 
-def load_released_lit(kind: str, profile: Any, spec: dict[str, Any], arch_spec: dict[str, Any]
-                      ) -> ZeroShotClassifier | None:
+def load_released_lit(kind: str, profile: Any, spec: dict[str, Any], arch_spec: dict[str, Any],
+                      fare_code_version: str | None = None) -> ZeroShotClassifier | None:
     """The released image tower of a ``lit`` or ``lit-fare`` recipe on the text tower of its wheel (``arch_spec``:
-    the LiT spec that builds it), or None when the recipe has no released weights."""
-    release = released_entry(kind, profile, spec)
+    the LiT spec that builds it), or None when the recipe has no released weights (``fare_code_version``:
+    FARE's training code, for ``lit-fare``)."""
+    release = released_entry(kind, profile, spec, CODE_VERSION, fare_code_version)
     if release is None:
         return None
     tensors, path = load_state(release)
@@ -434,6 +436,7 @@ def load_released_lit(kind: str, profile: Any, spec: dict[str, Any], arch_spec: 
     _load_image_tower(model, tensors, path)
     zs = _zero_shot(model.eval(), tokenizer, _class_names(profile), list(profile.templates)).eval()
     zs.checkpoint_files = [path, text_tower_file(arch_spec)]
+    zs.checkpoint_sha256 = [release["sha256"], None]  # the released file was checked against its pin
     return zs
 
 
@@ -446,15 +449,15 @@ def _load_image_tower(model: nn.Module, tensors: dict[str, torch.Tensor], path: 
     model.load_state_dict(tensors, strict=False)
 
 
-def locate_released(kind: str, profile: Any, spec: dict[str, Any], arch_spec: dict[str, Any] | None = None
-                     ) -> list[tuple[Path, str]] | None:
+def locate_released(kind: str, profile: Any, spec: dict[str, Any], arch_spec: dict[str, Any] | None = None,
+                    fare_code_version: str | None = None) -> list[tuple[Path, str]] | None:
     """The released file of a recipe (and, for a LiT image tower, its wheel's text tower) with their SHA-256,
     as the loader would name them; None when the recipe has no released weights. A released file that does not
     match its pinned hash raises here, as in the loader."""
     from ..cache import file_sha256
     from .released import verified_file
 
-    release = released_entry(kind, profile, spec)
+    release = released_entry(kind, profile, spec, CODE_VERSION, fare_code_version)
     if release is None:
         return None
     files = [(verified_file(release), release["sha256"])]

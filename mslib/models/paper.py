@@ -37,13 +37,15 @@ import torch
 from torch import nn
 
 from ..cache import data_root, entry_dir, load_tensors, save_tensors
+from ..integrity import FETCH_COMMAND as _FETCH
+from ..integrity import Asset, asset_files, is_complete, manifest_key, mark_complete, read_manifest, verify_file
 from .zeroshot import ImagePreprocess, ZeroShotClassifier, build_text_embeddings, build_zero_shot_classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FETCH_COMMAND = "python -m mslib.fetch --profile paper"
+FETCH_COMMAND = _FETCH.format(profile="paper")
 CODE_VERSION = "paper-models-1"  # bump when a change here changes what a loaded model computes
 INPUT_NORMS = ("config", "openai")  # open_clip input normalization: the config's mean/std, or OpenAI CLIP's
 
@@ -53,6 +55,16 @@ def hub_folder(kind: str, repo: str) -> Path:
     """``data/models/<kind>/<org>--<repo>`` for a hub repository name (``hf-hub:`` prefix allowed)."""
     repo = repo.removeprefix("hf-hub:").strip("/")
     return data_root() / "models" / kind / repo.replace("/", "--")
+
+
+def hf_folder(repo: str) -> Path:
+    """Where a Hugging Face hub repository is kept (``save_pretrained`` layout)."""
+    return hub_folder("hf", repo)
+
+
+def open_clip_folder(repo: str) -> Path:
+    """Where an open_clip hub repository is kept (``open_clip_config.json`` + weights)."""
+    return hub_folder("open_clip", repo)
 
 
 def _missing(what: str, path: Path) -> FileNotFoundError:
@@ -109,11 +121,6 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
                          f"it again) or hold pickled objects beyond tensors, which mslib refuses to execute.") from e
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """Every file under a model folder (sorted), for the model's identity."""
-    return sorted(f for f in Path(folder).rglob("*") if f.is_file())
-
-
 class ResizeInput(nn.Module):
     """Resize [0, 1] images to a model's input size inside ``forward`` (no normalization: the wrapped model
     normalizes itself, as RobustBench models do). A no-op when the size already matches."""
@@ -143,13 +150,9 @@ class NormalizedClassifier(nn.Module):
 
 def _profile_class_names(profile: Any) -> list[str]:
     """The class names of the profile's dataset, without decoding images where the loader allows."""
-    from .. import paper_data
+    from ..data import load_labels
 
-    if profile.dataset in paper_data.LOADERS:
-        return list(paper_data.load_labels(profile.dataset, "test", profile.data_options)[1])
-    from ..data import load_split
-
-    return list(load_split(profile.dataset, "test", profile.data_options)[2])
+    return list(load_labels(profile.dataset, "test", profile.data_options)[1])
 
 
 def _device(profile: Any) -> str:
@@ -255,6 +258,12 @@ def robustbench_checkpoint_paths(name: str, dataset: str = "cifar10", threat_mod
     return [Path(f"{path}_m{i}.pt") for i in range(n_files)] if entry_is_ensemble else [path]
 
 
+def robustbench_adds_model_prefix(name: str, dataset: str) -> bool:
+    """Whether RobustBench loads ``name``'s checkpoint under the ``model.`` prefix of its normalization
+    wrapper (ImageNet zoo models, but for a few; utils.load_model)."""
+    return dataset == "imagenet" and name not in _RB_NO_PREFIX
+
+
 def _rm_prefix(state: dict[str, Any], substr: str) -> "OrderedDict[str, Any]":
     # RobustBench's rm_substr_from_state_dict, kept as is (it cuts len(substr) characters when substr occurs).
     return OrderedDict((k[len(substr):] if substr in k else k, v) for k, v in state.items())
@@ -293,14 +302,20 @@ def load_robustbench_model(name: str, dataset: str = "cifar10", threat_model: st
     provided by hand by ``python -m mslib.fetch --record PATH``); otherwise ``ValueError``."""
     entry = robustbench_entry(name, dataset, threat_model)
     paths = robustbench_checkpoint_paths(name, dataset, threat_model, model_dir, entry["n_files"])
-    from ..fetch import verify_file
-
+    hashes = []
     for p in paths:
         if not p.is_file():
             raise _missing(f"RobustBench checkpoint of {name} ({dataset}/{threat_model})", p)
         # RobustBench's hosts serve error pages and truncated files under the checkpoint's name: the hash
         # recorded at fetch time is the only proof this is the file the results claim to come from.
-        verify_file(p, f"RobustBench checkpoint of {name}")
+        hashes.append(verify_file(p, f"RobustBench checkpoint of {name}"))
+    model = _load_robustbench_files(name, dataset, threat_model, entry, paths)
+    model.checkpoint_sha256 = hashes  # verified above: the model's identity reuses them
+    return model
+
+
+def _load_robustbench_files(name: str, dataset: str, threat_model: str, entry: dict[str, Any],
+                            paths: list[Path]) -> nn.Module:
     model = build_robustbench_architecture(name, dataset, threat_model)
     if entry["kind"] == "timm":
         ckpt = load_checkpoint(paths[0])
@@ -323,7 +338,7 @@ def load_robustbench_model(name: str, dataset: str = "cifar10", threat_model: st
                 from timm.models.swin_transformer import checkpoint_filter_fn
 
                 state = checkpoint_filter_fn(state, model.model)
-            if name not in _RB_NO_PREFIX:
+            if robustbench_adds_model_prefix(name, dataset):
                 state = OrderedDict(("model." + k, v) for k, v in state.items())
         return _load_strict_or_known(model, state, name, dataset).eval()
     if not hasattr(model, "models"):
@@ -346,6 +361,7 @@ def load_robustbench_classifier(profile: Any, name: str, spec: dict[str, Any]) -
                                    spec.get("threat_model", "Linf"), spec.get("model_dir"))
     size = spec.get("input_size")
     wrapped = ResizeInput(model, size, spec.get("resize_mode", "squash"), spec.get("interpolation", "bilinear"))
+    wrapped.checkpoint_sha256 = model.checkpoint_sha256
     wrapped.checkpoint_files = robustbench_checkpoint_paths(
         spec.get("model", name), spec.get("dataset", "cifar10"), spec.get("threat_model", "Linf"),
         spec.get("model_dir"), robustbench_entry(spec.get("model", name), spec.get("dataset", "cifar10"),
@@ -535,7 +551,7 @@ def load_hf_clip_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotC
                            interpolation=spec.get("interpolation", "bilinear"))
     zs = ZeroShotClassifier(HFCLIPImageEncoder(clip), emb, prep).to(device).eval()
     object.__setattr__(zs, "text_tower", (adapter, adapter.tokenize))  # other prompts: with_prompts
-    zs.checkpoint_files = _folder_files(folder(spec["vision"])) + _folder_files(folder(spec["text"]))
+    zs.checkpoint_files = asset_files(folder(spec["vision"])) + asset_files(folder(spec["text"]))
     return zs
 
 
@@ -564,8 +580,126 @@ def load_open_clip_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroSho
     prep = preprocess_from_open_clip(model, resize_mode=spec.get("resize_mode", "squash"), mean=mean, std=std)
     zs = build_zero_shot_classifier(model, tokenizer, _profile_class_names(profile), profile.templates,
                                     preprocess=prep, device=device, text_norm=spec.get("text_norm", "standard"))
-    zs.checkpoint_files = _folder_files(model_dir)
+    zs.checkpoint_files = asset_files(model_dir)
     return zs
+
+
+# ================================================================================ assets (mslib.fetch)
+ROBUSTBENCH_INSTALL = "pip install --no-deps robustbench==1.1.1 && pip install geotorch torchdiffeq pyyaml"
+GDRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
+
+
+def fetch_robustbench(model: str, dataset: str, threat_model: str) -> list[Path]:
+    """Download a RobustBench checkpoint (Google Drive or RobustBench's GitHub release) in its layout."""
+    import timm
+
+    from ..fetch import download
+
+    paths = robustbench_checkpoint_paths(model, dataset, threat_model)
+    tname = _timm_name(model, dataset, threat_model)
+    if timm.is_model(tname):
+        urls = [timm.create_model(tname, pretrained=False).default_cfg["url"]]
+    else:
+        ds, tm = _rb_enums(dataset, threat_model)
+        gid = robustbench_zoo().model_dicts[ds][tm][model]["gdrive_id"]
+        urls = [GDRIVE_URL.format(id=g) for g in (gid if isinstance(gid, list) else [gid])]
+    manifest = read_manifest()
+    for url, path in zip(urls, paths):
+        if is_complete(path):
+            continue
+        if path.is_file() and manifest_key(path) in manifest:  # downloaded and recorded, not yet marked (or old layout)
+            try:
+                verify_file(path, "RobustBench checkpoint")
+                mark_complete(path)
+                continue
+            except ValueError:
+                pass  # a different file: fetch it again
+        download(url, path)
+        try:
+            check_checkpoint_file(path)
+        except ValueError:
+            path.unlink()
+            raise
+        mark_complete(path, url)
+    return paths
+
+
+def _hf_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(
+        (folder / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    ) and is_complete(folder)
+
+
+def _open_clip_complete(folder: Path) -> bool:
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    return ((folder / "open_clip_config.json").is_file() and _find_checkpoint_in_dir(folder) is not None
+            and is_complete(folder))
+
+
+def robustbench_assets(spec: dict[str, Any], how: str) -> list[Asset]:
+    """The checkpoint file(s) of a ``robustbench`` spec (and the package, when it is not installed)."""
+    def fetch(a: Asset) -> None:
+        fetch_robustbench(a.params["model"], a.params["dataset"], a.params["threat_model"])
+
+    out = []
+    if importlib.util.find_spec("robustbench") is None:
+        out.append(Asset("package", "robustbench (model zoo only)", Path("robustbench"), ROBUSTBENCH_INSTALL,
+                         {"manual": True, "check": lambda q: importlib.util.find_spec("robustbench") is not None}))
+        paths = [robustbench_dir() / spec["dataset"] / spec["threat_model"] / f"{spec['model']}.pt"]
+    else:
+        paths = robustbench_checkpoint_paths(spec["model"], spec["dataset"], spec["threat_model"])
+    for i, path in enumerate(paths):
+        label = spec["model"] + (f" (member {i})" if len(paths) > 1 else "")
+        out.append(Asset("robustbench", label, path, how, {"model": spec["model"], "dataset": spec["dataset"],
+                                                           "threat_model": spec["threat_model"], "member": i,
+                                                           "check": is_complete, "fetch": fetch}))
+    return out
+
+
+def _fetch_hub(a: Asset) -> None:
+    from ..fetch import fetch_hf, fetch_hf_tokenizer
+    from .openclip_factory import read_open_clip_config
+
+    fetch_hf(a.params["repo"], a.path)
+    if a.kind == "open_clip":  # the text tower's Hugging Face tokenizer, read offline beside the checkpoint
+        tok = read_open_clip_config(a.path)["model_cfg"]["text_cfg"].get("hf_tokenizer_name")
+        if tok:
+            fetch_hf_tokenizer(tok, a.path)
+    mark_complete(a.path)
+
+
+def hf_clip_assets(spec: dict[str, Any], how: str) -> list[Asset]:
+    """The two hub folders of an ``hf-clip`` spec (none for towers given as local folders)."""
+    return [Asset("hf", repo, hub_folder("hf", repo), how, {"repo": repo, "check": _hf_complete, "fetch": _fetch_hub})
+            for repo in (spec["vision"], spec["text"]) if not Path(repo).is_dir()]
+
+
+def open_clip_assets(spec: dict[str, Any], how: str) -> list[Asset]:
+    """The hub folder of an ``open_clip`` spec (none for a local folder)."""
+    if Path(spec["model"]).is_dir():
+        return []
+    return [Asset("open_clip", spec["model"], hub_folder("open_clip", spec["model"]), how,
+                  {"repo": spec["model"], "check": _open_clip_complete, "fetch": _fetch_hub})]
+
+
+def _fetch_torchvision(a: Asset) -> None:
+    from ..fetch import download
+
+    url = a.params["url"]
+    # torchvision's file names end in the first hex digits of the file's SHA-256
+    prefix = url.rsplit("-", 1)[-1].split(".")[0]
+    download(url, a.path, sha256_prefix=prefix)
+    mark_complete(a.path, url)
+
+
+def torchvision_assets(spec: dict[str, Any], how: str) -> list[Asset]:
+    """The ImageNet weights a ``torchvision-ft`` spec starts from (none when it trains from scratch)."""
+    if not spec.get("weights"):
+        return []
+    path, url = torchvision_weights_path(spec.get("arch", "resnet18"), spec["weights"])
+    return [Asset("torchvision", f"{spec.get('arch', 'resnet18')} {spec['weights']}", path, how,
+                  {"url": url, "check": is_complete, "fetch": _fetch_torchvision})]
 
 
 __all__ = [
@@ -575,7 +709,10 @@ __all__ = [
     "build_robustbench_architecture",
     "check_checkpoint_file",
     "finetune_record",
+    "hf_clip_assets",
+    "hf_folder",
     "hub_folder",
+    "open_clip_folder",
     "load_checkpoint",
     "load_hf_clip",
     "load_hf_clip_vlm",
@@ -583,10 +720,13 @@ __all__ = [
     "load_robustbench_classifier",
     "load_robustbench_model",
     "load_torchvision_finetuned",
+    "open_clip_assets",
+    "robustbench_assets",
     "robustbench_checkpoint_paths",
     "robustbench_dir",
     "robustbench_entry",
     "robustbench_zoo",
+    "torchvision_assets",
     "torchvision_weights_path",
     "train_torchvision_finetuned",
 ]

@@ -143,7 +143,7 @@ def load_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClas
     _check_fare_spec(spec)
     base_spec = {"source": "lit", **spec["base"]}
     templates = list(profile.templates)
-    released = load_released_lit("lit-fare", profile, spec, base_spec)
+    released = load_released_lit("lit-fare", profile, spec, base_spec, CODE_VERSION)
     if released is not None:
         return released
     base_zs = load_lit_vlm(profile, f"{name}-base", base_spec)  # trains the clean model if it is missing
@@ -196,7 +196,7 @@ def locate_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> list[tuple
 
     _check_fare_spec(spec)
     base_spec = {"source": "lit", **spec["base"]}
-    released = locate_released("lit-fare", profile, spec, base_spec)
+    released = locate_released("lit-fare", profile, spec, base_spec, CODE_VERSION)
     if released is not None:
         return released
     if not (model_dir("lit", profile, base_spec) / WEIGHTS_NAME).is_file():
