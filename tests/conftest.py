@@ -106,3 +106,19 @@ def smoke_study(tmp_path_factory, smoke_models):
         summary = run_study("smoke", progress=False, overrides=OVERRIDES)
     assert summary.done and summary.computed > 0 and summary.reused == 0
     return cache
+
+
+@pytest.fixture(scope="session")
+def variant_study(tmp_path_factory, smoke_study):
+    """A cache holding the small study with the smoke profile's VLM variant (``results_helpers.VARIANT``): a
+    copy of ``smoke_study`` (the base configuration's results) plus the variant's jobs and its rescore jobs,
+    computed once per session (the FARE fine-tune lands in the session's models). Read it or copy it."""
+    from mslib.cache import data_root_at
+    from mslib.experiment import run_study
+    from results_helpers import VARIANT, study_copy
+
+    cache = study_copy(smoke_study, tmp_path_factory.mktemp("variant") / "cache")
+    with data_root_at(cache):
+        summary = run_study("smoke", progress=False, overrides=VARIANT)
+    assert summary.done and summary.computed > 0 and summary.reused > 0
+    return cache
