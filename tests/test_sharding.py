@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 from pathlib import Path
 
@@ -19,9 +20,12 @@ def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypat
     """The small study with the VLM variant (a FARE-tuned LiT: its own jobs, and rescore jobs scoring the base
     configuration's examples with it) as 2 shards, then merged, holds the unsharded run's result files.
 
-    Catches: shards that leave the variant's jobs, or only its rescore jobs, to the merge (which then computes
-    them in one process, so the sharding silently stops splitting that work), a shard that runs them whole or
-    computes another shard's batches, and shards whose batches are not the unsharded run's."""
+    Shard 1 is computed here; shard 0's batches are the unsharded run's first batches, copied (a shard's first
+    batch is also the run's first: the shard that differs from the unsharded run in where its batches sit is
+    shard 1, and computing both doubled this test's cost). Catches: shards that leave the variant's jobs, or
+    only its rescore jobs, to the merge (which then computes them in one process, so the sharding silently
+    stops splitting that work), a shard that runs them whole or computes another shard's batches, and a
+    shard's batches that are not the unsharded run's."""
     pytest.importorskip("submitit")
     from mslib.launch import run_sharded
 
@@ -41,18 +45,21 @@ def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypat
     sharded = fresh_cache(tmp_path / "sharded")
     monkeypatch.setenv("MSLIB_CACHE", str(sharded))
     # one shard alone computes its batches but is not a result yet: no index, and the store says so
-    summary = run_study("smoke", shard=(0, 2), progress=False, overrides=VARIANT)
+    summary = run_study("smoke", shard=(1, 2), progress=False, overrides=VARIANT)
     assert summary.done is False and summary.pending > 0
     with pytest.raises(ResultsNotReadyError, match="no results for profile 'smoke'"):
         Store("smoke")
-    shard0 = batch_files(sharded)
-    assert shard0.keys() == {n for n in unsharded if n.split("/")[1].startswith(first) or n.split("/")[0] in whole}
-    for j in (*own, *rescore):  # the variant's work: its first batch here, the second left to shard 1
+    shard1 = batch_files(sharded)
+    assert shard1.keys() == {n for n in unsharded if n.split("/")[1].startswith(second) or n.split("/")[0] in whole}
+    for j in (*own, *rescore):  # the variant's work: its second batch here, the first left to shard 0
         name = store.folder(j).name
-        assert f"{name}/{first}.pt" in shard0 and f"{name}/{second}.pt" not in shard0, j.label
-    # both shards through submitit's local executor (shard 0 resumes from its cached batches); the jobs use this
-    # process's thread count (CPU kernels' summation order, and so the last bits of the logits, depend on it); no
-    # models job: the session's models are trained (test_the_models_job_and_the_shards_get_every_override)
+        assert f"{name}/{second}.pt" in shard1 and f"{name}/{first}.pt" not in shard1, j.label
+    for name in unsharded:  # shard 0's batches, as the unsharded run computed them
+        if name not in shard1:
+            (sharded / "results" / name).parent.mkdir(exist_ok=True)
+            shutil.copy2(variant_study / "results" / name, sharded / "results" / name)
+    # both shards through submitit's local executor: each resumes from its batches, computing nothing (no models
+    # job: the session's models are trained; test_the_models_job_and_the_shards_get_every_override covers it)
     assert run_sharded("smoke", 2, executor="local", folder=tmp_path / "jobs", overrides=VARIANT,
                        threads=torch.get_num_threads(), timeout_min=10, merge=False, prepare=False) is True
     merged = run_study("smoke", progress=False, overrides=VARIANT)  # what run_sharded's merge runs
