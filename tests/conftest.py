@@ -138,3 +138,29 @@ def smoke_study(tmp_path_factory, smoke_models):
             assert summary.done and summary.computed > 0 and summary.reused == 0
             (folder / "complete").touch()
     return cache
+
+
+@pytest.fixture(scope="session")
+def variant_study(tmp_path_factory, smoke_study):
+    """A cache holding the small study with the smoke profile's VLM variant (``results_helpers.VARIANT``): a
+    copy of ``smoke_study`` (the base configuration's results) plus the variant's jobs and its rescore jobs,
+    computed once per session (the FARE fine-tune lands in the session's models). Read it or copy it."""
+    from mslib.cache import data_root_at
+    from mslib.experiment import run_study
+    from results_helpers import VARIANT, study_copy
+
+    folder = shared_dir(tmp_path_factory, "variant")
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = folder / "cache"
+    with FileLock(str(folder / ".lock")):  # as smoke_study: one worker computes it, the others read it
+        if not (folder / "complete").exists():
+            if cache.exists():
+                import shutil
+
+                shutil.rmtree(cache)
+            study_copy(smoke_study, cache)
+            with data_root_at(cache):
+                summary = run_study("smoke", progress=False, overrides=VARIANT)
+            assert summary.done and summary.computed > 0 and summary.reused > 0
+            (folder / "complete").touch()
+    return cache

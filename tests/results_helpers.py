@@ -6,19 +6,26 @@ from pathlib import Path
 
 import torch
 
-from mslib.cache import REPO_ROOT, load_tensors
+from mslib.cache import REPO_ROOT, data_root, load_tensors
+from mslib.profiles import get_profile
 
 # 2 batches, few iterations, a light worst-case ensemble (1 agreement target, 8 Square queries), one template,
 # no VLM variant (the beyond tests add smoke's)
 OVERRIDES = {"n_samples": 10, "batch_size": 5, "n_iter": 2, "eps_grid": (0.0, 0.05, 0.1),
              "templates": ("a photo of a {}.",), "square_queries": 8, "agreement_targets": 1, "vlm_variants": {}}
+# the same small study with the smoke profile's VLM variant (a FARE-tuned LiT): its own jobs and the rescore jobs
+# that score the base configuration's examples with it
+VARIANT = {**OVERRIDES, "vlm_variants": get_profile("smoke").vlm_variants}
+# the data root the session started with (<repo>/data, or $MSLIB_CACHE when set): where the session's models are
+# trained, and what every fresh cache links to (read once: tests point MSLIB_CACHE elsewhere as they run)
+SESSION_DATA = data_root()
 
 
 def fresh_cache(root: Path, copy_models: bool = False) -> Path:
-    """A results cache without results that shares the repo's trained models and datasets (linked, or
+    """A results cache without results that shares the session's trained models and datasets (linked, or
     copied with ``copy_models`` so a test may damage them)."""
     root.mkdir(parents=True)
-    real = REPO_ROOT / "data"
+    real = SESSION_DATA
     for entry in real.iterdir() if real.exists() else []:
         if entry.name in ("results", "submitit", "stamps"):
             continue
@@ -95,8 +102,8 @@ def share(outcomes: list[str], *which: str) -> float:
 
 # ---- a training killed with SIGKILL, in a cache whose other models are the repo's trained ones ----------------
 def linked_models_but(cache: Path, skip: Path) -> None:
-    """``cache/models`` as a folder of links to the repo's trained models, except ``skip`` (to be trained)."""
-    real = (REPO_ROOT / "data" / "models").resolve()
+    """``cache/models`` as a folder of links to the session's trained models, except ``skip`` (to be trained)."""
+    real = (SESSION_DATA / "models").resolve()
     (cache / "models").unlink()
     (cache / "models").mkdir()
     for entry in real.iterdir():

@@ -13,7 +13,7 @@ from mslib.cache import data_root_at
 from mslib.defense import (ConfidenceRejector, confidence_decide, confidence_logits, decide, log_confidence,
                            matched_threshold, threshold_for_rate, threshold_for_rejections)
 
-from results_helpers import OVERRIDES, TopTwo, fresh_cache, outcomes_by_hand, share, study_copy
+from results_helpers import VARIANT, TopTwo, fresh_cache, outcomes_by_hand, share
 
 
 # ---- the confidence rejector --------------------------------------------------------------------------
@@ -155,26 +155,12 @@ def test_paper_robust_clip_vlms_are_optional_assets_that_load_offline_on_stand_i
 
 
 # ---- the study: the baseline, the health flags and the robust-VLM configuration, end to end --------------
-def _smoke_variants():
-    from mslib.profiles import get_profile
-
-    return get_profile("smoke").vlm_variants
-
-
-BEYOND = {**OVERRIDES, "vlm_variants": _smoke_variants()}
-
-
 @pytest.fixture(scope="module")
-def beyond_run(tmp_path_factory, smoke_study):
-    from mslib.experiment import run_study
+def beyond_run(variant_study):
     from mslib.store import Store
 
-    # the session's small study is this study's configuration with the profile's VLM: only the rest is computed
-    cache = study_copy(smoke_study, tmp_path_factory.mktemp("beyond") / "cache")
-    with data_root_at(cache):
-        summary = run_study("smoke", progress=False, overrides=BEYOND)
-        assert summary.done
-        yield cache, Store("smoke")
+    with data_root_at(variant_study):
+        yield variant_study, Store("smoke")
 
 
 def _in(cache, fn, *args):
@@ -328,7 +314,7 @@ def test_a_job_runs_only_in_a_workspace_holding_the_models_its_key_names(beyond_
     d = store.datasets[0]
     (name,) = d.plan.variants
     with data_root_at(cache):
-        ws = Workspace(get_profile("smoke", d.profile.dataset, **BEYOND))
+        ws = Workspace(get_profile("smoke", d.profile.dataset, **VARIANT))
         base_job = d.plan.ensemble["standard"][2]
         assert execute(ws, [base_job], progress=False).computed == 0  # its own workspace: done, reused
         with pytest.raises(ValueError, match="not the model the job's key names"):
@@ -347,7 +333,7 @@ def test_the_robust_vlm_is_cached_and_keyed(beyond_run):
     from mslib.profiles import get_profile
 
     cache, store = beyond_run
-    p = get_profile("smoke", **BEYOND)
+    p = get_profile("smoke", **VARIANT)
     (name,) = p.vlm_variants
     vp = variant_profile(p, name)
     spec = {**vp.vlm_spec, "base": {"source": "lit", **vp.vlm_spec["base"]}}
@@ -384,7 +370,7 @@ def test_kill_9_during_the_fare_fine_tune_then_a_rerun_gives_the_same_tables(bey
     from results_helpers import kill_during_training, linked_models_but
 
     src, store = beyond_run
-    p = get_profile("smoke", **BEYOND)
+    p = get_profile("smoke", **VARIANT)
     (name,) = p.vlm_variants
     vp = variant_profile(p, name)
     spec = {**vp.vlm_spec, "base": {"source": "lit", **vp.vlm_spec["base"]}}
@@ -395,11 +381,11 @@ def test_kill_9_during_the_fare_fine_tune_then_a_rerun_gives_the_same_tables(bey
     linked_models_but(cache, folder)
     kill_during_training(cache, "from mslib.models import load_vlm; from mslib.plan import variant_profile; "
                          "from mslib.profiles import get_profile; "
-                         f"load_vlm(variant_profile(get_profile('smoke', **{BEYOND!r}), {name!r}))")
+                         f"load_vlm(variant_profile(get_profile('smoke', **{VARIANT!r}), {name!r}))")
     assert (folder / "record.json").is_file() and not (folder / "train_info.json").exists(), "killed too late"
     tables = (beyond.beyond_table, beyond.comparisons, beyond.vlm_robustness)
     before = [_in(src, fn, "smoke").to_csv(index=False) for fn in tables]
     with data_root_at(cache):
-        summary = run_study("smoke", progress=False, overrides=BEYOND)
+        summary = run_study("smoke", progress=False, overrides=VARIANT)
     assert summary.done and summary.computed == 0  # fine-tuned again whole: the same weights, the same keys
     assert [_in(cache, fn, "smoke").to_csv(index=False) for fn in tables] == before

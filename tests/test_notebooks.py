@@ -52,7 +52,10 @@ def smoke_outputs(tmp_path_factory, smoke_models) -> Iterator[Path]:
     with data_root_at(cache):
         assert run_study("smoke", progress=False).done  # the notebooks only read results: compute them first
         for nb in NOTEBOOKS:
-            pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": "smoke", "out_dir": str(out)},
+            params = {"profile": "smoke", "out_dir": str(out)}
+            if nb.stem == "06_intro_course":  # as many images as its figure shows: its data holds every image
+                params["n_images"] = 6
+            pm.execute_notebook(str(nb), str(out / nb.name), parameters=params,
                                 kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
         yield out
 
@@ -509,3 +512,215 @@ def test_every_file_the_notebooks_write_is_readable_by_the_class(smoke_outputs):
     assert len(files) > 40
     unreadable = [p.name for p in files if stat.S_IMODE(p.stat().st_mode) & 0o044 != 0o044]
     assert not unreadable, unreadable
+
+
+# ---- the computed sentences: their numbers against the tables the same run wrote -----------------------------
+# (read from the executed notebooks' outputs and the CSV files, never recomputed by the code under test)
+NUM = r"-?\d+(?:\.\d+)?"
+
+
+def _said(nb_path: Path, contains: str) -> str:
+    """The one Markdown output of an executed notebook that contains ``contains`` (a sentence, not a table)."""
+    import nbformat
+
+    found = ["".join(o.get("data", {}).get("text/markdown", "")) for c in nbformat.read(nb_path, as_version=4).cells
+             for o in c.get("outputs", [])]
+    found = [t for t in found if contains in t and not t.lstrip().startswith("|")]
+    assert len(found) == 1, f"{nb_path.stem}: {len(found)} sentences contain {contains!r}"
+    return found[0]
+
+
+def _shown(said: str, fraction: float, digits: int = 1, what: object = "") -> None:
+    """``said`` (a percentage or points, as printed to ``digits`` decimals) is ``fraction`` × 100, rounded."""
+    assert abs(float(said) - 100 * fraction) <= 0.5 * 10 ** -digits + 1e-6, (what, said, fraction)
+
+
+def _lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("- ")]
+
+
+def _codes(names) -> dict[str, str]:
+    """Reader's name -> code, for the classifier codes of a table."""
+    from mslib import labels
+
+    return {labels.classifier(c): c for c in names}
+
+
+@pytest.mark.slow
+def test_security_curve_sentences_give_the_curves_numbers(smoke_outputs):
+    """Catches: a number of notebook 03's sentence read from another curve, ε or column than the one it names
+    (the non-adaptive rate printed as the adaptive one, a rate at ε = 0 given for the profile's ε, the
+    rejections of another setting), or a classifier left out."""
+    from mslib import labels
+
+    df = pd.read_csv(smoke_outputs / "security_curves.csv")
+    text = _said(smoke_outputs / "03_security_curves.ipynb", "the classifier alone keeps")
+    pattern = re.compile(
+        rf"- (?P<ds>[^,]+), (?P<clf>.+?): at ε = (?P<eps>{NUM}) the worst case over every attack leaves Multi-Shield "
+        rf"(?P<w>{NUM})% robust \((?P<wr>{NUM}) points of it rejections\), the paper's adaptive attack (?P<a>{NUM})%, "
+        rf"the non-adaptive attack (?P<n>{NUM})%; the classifier alone keeps (?P<c>{NUM})%\. At ε = 0 Multi-Shield "
+        rf"is correct on (?P<c0>{NUM})% and correct or rejected on (?P<r0>{NUM})% \(the classifier: (?P<k0>{NUM})%\)\.")
+    codes = _codes(df.classifier.unique())
+    seen = set()
+    for line in _lines(text):
+        m = pattern.fullmatch(line)
+        assert m, line
+        clf = codes[m["clf"]]
+        assert m["ds"] == labels.dataset(df.dataset.iloc[0])
+        eps = float(m["eps"])
+        assert eps == df[df.model == "ms_worst"].eps.max()  # the profile's ε, where the ensemble runs
+        row = lambda model, e: df[(df.classifier == clf) & (df.model == model) & (df.eps == e)].iloc[0]  # noqa: E731
+        _shown(m["w"], row("ms_worst", eps).robust_acc, what=(clf, "worst"))
+        _shown(m["wr"], row("ms_worst", eps).reject, what=(clf, "worst rejections"))
+        _shown(m["a"], row("ms_adaptive", eps).robust_acc, what=(clf, "adaptive"))
+        _shown(m["n"], row("ms_nonadaptive", eps).robust_acc, what=(clf, "non-adaptive"))
+        _shown(m["c"], row("clf", eps).robust_acc, what=(clf, "classifier"))
+        _shown(m["c0"], row("ms_adaptive", 0).correct, what=(clf, "clean correct"))
+        _shown(m["r0"], row("ms_adaptive", 0).robust_acc, what=(clf, "clean correct or rejected"))
+        _shown(m["k0"], row("clf", 0).robust_acc, what=(clf, "classifier clean"))
+        seen.add(clf)
+    assert seen == set(df.classifier)
+
+
+@pytest.mark.slow
+def test_tolerance_sentence_gives_the_tables_means(smoke_outputs):
+    """Catches: a number of notebook 04's sentence taken at another tolerance than it names (the grid's ends,
+    the profile's tolerance) or from another column (clean accuracy for clean correct-or-rejected)."""
+    df = pd.read_csv(smoke_outputs / "tolerance.csv")
+    text = _said(smoke_outputs / "04_tolerance.ipynb", "mean clean rejection")
+    m = re.search(
+        rf"From tolerance (?P<lo>{NUM}) to (?P<hi>{NUM}), mean clean rejection goes from (?P<rlo>{NUM})% to "
+        rf"(?P<rhi>{NUM})% and mean adaptive robust accuracy \(correct or rejected\) from (?P<alo>{NUM})% to "
+        rf"(?P<ahi>{NUM})%\. At the profile's tolerance (?P<t>{NUM}), Multi-Shield is correct on (?P<acc>{NUM})% of "
+        rf"clean inputs and correct or rejected on (?P<rob>{NUM})%", text)
+    assert m, text
+    lo, hi, t = float(m["lo"]), float(m["hi"]), float(m["t"])
+    assert (lo, hi) == (df.tolerance.min(), df.tolerance.max()) and lo < t < hi
+    assert t == df.crafted_at.iloc[0]
+    at = lambda tol: df[df.tolerance == tol]  # noqa: E731 - one row per (dataset, classifier)
+    assert len(at(lo)) == len(at(t)) == len(at(hi)) == df.classifier.nunique() >= 2
+    _shown(m["rlo"], at(lo).clean_reject.mean(), what="clean rejection at the smallest tolerance")
+    _shown(m["rhi"], at(hi).clean_reject.mean(), what="clean rejection at the largest tolerance")
+    _shown(m["alo"], at(lo).robust_acc_adaptive.mean(), what="adaptive at the smallest tolerance")
+    _shown(m["ahi"], at(hi).robust_acc_adaptive.mean(), what="adaptive at the largest tolerance")
+    _shown(m["acc"], at(t).clean_acc.mean(), what="clean accuracy at the profile's tolerance")
+    _shown(m["rob"], at(t).clean_robust.mean(), what="clean correct or rejected at the profile's tolerance")
+
+
+@pytest.mark.slow
+def test_intro_course_sentence_counts_the_images_its_figure_shows(smoke_outputs):
+    """Catches: a number of notebook 06's sentence that is not the share of the images shown in its figure
+    (the rejections counted as robust twice or not at all, the adaptive attack's share given for the
+    non-adaptive one, the clean classifier for the attacked one). The fixture runs it on as many images as
+    the figure shows, so its source data holds every image."""
+    data = pd.read_csv(smoke_outputs / "intro_attack.data.csv")
+    text = _said(smoke_outputs / "06_intro_course.ipynb", "Against the defense-unaware attack")
+    m = re.search(
+        rf"robust \(correct or rejected\) on (?P<non>{NUM})% of these (?P<n>\d+) images \((?P<non_rej>{NUM})% "
+        rf"rejected\), the classifier alone on (?P<clf>{NUM})%; against the adaptive attack Multi-Shield is robust "
+        rf"on (?P<ada>{NUM})% \((?P<ada_rej>{NUM})% rejected\)", text)
+    assert m, text
+    by = {what: g for what, g in data.groupby("inputs")}
+    assert set(by) == {"clean", "non-adaptive attack", "adaptive attack"}
+    n = int(m["n"])
+    assert all(len(g) == n for g in by.values()), "the figure's data must hold every image of the sentence"
+
+    def shares(g: pd.DataFrame) -> tuple[float, float, float]:
+        rejected = g["Multi-Shield"] == "REJECTED"
+        robust = rejected | (g["Multi-Shield"] == g["true class"])
+        return robust.mean(), rejected.mean(), (g["classifier"] == g["true class"]).mean()
+
+    non, ada = shares(by["non-adaptive attack"]), shares(by["adaptive attack"])
+    _shown(m["non"], non[0], 0, "non-adaptive robust")
+    _shown(m["non_rej"], non[1], 0, "non-adaptive rejected")
+    _shown(m["clf"], non[2], 0, "classifier under the non-adaptive attack")
+    _shown(m["ada"], ada[0], 0, "adaptive robust")
+    _shown(m["ada_rej"], ada[1], 0, "adaptive rejected")
+
+
+@pytest.mark.slow
+def test_adaptive_attack_sentences_give_the_tables_numbers(smoke_outputs):
+    """Catches: a number of notebook 07's sentences that is not its tables' (the worst case's interval, the gap
+    to the paper's attacks with its sign flipped, the classifier at ε rather than ε/2, the ε/2 verdict the wrong
+    way round), a worst case that is not the attacks table's, or an attack's budget that is not its own."""
+    from mslib import labels
+
+    half = pd.read_csv(smoke_outputs / "eps_half_check.csv")
+    attacks = pd.read_csv(smoke_outputs / "attacks_table.csv")
+    nb = smoke_outputs / "07_adaptive_attacks.ipynb"
+    budgets = _said(nb, "Budgets at this profile: ")
+    for r in attacks[attacks.attack != "worst case"].drop_duplicates("attack").itertuples():
+        assert f"{labels.attack(r.attack)}: {r.budget}" in budgets, r.attack
+    pattern = re.compile(
+        rf"- (?P<ds>[^,]+), (?P<clf>.+?): the \*\*worst case over the ensemble\*\* leaves Multi-Shield (?P<w>{NUM})% "
+        rf"\[(?P<lo>{NUM})%, (?P<hi>{NUM})%\] robust at ε = (?P<eps>{NUM}), (?P<gap>{NUM}) points below the paper's "
+        rf"adaptive attacks \((?P<a>{NUM})%\); the classifier alone reaches (?P<c>{NUM})% at ε/2 = (?P<eh>{NUM}), "
+        rf"(?P<verdict>below Multi-Shield's worst case at ε|at or above Multi-Shield's worst case at ε)")
+    codes = _codes(half.classifier)
+    seen = set()
+    for line in _lines(_said(nb, "the classifier alone reaches")):
+        m = pattern.match(line)
+        assert m, line
+        clf = codes[m["clf"]]
+        h = half[half.classifier == clf].iloc[0]
+        worst = attacks[(attacks.classifier == clf) & (attacks.attack == "worst case")].iloc[0]
+        assert (float(m["eps"]), float(m["eh"])) == (h.eps, h.eps_half) and h.eps_half == h.eps / 2
+        for key, v in (("w", h.ms_robust_acc_worst), ("lo", h.ms_robust_acc_worst_lo), ("hi", h.ms_robust_acc_worst_hi),
+                       ("w", worst.robust_acc), ("lo", worst.robust_acc_lo), ("hi", worst.robust_acc_hi),
+                       ("a", h.ms_robust_acc_adaptive), ("c", h.clf_robust_acc_eps_half),
+                       ("gap", h.ms_robust_acc_adaptive - h.ms_robust_acc_worst)):
+            _shown(m[key], v, what=(clf, key))
+        assert m["verdict"].startswith("below") == (h.ms_robust_acc_worst > h.clf_robust_acc_eps_half), line
+        seen.add(clf)
+    assert seen == set(half.classifier)
+
+
+@pytest.mark.slow
+def test_beyond_sentences_give_the_health_and_comparison_tables_numbers(smoke_outputs):
+    """Catches: notebook 08's attack-health summary counting other runs than its table flags (the flagged
+    count, a flagged run's zero-gradient count and share, the Square ensembles that broke nothing), and a
+    conclusion whose winner, difference, interval, robust accuracies, clean rejections or n are not its
+    comparison row's (the two sides swapped, the interval of b − a given for a − b)."""
+    from mslib import labels
+
+    nb = smoke_outputs / "08_beyond_the_paper.ipynb"
+    health = pd.read_csv(smoke_outputs / "attack_health.csv", keep_default_na=False)
+    text = _said(nb, "attack runs")
+    flagged = health[health.flag != ""]
+    assert len(flagged), "the smoke study flags the paper's DLR loss: the flagged lines are checked"
+    assert text.startswith(f"{len(flagged)} of {len(health)} attack runs are flagged:\n"), text[:80]
+    lines = _lines(text)
+    assert len(lines) == len(flagged)
+    for line, r in zip(lines, flagged.itertuples()):
+        assert line.startswith(f"- {labels.classifier(r.classifier)}, ") and f"**{r.flag}**" in line, line
+        if r.flag == "zero gradients":
+            m = re.search(rf"— (\d+) of (\d+) samples \(({NUM})%\) had an exactly zero gradient", line)
+            assert m and (int(m[1]), int(m[2])) == (int(r.n_zero_grad), int(r.n_measured)), line
+            _shown(m[3], float(r.zero_grad), 0, line)
+        else:
+            assert f"broke {int(r.new_breaks)} samples" in line, line
+    square = health[health.gradient_free.astype(str) == "True"]
+    m = re.search(r"ran last on what every gradient attack left unbroken in (\d+) ensembles and broke nothing new in "
+                  r"(\d+) of them", text)
+    assert m and (int(m[1]), int(m[2])) == (len(square), int((square.new_breaks.astype(int) == 0).sum())), text[-200:]
+
+    cmp = pd.read_csv(smoke_outputs / "comparisons.csv")
+    lines = _lines(_said(nb, "worst-case robust accuracy"))
+    assert len(lines) == len(cmp) > 0
+    tail = re.compile(rf"(?P<d>[+-]?{NUM}) points \[95% CI (?P<lo>[+-]?{NUM}), (?P<hi>[+-]?{NUM})\]; worst-case robust "
+                      rf"accuracy (?P<a>{NUM})% vs (?P<b>{NUM})% at clean rejection (?P<ca>{NUM})% vs (?P<cb>{NUM})% "
+                      rf"\(n=(?P<n>\d+)\)\.")
+    for line, r in zip(lines, cmp.itertuples()):
+        if r.difference_hi < 0:  # b wins: said in b's direction, b − a and its interval
+            verdict, d, lo, hi = f"{r.b} wins by", -r.difference, -r.difference_hi, -r.difference_lo
+        else:
+            verdict = f"{r.a} wins by" if r.difference_lo > 0 else f"no clear winner: {r.a} minus {r.b} is"
+            d, lo, hi = r.difference, r.difference_lo, r.difference_hi
+        head = f"- {labels.dataset(r.dataset)}, {labels.classifier(r.classifier)}, {r.question}: {verdict} "
+        assert line.startswith(head), (line, head)
+        m = tail.fullmatch(line[len(head):])
+        assert m, line
+        for key, v in (("d", d), ("lo", lo), ("hi", hi), ("a", r.robust_acc_a), ("b", r.robust_acc_b),
+                       ("ca", r.clean_reject_a), ("cb", r.clean_reject_b)):
+            _shown(m[key], v, what=(line[:60], key))
+        assert int(m["n"]) == r.n

@@ -1,7 +1,10 @@
 """Sharded runs: two shards through submitit's local executor merge into exactly the unsharded result."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,32 +12,67 @@ import torch
 from mslib.experiment import run_study
 from mslib.store import ResultsNotReadyError, Store
 
-from results_helpers import OVERRIDES, assert_same_results, fresh_cache, study_copy
+from results_helpers import VARIANT, assert_same_results, batch_files, fresh_cache
 
 
 @pytest.mark.slow
-def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypatch, smoke_study):
+def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypatch, variant_study):
+    """The small study with the VLM variant (a FARE-tuned LiT: its own jobs, and rescore jobs scoring the base
+    configuration's examples with it) as 2 shards, then merged, holds the unsharded run's result files.
+
+    Shard 1 is computed here; shard 0's batches are the unsharded run's first batches, copied (a shard's first
+    batch is also the run's first: the shard that differs from the unsharded run in where its batches sit is
+    shard 1, and computing both doubled this test's cost). Catches: shards that leave the variant's jobs, or
+    only its rescore jobs, to the merge (which then computes them in one process, so the sharding silently
+    stops splitting that work), a shard that runs them whole or computes another shard's batches, and a
+    shard's batches that are not the unsharded run's."""
     pytest.importorskip("submitit")
     from mslib.launch import run_sharded
+
+    store = Store("smoke", root=variant_study)  # the unsharded run (the session's), to name its jobs
+    d = store.datasets[0]
+    (variant,) = d.plan.variants.values()
+    base = {j.key for j in dataclasses.replace(d.plan, variants={}).jobs()}
+    rescore = [j for jobs in variant.transfer.values() for j in jobs]
+    # the clean outputs of each configuration are computed whole by any shard: the confidence rejector's
+    # threshold is matched on every sample
+    whole = {store.folder(j).name for plan in (d.plan, variant) for j in plan.clean.values()}
+    own = [j for j in variant.jobs() if j.kind != "rescore" and j.key not in base and store.folder(j).name not in whole]
+    assert rescore and own and {j.kind for j in rescore} == {"rescore"}
+    unsharded = batch_files(variant_study)
+    first, second = (f"batch_{b:07d}" for b in (0, VARIANT["batch_size"]))  # every result has 2 batches
 
     sharded = fresh_cache(tmp_path / "sharded")
     monkeypatch.setenv("MSLIB_CACHE", str(sharded))
     # one shard alone computes its batches but is not a result yet: no index, and the store says so
-    assert run_study("smoke", shard=(0, 2), progress=False, overrides=OVERRIDES).done is False
+    summary = run_study("smoke", shard=(1, 2), progress=False, overrides=VARIANT)
+    assert summary.done is False and summary.pending > 0
     with pytest.raises(ResultsNotReadyError, match="no results for profile 'smoke'"):
         Store("smoke")
-    # both shards through submitit's local executor (shard 0 resumes from its cached batches), then merge
-    # (the jobs use this process's thread count: CPU kernels' summation order, and so the last bits of the
-    # logits, depend on it)
-    assert run_sharded("smoke", 2, executor="local", folder=tmp_path / "jobs", overrides=OVERRIDES,
-                       threads=torch.get_num_threads(), timeout_min=10) is True
+    shard1 = batch_files(sharded)
+    assert shard1.keys() == {n for n in unsharded if n.split("/")[1].startswith(second) or n.split("/")[0] in whole}
+    for j in (*own, *rescore):  # the variant's work: its second batch here, the first left to shard 0
+        name = store.folder(j).name
+        assert f"{name}/{second}.pt" in shard1 and f"{name}/{first}.pt" not in shard1, j.label
+    for name in unsharded:  # shard 0's batches, as the unsharded run computed them
+        if name not in shard1:
+            (sharded / "results" / name).parent.mkdir(exist_ok=True)
+            shutil.copy2(variant_study / "results" / name, sharded / "results" / name)
+    # both shards through submitit's local executor: each resumes from its batches, computing nothing (no models
+    # job: the session's models are trained; test_the_models_job_and_the_shards_get_every_override covers it)
+    assert run_sharded("smoke", 2, executor="local", folder=tmp_path / "jobs", overrides=VARIANT,
+                       threads=torch.get_num_threads(), timeout_min=10, merge=False, prepare=False) is True
+    merged = run_study("smoke", progress=False, overrides=VARIANT)  # what run_sharded's merge runs
+    assert merged.done and merged.computed == 0 and merged.recomputed == 0  # the shards did all the work
 
-    plain = study_copy(smoke_study, tmp_path / "plain")  # the session's unsharded run, computed in this process
-    monkeypatch.setenv("MSLIB_CACHE", str(plain))
-    assert run_study("smoke", progress=False, overrides=OVERRIDES).done is True
-
-    # file by file: the same result entries, the same batches, identical tensors
-    assert_same_results(sharded, plain)
+    # file by file: the same result entries and batches, identical tensors; the images and the index byte for
+    # byte (the outputs files differ only in their timing)
+    assert_same_results(sharded, variant_study)
+    for name in unsharded:
+        if name.endswith(".x.pt"):
+            assert (sharded / "results" / name).read_bytes() == (variant_study / "results" / name).read_bytes(), name
+    index = Path("results") / "plans" / "smoke.json"
+    assert (sharded / index).read_bytes() == (variant_study / index).read_bytes()
 
 
 def test_run_sharded_checks_its_arguments(tmp_path):
