@@ -26,26 +26,12 @@ DATASETS = {name: spec.display for name, spec in _DATASET_SPECS.items()}
 CLASSIFIERS = {"standard": "standard CNN", "fgsm-rs": "FGSM-RS CNN (adv. trained)"}
 
 # "<attack>@<target>": target clf = the classifier alone (transferred), ms = Multi-Shield, vlm = the VLM alone.
-ATTACKS = {
-    "apgd-ce@clf": "APGD-CE on the classifier (non-adaptive)",
-    "apgd-dlr@clf": "APGD-DLR on the classifier (non-adaptive)",
-    "apgd-ce-reject@ms": "APGD-CE, rejection-aware (adaptive, paper)",
-    "apgd-dlr-reject@ms": "APGD-DLR, rejection-aware (adaptive, paper)",
-    "apgd-dlr-reject-excl@ms": "APGD-DLR, rejection-aware, reject excluded (stronger)",
-    "apgd-ce@vlm": "APGD-CE on the VLM alone (transfer)",
-    "square-reject@ms": "Square, rejection-aware (gradient-free)",
-    "worst case": "worst case over every attack",
-}
-
-# The same attacks on the confidence rejector (notebook 08's baseline): its K+1 logits instead of Multi-Shield's.
-ATTACKS.update({k.replace("@ms", "@conf"): f"{v.replace('(adaptive, paper)', '(the paper’s loss)')}, on the "
-                "confidence rejector" for k, v in list(ATTACKS.items()) if k.endswith("@ms")})
-# Every other registered attack on every target, named from its spec (a new attack needs no entry here).
+# Every registered attack on every target, named from its spec (a new attack needs no entry here).
 _WHERE = {"ms": "", "conf": ", on the confidence rejector", "vlm": " on the VLM alone (transfer)",
           "clf": " on the classifier (non-adaptive)"}
-for _name, _spec in ATTACK_SPECS.items():
-    for _target, _where in _WHERE.items():
-        ATTACKS.setdefault(f"{_name}@{_target}", _spec.label + _where)
+ATTACKS = {f"{_name}@{_target}": _spec.shown_on.get(_target, _spec.label + _where)
+           for _name, _spec in ATTACK_SPECS.items() for _target, _where in _WHERE.items()}
+ATTACKS["worst case"] = "worst case over every attack"
 
 # What a bar of the main figure or a line of the security curves measures: the model, and the inputs.
 SETTINGS = {

@@ -113,6 +113,9 @@ class AttackSpec:
     # where the attack means something else on one target (a transfer from the classifier or the VLM, the
     # paper's pair on Multi-Shield): target -> the one-line description there (else ``description``)
     on_target: dict[str, str] = field(default_factory=dict)
+    # the reader's name on a target where it is not ``label`` plus the target (``labels`` adds "on the
+    # classifier", "on the confidence rejector", ...): target -> the whole name there
+    shown_on: dict[str, str] = field(default_factory=dict)
     # bump when a change to this attack's code changes what it returns: the keys of its results (and of the
     # results built on them) change with it, and only theirs
     version: int = 1
@@ -156,16 +159,22 @@ for _spec in (
                           "vlm": "transfer: APGD-DLR on the VLM alone (scale-invariant)"}),
     AttackSpec("apgd-ce-reject", _apgd_variant(losses.ce_reject_loss, losses.misclassified_not_rejected),
                "APGD-CE, rejection-aware", "APGD, CE on true + reject class", reject_aware=True,
-               on_target={"ms": "adaptive (paper): APGD, CE on true + reject class"}),
+               on_target={"ms": "adaptive (paper): APGD, CE on true + reject class"},
+               shown_on={"ms": "APGD-CE, rejection-aware (adaptive, paper)",
+                         "conf": "APGD-CE, rejection-aware (the paper’s loss), on the confidence rejector"}),
     # version 3: the two DLR terms divided on their own again, operation for operation as the original code
     # (version 2 shared the division: an exact zero gradient, a fixed point the original's attack is not)
     AttackSpec("apgd-dlr-reject", _apgd_variant(losses.dlr_reject_loss_paper, losses.misclassified_not_rejected),
                "APGD-DLR, rejection-aware", "APGD, DLR on true + reject class, after CE", reject_aware=True,
-               on_target={"ms": "adaptive (paper): APGD, DLR on true + reject class, after CE"}, version=3),
+               on_target={"ms": "adaptive (paper): APGD, DLR on true + reject class, after CE"},
+               shown_on={"ms": "APGD-DLR, rejection-aware (adaptive, paper)",
+                         "conf": "APGD-DLR, rejection-aware (the paper’s loss), on the confidence rejector"}, version=3),
     AttackSpec("apgd-dlr-reject-excl",
                _apgd_variant(losses.dlr_reject_loss_excl, losses.misclassified_not_rejected),
                "APGD-DLR, rejection-aware, reject excluded",
-               "APGD, DLR against the best class that is neither true nor reject", reject_aware=True),
+               "APGD, DLR against the best class that is neither true nor reject", reject_aware=True,
+               shown_on={"ms": "APGD-DLR, rejection-aware, reject excluded (stronger)",
+                         "conf": "APGD-DLR, rejection-aware, reject excluded (stronger), on the confidence rejector"}),
 ):
     register_attack(_spec)
 
@@ -345,6 +354,8 @@ for _spec in (
                gradient_free=True, budget=square.budget, steps_option="n_queries", version=2),
     AttackSpec("square-reject", square.square_reject, "Square, rejection-aware",
                "gradient-free: Square Attack, rejection-aware margin", reject_aware=True, gradient_free=True,
-               budget=square.budget, steps_option="n_queries", version=2),
+               budget=square.budget, steps_option="n_queries", version=2,
+               shown_on={"ms": "Square, rejection-aware (gradient-free)",
+                         "conf": "Square, rejection-aware (gradient-free), on the confidence rejector"}),
 ):
     register_attack(_spec)
