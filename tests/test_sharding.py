@@ -36,8 +36,8 @@ def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypat
     rescore = [j for jobs in variant.transfer.values() for j in jobs]
     # the clean outputs of each configuration are computed whole by any shard: the confidence rejector's
     # threshold is matched on every sample
-    whole = {store.folder(j).name for plan in (d.plan, variant) for j in plan.clean.values()}
-    own = [j for j in variant.jobs() if j.kind != "rescore" and j.key not in base and store.folder(j).name not in whole]
+    whole = {store.folder(j).path.name for plan in (d.plan, variant) for j in plan.clean.values()}
+    own = [j for j in variant.jobs() if j.kind != "rescore" and j.key not in base and store.folder(j).path.name not in whole]
     assert rescore and own and {j.kind for j in rescore} == {"rescore"}
     unsharded = batch_files(variant_study)
     first, second = (f"batch_{b:07d}" for b in (0, VARIANT["batch_size"]))  # every result has 2 batches
@@ -52,7 +52,7 @@ def test_two_submitit_shards_merge_into_the_unsharded_result(tmp_path, monkeypat
     shard1 = batch_files(sharded)
     assert shard1.keys() == {n for n in unsharded if n.split("/")[1].startswith(second) or n.split("/")[0] in whole}
     for j in (*own, *rescore):  # the variant's work: its second batch here, the first left to shard 0
-        name = store.folder(j).name
+        name = store.folder(j).path.name
         assert f"{name}/{second}.pt" in shard1 and f"{name}/{first}.pt" not in shard1, j.label
     for name in unsharded:  # shard 0's batches, as the unsharded run computed them
         if name not in shard1:
