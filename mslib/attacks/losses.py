@@ -44,19 +44,10 @@ def ce_reject_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(z, y, reduction="none") + F.cross_entropy(z, reject, reduction="none")
 
 
-def _dlr_autoattack(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """AutoAttack's ``dlr_loss`` written operation for operation as the original code runs it (the same
-    sort, products and division), so its rounding, and with it the paper attack's path, is the original's."""
-    z_sorted, ind_sorted = z.sort(dim=1)
-    ind = (ind_sorted[:, -1] == y).to(z.dtype)
-    u = torch.arange(z.shape[0], device=z.device)
-    return -(z[u, y] - z_sorted[:, -2] * ind - z_sorted[:, -1] * (1.0 - ind)) / (z_sorted[:, -1] - z_sorted[:, -3]
-                                                                              + 1e-12)
-
-
 def dlr_reject_loss_paper(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The original Multi-Shield code's DLR rejection loss, as it computes it: AutoAttack's DLR of the true
-    class plus AutoAttack's DLR of the rejection class (the last logit), each divided on its own.
+    class plus AutoAttack's DLR of the rejection class (the last logit), each divided on its own
+    (:func:`dlr_loss` twice: its loss and input gradient are bit-identical to AutoAttack's expression).
 
     When y and the rejection class are the two largest logits the two terms are exact negatives: the loss is
     exactly 0, but its input gradient is not. The backward pass sums each logit's contributions in an order
@@ -67,7 +58,7 @@ def dlr_reject_loss_paper(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     attack a fixed point, which reports a far higher robust accuracy than the paper's code on the same models.
     """
     reject = torch.full_like(y, z.shape[1] - 1)
-    return _dlr_autoattack(z, y) + _dlr_autoattack(z, reject)
+    return dlr_loss(z, y) + dlr_loss(z, reject)
 
 
 def dlr_reject_loss_excl(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
