@@ -90,14 +90,19 @@ class Workspace:
 
             if name in self._models:
                 found = self._models[name].identity
-            elif name == "vlm":
-                found = vlm_identity(self.profile)
-            elif name.startswith("vlm:"):
-                found = vlm_identity(variant_profile(self.profile, name[4:]))
             else:
-                found = classifier_identity(self.profile, name)
+                profile, is_vlm = self._source(name)
+                found = vlm_identity(profile) if is_vlm else classifier_identity(profile, name)
             self._identities[name] = found if found is not None else self.model(name).identity
         return self._identities[name]
+
+    def _source(self, name: str) -> tuple[Profile, bool]:
+        """The profile that holds model ``name`` and whether it is a VLM (``"vlm"``, ``"vlm:<variant>"``)."""
+        if name == "vlm":
+            return self.profile, True
+        if name.startswith("vlm:"):
+            return variant_profile(self.profile, name[4:]), True
+        return self.profile, False
 
     def model(self, name: str) -> nn.Module:
         """A classifier by name, ``"vlm"`` or ``"vlm:<variant>"``; loaded (trained on first use) outside
@@ -108,12 +113,8 @@ class Workspace:
         if name not in self._models:
             from .models import load_classifier, load_vlm
 
-            if name == "vlm":
-                raw = load_vlm(self.profile)
-            elif name.startswith("vlm:"):
-                raw = load_vlm(variant_profile(self.profile, name[4:]))
-            else:
-                raw = load_classifier(self.profile, name)
+            profile, is_vlm = self._source(name)
+            raw = load_vlm(profile) if is_vlm else load_classifier(profile, name)
             model = prepare_model(raw, self.profile)
             model.identity = raw.identity
             self._models[name] = model

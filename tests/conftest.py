@@ -47,6 +47,23 @@ class TinyCNN(nn.Module):
         return self.net((x - 0.286) / 0.353)
 
 
+def computed_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """``build(cache)`` run by the first worker that needs this run's ``name`` cache; the others wait for it
+    and read it (a cache left half-built by a worker that died is built again)."""
+    import shutil
+
+    folder = shared_dir(tmp_path_factory, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = folder / "cache"
+    with FileLock(str(folder / ".lock")):
+        if not (folder / "complete").exists():
+            if cache.exists():
+                shutil.rmtree(cache)
+            build(cache)
+            (folder / "complete").touch()
+    return cache
+
+
 @pytest.fixture()
 def no_paper_env(monkeypatch):
     """None of the variables that point the paper loaders elsewhere: they look only under the data root."""
@@ -123,21 +140,13 @@ def smoke_study(tmp_path_factory, smoke_models):
     from mslib.experiment import run_study
     from results_helpers import OVERRIDES, fresh_cache
 
-    folder = shared_dir(tmp_path_factory, "study")
-    folder.mkdir(parents=True, exist_ok=True)
-    cache = folder / "cache"
-    with FileLock(str(folder / ".lock")):  # computed by the first worker that needs it, read by the others
-        if not (folder / "complete").exists():
-            if cache.exists():  # a worker that died half-way
-                import shutil
+    def build(cache: Path) -> None:
+        fresh_cache(cache)
+        with data_root_at(cache):
+            summary = run_study("smoke", progress=False, overrides=OVERRIDES)
+        assert summary.done and summary.computed > 0 and summary.reused == 0
 
-                shutil.rmtree(cache)
-            fresh_cache(cache)
-            with data_root_at(cache):
-                summary = run_study("smoke", progress=False, overrides=OVERRIDES)
-            assert summary.done and summary.computed > 0 and summary.reused == 0
-            (folder / "complete").touch()
-    return cache
+    return computed_once(tmp_path_factory, "study", build)
 
 
 @pytest.fixture(scope="session")
@@ -149,18 +158,10 @@ def variant_study(tmp_path_factory, smoke_study):
     from mslib.experiment import run_study
     from results_helpers import VARIANT, study_copy
 
-    folder = shared_dir(tmp_path_factory, "variant")
-    folder.mkdir(parents=True, exist_ok=True)
-    cache = folder / "cache"
-    with FileLock(str(folder / ".lock")):  # as smoke_study: one worker computes it, the others read it
-        if not (folder / "complete").exists():
-            if cache.exists():
-                import shutil
+    def build(cache: Path) -> None:
+        study_copy(smoke_study, cache)
+        with data_root_at(cache):
+            summary = run_study("smoke", progress=False, overrides=VARIANT)
+        assert summary.done and summary.computed > 0 and summary.reused > 0
 
-                shutil.rmtree(cache)
-            study_copy(smoke_study, cache)
-            with data_root_at(cache):
-                summary = run_study("smoke", progress=False, overrides=VARIANT)
-            assert summary.done and summary.computed > 0 and summary.reused > 0
-            (folder / "complete").touch()
-    return cache
+    return computed_once(tmp_path_factory, "variant", build)
