@@ -234,11 +234,13 @@ def vlm_variants(profile: Profile) -> dict[str, dict[str, Any]]:
 
 
 def variant_profile(profile: Profile, name: str) -> Profile:
-    """The profile with VLM variant ``name`` as its VLM (evaluated at profile.eps only, no variants)."""
+    """The profile with VLM variant ``name`` as its VLM (evaluated at profile.eps only, no variants; the
+    convergence check only where :attr:`Profile.variant_convergence` asks for it)."""
     variants = vlm_variants(profile)
     if name not in variants:
         raise ValueError(f"profile {profile.name!r} has no VLM variant {name!r}; it has {sorted(variants)}")
-    return profile.replace(vlm=name, vlm_spec=variants[name], eps_grid=(), vlm_variants={})
+    return profile.replace(vlm=name, vlm_spec=variants[name], eps_grid=(), vlm_variants={},
+                           convergence=profile.convergence and profile.variant_convergence)
 
 
 def results_family(profile: Profile) -> str:

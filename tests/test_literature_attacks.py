@@ -198,7 +198,11 @@ def test_the_plan_takes_budgets_from_the_specs_and_adds_the_convergence_stages_o
                 assert o["n_queries"] == 4 * same["n_queries"] == 20000 and o["n_restarts"] == same["n_restarts"]
             else:
                 assert o["n_iter"] == 4 * same["n_iter"] and o["n_restarts"] == 5
-    assert plus.variants["lit-vit-s-fare"].convergence  # the robust-VLM configuration is checked too
+    # the robust-VLM configuration is checked only where the profile asks for it (its own flag)
+    assert not plus.variants["lit-vit-s-fare"].convergence
+    both = dataset_plan(get_profile("tiny-plus", variant_convergence=True), range(10), ids)
+    assert both.variants["lit-vit-s-fare"].convergence.keys() == plus.convergence.keys()
+    assert {j.key for j in plus.jobs()} < {j.key for j in both.jobs()}
 
 
 def test_the_paper_dlr_follows_rounding_residuals_on_multi_shield_where_y_and_reject_lead(small_classifier,
