@@ -408,6 +408,14 @@ def convergence_table(store: Store | str) -> pd.DataFrame:
     return _with_ci(rows)
 
 
+def unchecked_configurations(store: Store | str) -> list[str]:
+    """VLM configurations whose worst case the convergence check did not recompute (a VLM variant of a profile
+    without :attr:`Profile.variant_convergence`), as reader labels; empty where every one was checked."""
+    store = Store.open(store)
+    return [defense_label("Multi-Shield", vlm) for d in store.datasets for vlm, plan in configs(d).items()
+            if not plan.convergence]
+
+
 def conclusions(cmp: pd.DataFrame) -> list[str]:
     """One sentence per comparison row of :func:`comparisons`, with the difference and its 95% interval,
     saying which side wins or that the interval cannot tell them apart."""
@@ -429,4 +437,4 @@ def conclusions(cmp: pd.DataFrame) -> list[str]:
 
 __all__ = ["CLASSIFIER", "CONFIDENCE", "attack_health", "beyond_table", "comparisons", "conclusions", "convergence_table",
            "configs", "defense_label", "for_readers", "rejector_name", "risk_coverage",
-           "vlm_robustness"]
+           "unchecked_configurations", "vlm_robustness"]
