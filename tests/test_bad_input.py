@@ -479,6 +479,29 @@ def test_standins_cli_refuses_a_file_an_uncreatable_folder_and_unknown_names(tmp
     assert f.read_text() == "not a folder"
 
 
+def test_standins_cli_refuses_a_folder_it_cannot_write_into(tmp_path, capsys, monkeypatch):
+    """Catches: a read-only data root accepted, the run then dying with a PermissionError traceback from the
+    first file written (after the profile and datasets were checked)."""
+    import os
+
+    from mslib.datasets import DatasetSpec
+    from mslib.standins import main
+
+    locked = tmp_path / "read-only"
+    locked.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes anywhere: show the checks and the writer what another user would meet
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real(p, mode, **kw))
+
+    def denied(self, root):
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(DatasetSpec, "write_standin", denied)
+    assert main([str(locked), "--datasets", "cifar10"]) == 2
+    assert "is not writable" in _one_error_line(capsys, "python -m mslib.standins")
+    assert not any(locked.iterdir())
+
+
 def test_fetch_record_refuses_a_file_outside_the_data_root(tmp_path, capsys, no_paper_env):
     """Catches: ``fetch --record`` of a file no loader reads (outside the data root) recorded under its
     absolute path and marked complete."""

@@ -346,6 +346,119 @@ def test_tolerance_and_lesson5_checks(shield, cnn_data):
     assert "100" in _message(check.agreement_loss(unscaled, shield, x, y))
 
 
+# One plausible mistake per checker that the tests above do not try yet. Each entry: (checker, its reference,
+# the student's mistake, what the message must name). A case catches a checker that accepts the mistake or
+# answers it with a message that does not say what is wrong.
+def _grad_at(m, xb, yb):
+    xg = xb.clone().requires_grad_(True)
+    g, = torch.autograd.grad(F.cross_entropy(m(xg), yb), xg)
+    return g
+
+
+def _fgsm_raw_gradient(m, xb, yb, eps):
+    return (xb + eps * _grad_at(m, xb, yb)).clamp(0, 1)
+
+
+def _pgd_without_projection(m, xb, yb, eps, alpha, steps):  # clips to [0, 1] each step, never to the ball
+    x_adv = (xb + (2 * torch.rand_like(xb) - 1) * eps).clamp(0, 1)
+    for _ in range(steps):
+        x_adv = (x_adv + alpha * _grad_at(m, x_adv, yb).sign()).clamp(0, 1)
+    return x_adv
+
+
+def _dlr_second_largest(z, yy):  # denominator z_π1 − z_π2 (sorted index 1 instead of 2)
+    zs = z.sort(1, descending=True).values
+    z_y = z.gather(1, yy[:, None]).squeeze(1)
+    return -(z_y - z.scatter(1, yy[:, None], float("-inf")).max(1).values) / (zs[:, 0] - zs[:, 1] + 1e-12)
+
+
+def _dlr_max_with_y(z, yy):  # numerator z_y − max_j z_j, y included
+    zs = z.sort(1, descending=True).values
+    return -(z.gather(1, yy[:, None]).squeeze(1) - zs[:, 0]) / (zs[:, 0] - zs[:, 2] + 1e-12)
+
+
+def _momentum_unprojected_z(xk, xp, g, x0, e, s, a=0.75):
+    z = xk + s * g.sign()
+    return reference.project(xk + a * (z - xk) + (1 - a) * (xk - xp), x0, e)
+
+
+def _momentum_backwards(xk, xp, g, x0, e, s, a=0.75):
+    z = reference.project(xk + s * g.sign(), x0, e)
+    return reference.project(xk + a * (z - xk) + (1 - a) * (xp - xk), x0, e)
+
+
+def _rs_unclipped_start(m, xb, yb, e, a, d0):
+    x0 = xb + d0
+    return reference.project(x0 + a * _grad_at(m, x0, yb).sign(), xb, e)
+
+
+def _rs_ball_around_start(m, xb, yb, e, a, d0):
+    x0 = (xb + d0).clamp(0, 1)
+    return reference.project(x0 + a * _grad_at(m, x0, yb).sign(), x0, e)
+
+
+def _adv_loss_global_rng(m, xb, yb, e, a, generator):
+    d0 = (torch.rand(xb.shape) * 2 - 1) * e
+    return F.cross_entropy(m(reference.fgsm_rs_perturb(m, xb, yb, e, a, d0)), yb)
+
+
+def _reject_index_zero(z, yy):
+    return F.cross_entropy(z, yy, reduction="none") + F.cross_entropy(z, torch.zeros_like(yy), reduction="none")
+
+
+def _sweep_errors_as_rejections(ff, ss, yy, tols):
+    df = reference.tolerance_sweep(ff, ss, yy, tols)
+    return df.assign(clean_reject=1 - df.clean_acc)
+
+
+def _breakdown_robust_is_correct(p, yy, k):
+    out = reference.outcome_breakdown(p, yy, k)
+    return {**out, "robust": out["correct"]}
+
+
+MISTAKES = {  # id: (checker, arguments from (model, x, y, shield, f, s), reference, mistake, named in the message)
+    "fgsm-raw-gradient": (check.fgsm, lambda m, x, y, sh, f, s: (m, x, y, 0.1), reference.fgsm,
+                          _fgsm_raw_gradient, "raw gradient"),
+    "pgd-no-projection": (check.pgd, lambda m, x, y, sh, f, s: (m, x, y), reference.pgd,
+                          _pgd_without_projection, "project back onto the L∞ ball"),
+    "dlr-second-largest": (check.dlr_loss, lambda m, x, y, sh, f, s: (m, x, y), reference.dlr_loss,
+                           _dlr_second_largest, "*third*-largest"),
+    "dlr-max-with-y": (check.dlr_loss, lambda m, x, y, sh, f, s: (m, x, y), reference.dlr_loss,
+                       _dlr_max_with_y, "y included"),
+    "checkpoints-off-by-one": (check.apgd_checkpoints, lambda *a: (), reference.apgd_checkpoints,
+                               lambda n: [t - 1 for t in reference.apgd_checkpoints(n)], "off by one"),
+    "momentum-z-unprojected": (check.momentum_step, lambda m, x, y, sh, f, s: (x,), reference.momentum_step,
+                               _momentum_unprojected_z, "project twice"),
+    "momentum-backwards": (check.momentum_step, lambda m, x, y, sh, f, s: (x,), reference.momentum_step,
+                           _momentum_backwards, "points backwards"),
+    "rs-unclipped-start": (check.fgsm_rs_perturb, lambda m, x, y, sh, f, s: (m, x, y, 0.1), reference.fgsm_rs_perturb,
+                           _rs_unclipped_start, "leaves [0, 1]: clip it"),
+    "rs-ball-around-start": (check.fgsm_rs_perturb, lambda m, x, y, sh, f, s: (m, x, y, 0.1),
+                             reference.fgsm_rs_perturb, _rs_ball_around_start, "around the start x0"),
+    "adv-loss-global-rng": (check.adversarial_loss, lambda m, x, y, sh, f, s: (m, x, y, 0.1),
+                            reference.adversarial_loss, _adv_loss_global_rng, "same generator"),
+    "reject-index-zero": (check.reject_aware_loss, lambda m, x, y, sh, f, s: (sh, x, y), reference.reject_aware_loss,
+                          _reject_index_zero, "last index"),
+    "sweep-errors-as-rejections": (check.tolerance_sweep, lambda m, x, y, sh, f, s: (f, s, y),
+                                   reference.tolerance_sweep, _sweep_errors_as_rejections, "rejection rate"),
+    "breakdown-robust-is-correct": (check.outcome_breakdown, lambda m, x, y, sh, f, s: (), reference.outcome_breakdown,
+                                    _breakdown_robust_is_correct, "'robust'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_each_checker_names_a_typical_mistake(case, cnn_data, shield):
+    """Catches a checker that passes this mistake, or fails it with a message that does not name it; the
+    reference must still pass (a checker that fails everything would otherwise look strict)."""
+    checker, args, ref, mistake, named = MISTAKES[case]
+    model, x, y = cnn_data
+    with torch.no_grad():
+        f, s = shield.branches(x)
+    arguments = args(model, x, y, shield, f, s)
+    assert checker(ref, *arguments)
+    assert named in _message(checker(mistake, *arguments))
+
+
 def test_lesson6_checks():
     assert check.worst_case(reference.worst_case)
     anyone = lambda r: torch.stack([m.bool() for m in r.values()]).any(0)  # noqa: E731
@@ -376,6 +489,12 @@ def test_class_embeddings_check_on_the_smoke_vlm():
                             for c in classnames])
 
     assert "before" in _message(check.class_embeddings(no_template_norm, vlm, names, p.templates))
+
+    def average_not_normalized(encode, classnames, templates):
+        return torch.stack([F.normalize(encode([t.format(c) for t in templates]).float(), dim=-1).mean(0)
+                            for c in classnames])
+
+    assert "norm 1" in _message(check.class_embeddings(average_not_normalized, vlm, names, p.templates))
 
 
 # ------------------------------------------------------------------------- widgets and first-run notes

@@ -245,6 +245,15 @@ def dlr_loss(fn: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
             if not _close(out, want, atol=1e-5):
                 if _close(out, -want, atol=1e-5):
                     raise _Wrong("the sign is flipped: the attacker maximizes −(z_y − max_{j≠y} z_j) / (z_π1 − z_π3)")
+                z_sorted = z.sort(dim=1, descending=True).values
+                margin = z.gather(1, yy[:, None]).squeeze(1) - z.scatter(1, yy[:, None], float("-inf")).max(1).values
+                if _close(out, -margin / (z_sorted[:, 0] - z_sorted[:, 1] + 1e-12), atol=1e-5):
+                    raise _Wrong("the denominator uses the second-largest logit: it is the largest minus the "
+                                 "*third*-largest, z_π1 − z_π3 (sorted descending, index 2)")
+                if _close(out, -(z.gather(1, yy[:, None]).squeeze(1) - z_sorted[:, 0])
+                          / (z_sorted[:, 0] - z_sorted[:, 2]), atol=1e-5):
+                    raise _Wrong("the numerator compares z_y with the largest logit of all classes, y included: "
+                                 "take the largest *other* logit, max_{j≠y} z_j")
                 raise _Wrong(f"on {what}: {_differ(out, want, 1e-5)}. Numerator: z_y minus the largest *other* "
                              "logit; denominator: largest minus third-largest logit (over all classes)")
         out1 = _tensor(fn(z_real, y_real), "dlr_loss")
@@ -272,8 +281,11 @@ def apgd_checkpoints(fn: Callable) -> Verdict:
             want = n_iter_checkpoints(n)
             if got != want:
                 equal = list(range(want[0], n + 1, want[0]))
+                off = {g - w for g, w in zip(got, want)}
                 hint = (" The intervals must shrink: each is ⌊0.03·N⌋ shorter than the previous, but at least ⌊0.06·N⌋."
-                        if got == equal else "")
+                        if got == equal else
+                        " Every checkpoint is off by one: they count iterations from 1, the first is ⌊0.22·N⌋."
+                        if len(got) == len(want) and len(off) == 1 and off <= {-1, 1} else "")
                 raise _Wrong(f"for n_iter = {n} expected {want}, got {got}.{hint}")
         return f"the checkpoints match APGD's for 10 to 1000 iterations (N = 100: {n_iter_checkpoints(100)})"
 
@@ -300,6 +312,10 @@ def momentum_step(fn: Callable, x: torch.Tensor, eps: float = 0.1) -> Verdict:
             raise _Wrong("alpha and 1 − alpha are swapped: alpha weighs the new step (z − x_k), 1 − alpha the momentum")
         if _close(out, reference.project(x_k + step * grad.sign(), x0, eps)):
             raise _Wrong("that is a plain PGD step: add the momentum term (1 − alpha)(x_k − x_prev)")
+        z = reference.project(x_k + step * grad.sign(), x0, eps)
+        if _close(out, reference.project(x_k + alpha * (z - x_k) + (1 - alpha) * (x_prev - x_k), x0, eps)):
+            raise _Wrong("the momentum points backwards: it is (1 − alpha)(x_k − x_prev), the direction of the last "
+                         "step, not (x_prev − x_k)")
         _in_box(out, x0, eps, "momentum_step(...)")
         raise _Wrong(f"{_differ(out, want)}: project twice, z = P(x_k + step·sign(grad)) first, then the combination")
 
@@ -324,6 +340,19 @@ def fgsm_rs_perturb(fn: Callable, model: nn.Module, x: torch.Tensor, y: torch.Te
         if _close(out, reference.fgsm(model, xb, yb, eps)) or _close(out, reference.project(
                 reference.fgsm(model, xb, yb, alpha), xb, eps)):
             raise _Wrong("the random start is missing: take the gradient at x0 = clip(x + delta0), not at x")
+
+        def step_from(start: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+            start = start.clone().requires_grad_(True)
+            grad, = torch.autograd.grad(F.cross_entropy(model(start), yb), start)
+            return reference.project(start.detach() + alpha * grad.sign(), centre, eps)
+
+        x0 = (xb + delta0).clamp(0, 1)
+        if _close(out, step_from(x0, x0)):
+            raise _Wrong("you project onto the eps-ball around the start x0: project onto the ball around the "
+                         "clean image x")
+        if _close(out, step_from(xb + delta0, xb)):
+            raise _Wrong("the start x + delta0 leaves [0, 1]: clip it, x0 = clip(x + delta0, 0, 1), before taking "
+                         "the gradient there")
         _in_box(out, xb, eps, "fgsm_rs_perturb(...)")
         raise _Wrong(f"{_differ(out, want)}. From x0 = clip(x + delta0, 0, 1): one step of size alpha along "
                      "sign(∇ CE) at x0, then project onto the eps-ball around x (not x0) and [0, 1]")
@@ -347,6 +376,10 @@ def adversarial_loss(fn: Callable, model: nn.Module, x: torch.Tensor, y: torch.T
             if not loss.requires_grad:
                 raise _Wrong("the loss carries no gradient for the model's weights: don't compute it under "
                              "torch.no_grad() or .detach() it; only the adversarial images should be detached")
+            again = fn(model, xb, yb, eps, alpha, torch.Generator().manual_seed(0))
+            if isinstance(again, torch.Tensor) and not torch.equal(loss.detach(), again.detach()):
+                raise _Wrong("two calls with the same generator gave different losses: draw the random start from "
+                             "it, torch.rand(x.shape, generator=generator), not from the global random state")
             want = reference.adversarial_loss(model, xb, yb, eps, alpha, torch.Generator().manual_seed(0))
         finally:
             for p, f in zip(params, flags):
