@@ -366,6 +366,14 @@ def _pgd_without_projection(m, xb, yb, eps, alpha, steps):  # clips to [0, 1] ea
     return x_adv
 
 
+def _pgd_gradient_once(m, xb, yb, eps, alpha, steps):  # the gradient at the random start, reused every step
+    x_adv = reference.project(xb + (2 * torch.rand_like(xb) - 1) * eps, xb, eps)
+    g = _grad_at(m, x_adv, yb).sign()
+    for _ in range(steps):
+        x_adv = reference.project(x_adv + alpha * g, xb, eps)
+    return x_adv
+
+
 def _dlr_second_largest(z, yy):  # denominator z_π1 − z_π2 (sorted index 1 instead of 2)
     zs = z.sort(1, descending=True).values
     z_y = z.gather(1, yy[:, None]).squeeze(1)
@@ -421,6 +429,8 @@ MISTAKES = {  # id: (checker, arguments from (model, x, y, shield, f, s), refere
                           _fgsm_raw_gradient, "raw gradient"),
     "pgd-no-projection": (check.pgd, lambda m, x, y, sh, f, s: (m, x, y), reference.pgd,
                           _pgd_without_projection, "project back onto the L∞ ball"),
+    "pgd-gradient-once": (check.pgd, lambda m, x, y, sh, f, s: (m, x, y), reference.pgd, _pgd_gradient_once,
+                          "recompute the gradient at the new point every step"),
     "dlr-second-largest": (check.dlr_loss, lambda m, x, y, sh, f, s: (m, x, y), reference.dlr_loss,
                            _dlr_second_largest, "*third*-largest"),
     "dlr-max-with-y": (check.dlr_loss, lambda m, x, y, sh, f, s: (m, x, y), reference.dlr_loss,

@@ -121,6 +121,11 @@ def _unchanged(before: torch.Tensor, after: torch.Tensor, name: str) -> None:
         raise _Wrong(f"your function changed its input `{name}` in place; work on a copy (e.g. `{name}.clone()`)")
 
 
+def _mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
@@ -209,13 +214,21 @@ def pgd(fn: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
         again = _tensor(fn(model, xb, yb, eps, alpha, steps), "pgd", xb.shape)
         torch.manual_seed(1)
         mine = 1 - _accuracy(model, out, yb)
-        ref = 1 - _accuracy(model, reference.pgd(model, xb, yb, eps, alpha, steps), yb)
-        one_step = 1 - _accuracy(model, reference.fgsm(model, xb, yb, eps), yb)
+        ref_x, fgsm_x = reference.pgd(model, xb, yb, eps, alpha, steps), reference.fgsm(model, xb, yb, eps)
+        ref, one_step = 1 - _accuracy(model, ref_x, yb), 1 - _accuracy(model, fgsm_x, yb)
         slack = max(0.1, 2 / len(yb))
         if mine < ref - slack:
             raise _Wrong(f"your PGD fools the model on {mine:.0%} of {len(yb)} images at eps = {eps:g}, the reference "
                          f"on {ref:.0%} (FGSM: {one_step:.0%}): take `steps` steps of size alpha along the gradient's "
                          "sign, projecting after each one, and recompute the gradient at the new point every step")
+        # the fooling rate can tie with the reference's (it did for a gradient taken once, at the start, on the
+        # course's CNN), but the loss it reaches cannot: the reference climbs well above FGSM's, and a PGD that
+        # stops short of halfway between them did not keep following the gradient
+        loss = [_mean_loss(model, a, yb) for a in (out, ref_x, fgsm_x)]
+        if loss[0] < (loss[1] + loss[2]) / 2:
+            raise _Wrong(f"your PGD reaches a mean cross-entropy of {loss[0]:.3f}, the reference {loss[1]:.3f} and "
+                         f"one FGSM step {loss[2]:.3f}: recompute the gradient at the new point every step (a "
+                         "gradient taken once and reused is FGSM in small steps)")
         if torch.equal(out, again):
             raise _Wrong("two runs with different seeds gave identical images: PGD starts at a uniformly random "
                          "point of the ball (x + U(−eps, eps), projected)")
