@@ -218,9 +218,8 @@ _PAPER_PROMPT = "photo of  a {}"
 _TINY: dict[str, Any] = {
     # sized so that a cold `make figures` (released models, every attack) stays within 20 min on 2 CPU cores.
     # Square runs 1,000 queries: at AutoAttack's 5,000 it broke none of the samples the gradient attacks left on
-    # the released models (0 of 25 on the standard CNN, 0 of 206 on the FGSM-RS CNN) and took 34 of the
-    # study's 50 minutes, one ViT forward per query and survivor; tiny-plus runs the 5,000 (reusing that
-    # run) and the 4x convergence check.
+    # Multi-Shield with the released models (0 of 24 on the standard CNN, 0 of 206 on the FGSM-RS CNN) and took
+    # 33 minutes of compute, one ViT forward per query and survivor; tiny-plus runs the 5,000 and the 4x check.
     "common": {"seed": 0, "tolerance": 1e-3, "n_iter": 30, "n_restarts": 1, "square_queries": 1000,
                "batch_size": 100, "device": "cpu"},
     "datasets": {
