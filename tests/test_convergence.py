@@ -24,6 +24,7 @@ def checked_study(smoke_study, tmp_path_factory):
         return cache, store, summary, jobs
 
 
+@pytest.mark.slow
 def test_the_check_adds_only_its_own_jobs_at_four_times_the_budget(checked_study):
     """Catches a check that recomputes the study's ensemble (turning it on must not change any other job's
     key) or runs at another budget than the one its table is read as."""
@@ -42,6 +43,7 @@ def test_the_check_adds_only_its_own_jobs_at_four_times_the_budget(checked_study
             assert opts["n_iter"] == CONVERGENCE_SCALE * OVERRIDES["n_iter"]
 
 
+@pytest.mark.slow
 def test_the_table_starts_from_the_worst_case_the_study_tables_and_counts_each_new_break_once(checked_study):
     """Catches a convergence table whose starting point is not the worst case the beyond table prints for the
     same defense, or whose moved samples and their attribution disagree with the rates it reports."""
