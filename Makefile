@@ -119,7 +119,7 @@ reference: $(OUT)/reproduction.md
 # Rough cold costs on 2 CPU cores (models trained, every attack run); cached models and results are reused.
 COST_smoke := about 5 minutes
 COST_tiny := about 15 minutes (released models, every attack)
-COST_tiny-plus := three to three and a half hours more than tiny (Square at 5,000 queries about 35 min, the 4x check about 110, the robust VLM 30 to 40)
+COST_tiny-plus := three and a half to four hours more than tiny (Square at 5,000 queries about 35 min, the 4x check about 110, the robust VLM about 60)
 COST_paper := many hours (a GPU machine, after make fetch PROFILE=paper)
 
 $(OUT)/%.ipynb: notebooks/%.ipynb $(RESULTS) $(READ_SRC)
