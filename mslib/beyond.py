@@ -44,9 +44,12 @@ def rejector_name(thr: float) -> str:
     return f"{CONFIDENCE} (no VLM, threshold {thr:.3g})"
 
 
-def defense_label(defense: str, vlm: str) -> str:
-    """A row's defense as a reader names it: Multi-Shield with its VLM, the others (which use none) alone."""
-    return f"Multi-Shield [{vlm}]" if defense == "Multi-Shield" else defense
+def defense_label(defense: str, vlm: str, matched: bool = False) -> str:
+    """A row's defense as a reader names it: Multi-Shield with its VLM, the others (which use none) alone, or
+    with ``matched`` (several configurations) with the Multi-Shield whose clean rejection the rejector matches."""
+    if defense == "Multi-Shield":
+        return f"Multi-Shield [{vlm}]"
+    return f"{defense} (matched to Multi-Shield [{vlm}])" if matched and vlm else defense
 
 
 def for_readers(df: pd.DataFrame) -> pd.DataFrame:

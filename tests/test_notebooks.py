@@ -693,12 +693,15 @@ def test_beyond_sentences_give_the_health_and_comparison_tables_numbers(smoke_ou
     assert len(lines) == len(flagged)
     for line, r in zip(lines, flagged.itertuples()):
         assert line.startswith(f"- {labels.classifier(r.classifier)}, ") and f"**{r.flag}**" in line, line
+        if r.defense != "Multi-Shield":  # smoke has two configurations: a rejector's line names its match
+            assert f", {r.defense} (matched to Multi-Shield [{r.vlm}]), " in line, line
         if r.flag == "zero gradients":
             m = re.search(rf"— (\d+) of (\d+) samples \(({NUM})%\) had an exactly zero gradient", line)
             assert m and (int(m[1]), int(m[2])) == (int(r.n_zero_grad), int(r.n_measured)), line
             _shown(m[3], float(r.zero_grad), 0, line)
         else:
-            assert f"broke {int(r.new_breaks)} samples" in line, line
+            n = int(r.new_breaks)
+            assert f"broke {n} sample{'s' if n != 1 else ''} that" in line, line
     square = health[health.gradient_free.astype(str) == "True"]
     m = re.search(r"ran last on what every gradient attack left unbroken in (\d+) ensembles and broke nothing new in "
                   r"(\d+) of them", text)
