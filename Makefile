@@ -86,7 +86,7 @@ system-deps:
 # computed once; TEST_WORKERS=0 runs the suite in one process
 TEST_WORKERS ?= 2
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q --durations=20 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # ---- results and figures ---------------------------------------------------------------------------
 results: $(RESULTS)

@@ -9,10 +9,11 @@ import torch
 from mslib.cache import REPO_ROOT, data_root, load_tensors
 from mslib.profiles import get_profile
 
-# 2 batches, few iterations, a light worst-case ensemble (1 agreement target, 8 Square queries), one template,
-# no VLM variant (the beyond tests add smoke's)
+# 2 batches, few iterations, a light worst-case ensemble (1 agreement target, 8 Square queries), no VLM variant
+# (the beyond tests add smoke's). The smoke profile's own templates: its LiT is trained for them, so the study,
+# the notebooks and the FARE variant's base share the session's one trained VLM.
 OVERRIDES = {"n_samples": 10, "batch_size": 5, "n_iter": 2, "eps_grid": (0.0, 0.05, 0.1),
-             "templates": ("a photo of a {}.",), "square_queries": 8, "agreement_targets": 1, "vlm_variants": {}}
+             "square_queries": 8, "agreement_targets": 1, "vlm_variants": {}}
 # the same small study with the smoke profile's VLM variant (a FARE-tuned LiT): its own jobs and the rescore jobs
 # that score the base configuration's examples with it
 VARIANT = {**OVERRIDES, "vlm_variants": get_profile("smoke").vlm_variants}

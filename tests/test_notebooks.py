@@ -37,20 +37,20 @@ FIGURE_DATA = ["zero_shot", "main_table", "security_curves", "tolerance", "galle
 
 
 @pytest.fixture(scope="module")
-def smoke_outputs(tmp_path_factory, smoke_models) -> Iterator[Path]:
+def smoke_outputs(tmp_path_factory, variant_study) -> Iterator[Path]:
     import papermill as pm
 
     from mslib.cache import data_root_at
-    from mslib.experiment import run_study
 
-    from results_helpers import fresh_cache
+    from results_helpers import study_copy
 
-    # a private results cache (the repository's trained models linked in): the test writes no result into data/
-    cache = fresh_cache(tmp_path_factory.mktemp("notebooks") / "cache")
+    # a private copy of the session's small study with the smoke VLM variant (computed once, shared with the
+    # results-layer and beyond tests; the trained models linked in): the notebooks write no result into data/.
+    # The notebooks read the plan its index records, overrides included, as they read any profile's.
+    cache = study_copy(variant_study, tmp_path_factory.mktemp("notebooks") / "cache")
     out = tmp_path_factory.mktemp("figures_smoke")
     # the kernels inherit MSLIB_CACHE; the module's tests read the same results (Store("smoke")) while it is set
     with data_root_at(cache):
-        assert run_study("smoke", progress=False).done  # the notebooks only read results: compute them first
         for nb in NOTEBOOKS:
             params = {"profile": "smoke", "out_dir": str(out)}
             if nb.stem == "06_intro_course":  # as many images as its figure shows: its data holds every image
@@ -342,7 +342,8 @@ def test_beyond_sentences_use_the_readers_names(smoke_outputs):
 
     cells = nbformat.read(smoke_outputs / "08_beyond_the_paper.ipynb", as_version=4).cells
     text = "".join("".join(o.get("data", {}).get("text/markdown", "")) for c in cells for o in c.get("outputs", []))
-    assert "Fashion-MNIST" in text and "wins by" in text
+    # a paired comparison's sentence: a winner, or (on the test study's few samples) no clear one
+    assert "Fashion-MNIST" in text and ("wins by" in text or "no clear winner" in text)
     assert "fashion_mnist" not in text and not re.search(r"[a-z]@[a-z]", text), text[:300]
 
 
