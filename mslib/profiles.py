@@ -246,7 +246,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "vlm": ("lit-vit-xs", _FASHION_LIT_SMOKE),
                 "eps_grid": (0.0, 0.05, 0.1), "tolerance_grid": (0.0, 1e-3, 1e-2, 5e-2),
                 "vlm_variants": {"lit-vit-xs-fare": _fare(_FASHION_LIT_SMOKE, steps=1, batch_size=64,
-                                                          train_subset=2000, n_check=100)},
+                                                          train_subset=2000, n_check=100, n_test=2000)},
             },
         },
     },

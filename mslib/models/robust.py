@@ -37,7 +37,7 @@ from .zeroshot import ImagePreprocess, ZeroShotClassifier
 CODE_VERSION = "lit-fare-1"
 
 _FARE_KEYS = {"source", "base", "eps", "steps", "epochs", "lr", "batch_size", "seed", "train_subset",
-              "weight_decay", "warmup", "n_check"}
+              "weight_decay", "warmup", "n_check", "n_test"}
 CHECK_ITERS = 10  # PGD iterations of the robustness check in train_info.json
 FARE_TRAIN_MS = 7.0  # per image, epoch and forward-backward pass on 2 CPU cores (the estimate said before training)
 VLM_LOGIT_SCALE = 100.0  # the CLIP-like scale on cosine similarities for CE (as the study's VLM attacks)
@@ -172,12 +172,16 @@ def load_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClas
         robust = _zero_shot(loaded, tok, names, templates).eval()
         n_check = int(spec.get("n_check", 200))
         check = torch.linspace(0, len(yt) - 1, n_check).long()  # an even spread of the test set
+        # the clean accuracies of train_info: the whole test set, or an even spread of n_test (a test profile's
+        # fine-tune would otherwise spend twice as long scoring 10,000 images as it spends training)
+        n_test = min(int(spec.get("n_test", len(yt))), len(yt))
+        scored = torch.linspace(0, len(yt) - 1, n_test).long() if n_test < len(yt) else slice(None)
         eps = float(spec["eps"])
         info = {"name": name, "train_seconds": round(seconds, 1), "n_train": len(x), "eps": eps,
-                "inner_steps": int(spec["steps"]), "n_test": len(yt), "n_check": n_check,
+                "inner_steps": int(spec["steps"]), "n_test": n_test, "n_check": n_check,
                 "check_attack": f"PGD-{CHECK_ITERS} CE on {VLM_LOGIT_SCALE:g}x similarities, eps {eps:g}"}
         for tag, zs in (("base", base_zs), ("fare", robust)):
-            info[f"{tag}_zero_shot_test_accuracy"] = evaluate(zs, xt, yt, batch_size=500)
+            info[f"{tag}_zero_shot_test_accuracy"] = evaluate(zs, xt[scored], yt[scored], batch_size=500)
             info[f"{tag}_zero_shot_pgd_accuracy"] = pgd_accuracy(zs, xt[check], yt[check], eps)
         info.update(trained_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), torch=torch.__version__,
                     threads=torch.get_num_threads(), checkpoint_bytes=(folder / WEIGHTS_NAME).stat().st_size)
