@@ -115,7 +115,7 @@ def test_smoke_vlm_zero_shot_far_above_chance(smoke):
     acc = (sims.argmax(1) == y).float().mean().item()
     assert acc >= 0.5, f"smoke VLM zero-shot accuracy {acc:.2f} (chance 0.10)"
     info = local.train_info("lit", p, p.vlm_spec)
-    assert info["zero_shot_test_accuracy"] >= 0.5 and info["n_test"] == 10000
+    assert info["zero_shot_test_accuracy"] >= 0.5 and info["n_test"] == p.vlm_spec["n_test"] == 2000
 
 
 def test_smoke_classifiers_far_above_chance(smoke):

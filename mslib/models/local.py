@@ -44,7 +44,7 @@ FASHION_MNIST_STD = 0.3530
 _CNN_KEYS = {"source", "arch", "recipe", "epochs", "lr", "batch_size", "seed", "eps", "train_subset",
              "weight_decay"}
 _LIT_KEYS = {"source", "text_tower", "image_size", "patch_size", "width", "layers", "heads", "embed_dim",
-             "epochs", "lr", "batch_size", "seed", "train_subset", "weight_decay", "mlp_ratio", "warmup"}
+             "epochs", "lr", "batch_size", "seed", "train_subset", "weight_decay", "mlp_ratio", "warmup", "n_test"}
 
 # Training cost per image per epoch on 2 CPU cores (measured), for the estimate said before training starts.
 CNN_TRAIN_MS = {"standard": 0.35, "fgsm-rs": 1.0}
@@ -403,8 +403,11 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
         write_checksums(folder, [CONFIG_NAME, WEIGHTS_NAME])  # last: marks the folder complete
         loaded, tok = create_open_clip(folder)
         xt, yt, _ = load_split(profile.dataset, "test", profile.data_options)
-        acc = evaluate(_zero_shot(loaded, tok, names, templates), xt, yt, batch_size=500)
-        write_json({"name": name, "zero_shot_test_accuracy": acc, "templates": templates, "n_test": len(yt),
+        # train_info's accuracy: the whole test set, or an even spread of the spec's n_test (a test profile's)
+        n_test = min(int(spec.get("n_test", len(yt))), len(yt))
+        scored = torch.linspace(0, len(yt) - 1, n_test).long() if n_test < len(yt) else slice(None)
+        acc = evaluate(_zero_shot(loaded, tok, names, templates), xt[scored], yt[scored], batch_size=500)
+        write_json({"name": name, "zero_shot_test_accuracy": acc, "templates": templates, "n_test": n_test,
                     "n_train": len(y), "train_seconds": round(seconds, 1),
                     "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
