@@ -93,7 +93,10 @@ def test_an_exported_release_loads_back_as_the_trained_models_and_train_mode_ign
             assert torch.equal(shipped(x), trained(x))
     assert release_tool.export(["smoke-small"]) == []  # already released: nothing rewritten
     lines = release_tool.retrain(["smoke-small"])
-    assert all("+0.00 points, +0 of 10000" in line for line in lines), lines
+    # each scored on the test images its recipe names: the CNN on all 10,000, the smoke LiT on its n_test
+    n_vlm = small.vlm_spec.get("n_test", 10000)
+    assert len(lines) == 2 and "+0.00 points, +0 of 10000 test images" in lines[0], lines
+    assert f"+0.00 points, +0 of {n_vlm} test images" in lines[1], lines
 
 
 def test_files_written_by_the_cache_and_the_reports_follow_the_umask(tmp_path):
