@@ -167,6 +167,11 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / max(1, len(labels))
 
 
+def even_spread(n: int, total: int) -> torch.Tensor:
+    """Indices of ``n`` samples spread evenly over ``total`` (all of them when ``n >= total``)."""
+    return torch.arange(total) if n >= total else torch.linspace(0, total - 1, n).long()
+
+
 def _record(kind: str, profile: Any, spec: dict[str, Any]) -> dict[str, Any]:
     rec = {"kind": kind, "dataset": profile.dataset, "data_options": dict(profile.data_options),
            "spec": dict(spec), "code_version": CODE_VERSION}
@@ -405,7 +410,7 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
         xt, yt, _ = load_split(profile.dataset, "test", profile.data_options)
         # train_info's accuracy: the whole test set, or an even spread of the spec's n_test (a test profile's)
         n_test = min(int(spec.get("n_test", len(yt))), len(yt))
-        scored = torch.linspace(0, len(yt) - 1, n_test).long() if n_test < len(yt) else slice(None)
+        scored = even_spread(n_test, len(yt))
         acc = evaluate(_zero_shot(loaded, tok, names, templates), xt[scored], yt[scored], batch_size=500)
         write_json({"name": name, "zero_shot_test_accuracy": acc, "templates": templates, "n_test": n_test,
                     "n_train": len(y), "train_seconds": round(seconds, 1),
@@ -514,5 +519,5 @@ def _class_names(profile: Any) -> list[str]:
     return load_split(profile.dataset, "test", profile.data_options)[2]
 
 
-__all__ = ["ARCHS", "CODE_VERSION", "SmallCNN", "evaluate", "lit_open_clip_config", "load_lit_vlm",
+__all__ = ["ARCHS", "CODE_VERSION", "SmallCNN", "evaluate", "even_spread", "lit_open_clip_config", "load_lit_vlm",
            "load_local_classifier", "locate_lit_vlm", "locate_local_classifier", "model_dir", "train_cnn", "train_info", "train_lit"]

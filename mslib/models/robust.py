@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..cache import entry_dir, file_sha256, folder_intact, write_checksums, write_json
 from .local import _LIT_KEYS, _check_spec, _class_names, _lr_at, _normal_mode, _optimizer_step, _train_data, \
-    _zero_shot, evaluate, load_lit_vlm, load_released_lit, locate_model_folder, locate_released, model_dir
+    _zero_shot, evaluate, even_spread, load_lit_vlm, load_released_lit, locate_model_folder, locate_released, model_dir
 from .released import announce_training
 from .zeroshot import ImagePreprocess, ZeroShotClassifier
 
@@ -171,11 +171,11 @@ def load_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClas
         xt, yt, names = load_split(profile.dataset, "test", profile.data_options)
         robust = _zero_shot(loaded, tok, names, templates).eval()
         n_check = int(spec.get("n_check", 200))
-        check = torch.linspace(0, len(yt) - 1, n_check).long()  # an even spread of the test set
+        check = even_spread(n_check, len(yt))
         # the clean accuracies of train_info: the whole test set, or an even spread of n_test (a test profile's
         # fine-tune would otherwise spend twice as long scoring 10,000 images as it spends training)
         n_test = min(int(spec.get("n_test", len(yt))), len(yt))
-        scored = torch.linspace(0, len(yt) - 1, n_test).long() if n_test < len(yt) else slice(None)
+        scored = even_spread(n_test, len(yt))
         eps = float(spec["eps"])
         info = {"name": name, "train_seconds": round(seconds, 1), "n_train": len(x), "eps": eps,
                 "inner_steps": int(spec["steps"]), "n_test": n_test, "n_check": n_check,
