@@ -44,12 +44,18 @@ def rejector_name(thr: float) -> str:
     return f"{CONFIDENCE} (no VLM, threshold {thr:.3g})"
 
 
+def several_configurations(df: pd.DataFrame) -> bool:
+    """Whether a table holds Multi-Shield with more than one VLM: then a rejector's rows would read alike, and
+    they say which Multi-Shield's clean rejection their threshold was matched to."""
+    return df.loc[df.defense == "Multi-Shield", "vlm"].nunique() > 1
+
+
 def defense_label(defense: str, vlm: str, matched: bool = False) -> str:
-    """A row's defense as a reader names it: Multi-Shield with its VLM, the others (which use none) alone, or
-    with ``matched`` (several configurations) with the Multi-Shield whose clean rejection the rejector matches."""
+    """A row's defense as a reader names it: Multi-Shield with its VLM, the others (which use none) alone; with
+    ``matched`` (:func:`several_configurations`) the confidence rejector names the Multi-Shield it matches."""
     if defense == "Multi-Shield":
         return f"Multi-Shield [{vlm}]"
-    return f"{defense} (matched to Multi-Shield [{vlm}])" if matched and vlm else defense
+    return f"{defense} (matched to Multi-Shield [{vlm}])" if matched and defense == CONFIDENCE else defense
 
 
 def for_readers(df: pd.DataFrame) -> pd.DataFrame:
@@ -58,9 +64,8 @@ def for_readers(df: pd.DataFrame) -> pd.DataFrame:
     Multi-Shield the rejector's threshold was matched to; the codes stay in the CSV (a rejector's ``vlm`` there
     is the configuration it was matched in)."""
     out = df.copy()
-    several = df.loc[df.defense == "Multi-Shield", "vlm"].nunique() > 1
+    several = several_configurations(df)
     for i in out.index[out.defense != "Multi-Shield"]:
-        # with several configurations the rejector's rows would read alike: say which one it was matched in
         matched = several and out.at[i, "defense"] == CONFIDENCE
         out.at[i, "vlm"] = f"none (matched to Multi-Shield [{df.at[i, 'vlm']}])" if matched else "none"
     return out

@@ -30,8 +30,9 @@ def _pct(v: float) -> str:
 
 
 def _pts(v: float, lo: float | None = None, hi: float | None = None) -> str:
-    ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo is not None else ""
-    return f"{100 * v:+.1f} points{ci}"
+    # + 0.0: a difference that rounds to zero reads "+0.0", never "-0.0"
+    ci = f" [{round(100 * lo, 1) + 0.0:+.1f}, {round(100 * hi, 1) + 0.0:+.1f}]" if lo is not None else ""
+    return f"{round(100 * v, 1) + 0.0:+.1f} points{ci}"
 
 
 def _one(df: pd.DataFrame, **match: str) -> pd.Series:
@@ -124,7 +125,7 @@ def _convergence_text(conv: pd.DataFrame, plus_main: pd.DataFrame, main: pd.Data
         square.append(f"{NAMES.get(row['classifier'], row['classifier'])} {_pct(row['ms_robust_acc_worst'])} → "
                       f"{_pct(full['ms_robust_acc_worst'])}")
     moves = [f"{NAMES.get(r.classifier, r.classifier)}, {r.defense}{'' if r.defense != 'Multi-Shield' else f' [{r.vlm}]'}: "
-             f"{_pct(r.robust_acc_base)} → {_pct(r.robust_acc_stronger)} ({_pts(0.0 - r.moved, -r.moved_hi, -r.moved_lo)}; "
+             f"{_pct(r.robust_acc_base)} → {_pct(r.robust_acc_stronger)} ({_pts(-r.moved, -r.moved_hi, -r.moved_lo)}; "
              + (f"{r.moved_samples} of {r.n} samples more broken, by {r.found_by})" if r.moved_samples else
                 f"none of {r.n} more broken)") for r in conv.itertuples()]
     settled = "every worst case moved by at most 1 point" if conv["moved"].max() <= 0.01 else \
