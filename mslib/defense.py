@@ -14,6 +14,7 @@ rejecting when its max softmax probability is below a threshold.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,6 +44,15 @@ def decide(f: torch.Tensor, s: torch.Tensor, tolerance: float) -> torch.Tensor:
     class (argmax takes the first maximum).
     """
     return rejection_logits(f, s, tolerance).argmax(dim=1)  # it checks that f and s score the same classes
+
+
+@dataclass
+class BranchWork:
+    """Rows of one backward pass through Multi-Shield whose VLM backward was left out (``skipped``) or run
+    with an exactly zero output gradient because other rows of the batch needed it (``idle``)."""
+
+    skipped: int = 0
+    idle: int = 0
 
 
 class MultiShield(nn.Module):
@@ -79,19 +89,51 @@ class MultiShield(nn.Module):
     def tolerance(self, value: float) -> None:
         self._tolerance = check_tolerance(value, "tolerance")
 
-    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classifier logits and VLM similarities, each computed once (inputs and outputs checked)."""
+    def branches(self, x: torch.Tensor, x_vlm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classifier logits and VLM similarities, each computed once (inputs and outputs checked); the VLM
+        reads ``x_vlm`` when given (the same images, another autograd leaf)."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a tensor of shape (N, C, H, W) in [0, 1], got {shape}")
         check_unit_range(x, "x")
         f = check_finite_output(self.classifier(x), "the classifier branch of MultiShield", x.shape[0])
-        s = check_finite_output(self.vlm(x), "the VLM branch of MultiShield", x.shape[0])
+        s = check_finite_output(self.vlm(x if x_vlm is None else x_vlm), "the VLM branch of MultiShield", x.shape[0])
         return f, s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f, s = self.branches(x)
         return rejection_logits(f, s, self.tolerance)
+
+    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, loss_fn, skip_idle: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, BranchWork]:
+        """Logits, per-sample loss and its input gradient at ``x`` (bit for bit what autograd through
+        ``forward`` gives, but for the sign of a zero where the VLM part is left out), and what the VLM's
+        backward pass did (:class:`BranchWork`).
+
+        The VLM's part of the input gradient is its backward pass fed dloss/ds. Where the classifier's and
+        the VLM's top classes coincide, ``|max s − s_ŷ|`` does not depend on s (max and gather pick the same
+        entry, and the gradient of |·| at 0 is 0), so dloss/ds is exactly 0 there whatever the loss. A
+        batch whose every row has a zero dloss/ds gets an exactly zero VLM part (zero in, zero out through
+        every layer of a finite network; only the sign of a zero may differ, and APGD's sign step adds ±0),
+        so ``skip_idle`` leaves that backward pass out. A batch with some such rows still runs it on all
+        of them: a backward pass on fewer rows runs other matrix kernels, whose last bits differ.
+        """
+        x = x.detach().requires_grad_(True)
+        xv = x.detach().requires_grad_(True)  # the VLM's own leaf: its graph is walked only when needed
+        with torch.enable_grad():
+            f, s = self.branches(x, xv)
+            logits = rejection_logits(f, s, self.tolerance)
+            loss = loss_fn(logits, y)
+            grad, g_s = torch.autograd.grad(loss.sum(), [x, s], allow_unused=True)
+            g_s = torch.zeros_like(s) if g_s is None else g_s
+            idle = (g_s == 0).all(dim=1)
+            n = x.shape[0]
+            if skip_idle and bool(idle.all()):
+                work = BranchWork(skipped=n)
+            else:
+                grad = grad + torch.autograd.grad(s, [xv], g_s)[0]
+                work = BranchWork(idle=int(idle.sum()))
+        return logits.detach(), loss.detach(), grad.detach(), work
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

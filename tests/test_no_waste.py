@@ -1,14 +1,20 @@
 """Work that cannot change a result is not done: a finished study reruns without loading a model or reading
-an image, model identities come from the checkpoint files alone, and class prompts are encoded in batches."""
+an image, model identities come from the checkpoint files alone, class prompts are encoded in batches, and
+Multi-Shield's VLM backward pass is left out where it can only add zeros."""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
+import pytest
+import torch
 
 import mslib.cache
 import mslib.models
+from mslib.attacks import frozen, losses
+from mslib.attacks.apgd import apgd
 from mslib.cache import data_root_at
+from mslib.defense import MultiShield
 from mslib.experiment import run_study
 
 from results_helpers import OVERRIDES, study_copy
@@ -66,3 +72,44 @@ def test_located_identities_of_the_released_tiny_models_are_the_loaded_ones():
     for name in tiny.classifiers:
         assert classifier_identity(tiny, name) == mslib.load_classifier(tiny, name).identity, name
     assert vlm_identity(tiny) == mslib.load_vlm(tiny).identity
+
+
+class _Plain(torch.nn.Module):
+    """Multi-Shield seen only through ``forward``: the attack's generic autograd path."""
+
+    rejects = True
+
+    def __init__(self, ms: MultiShield) -> None:
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ms(x)
+
+
+@pytest.mark.parametrize("loss", [losses.dlr_reject_loss_paper, losses.ce_reject_loss], ids=["paper-dlr", "ce"])
+def test_leaving_out_the_idle_vlm_backward_returns_the_same_bytes(loss, smoke_models):
+    """Catches a skipped VLM backward pass whose gradient was not exactly zero (x_adv moves elsewhere), a split
+    of the two branches' gradients that sums them differently from autograd, and counters that do not add up."""
+    from mslib.data import load_eval_set
+    from mslib.models import load_classifier, load_vlm
+
+    p = smoke_models
+    x, y, _ = load_eval_set(p)  # real Fashion-MNIST test images, the smoke LiT (a ViT) and both CNNs
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    vlm, skipped, idle = load_vlm(p), 0, 0
+    for name in p.classifiers:
+        ms = MultiShield(load_classifier(p, name), vlm, p.tolerance).eval()
+        with frozen(ms):
+            runs = [apgd(m, x, y, 0.1, loss, losses.misclassified_not_rejected, noise, n_iter=10, **kw)
+                    for m, kw in ((_Plain(ms), {}), (ms, {"skip_idle_branches": False}), (ms, {}))]
+        plain, full, skip = runs
+        for r in (full, skip):
+            assert torch.equal(r.x_adv, plain.x_adv) and torch.equal(r.success, plain.success)
+            assert torch.equal(r.loss_best, plain.loss_best) and r.success_curve == plain.success_curve
+            assert r.n_backward == plain.n_backward  # the same samples and steps (the VLM's share aside)
+        assert plain.n_branch_skipped == plain.n_branch_idle == 0 and full.n_branch_skipped == 0
+        # every row the skip left out was a row the full run computed with a zero output gradient
+        assert full.n_branch_idle == skip.n_branch_idle + skip.n_branch_skipped
+        skipped, idle = skipped + skip.n_branch_skipped, idle + skip.n_branch_idle
+    assert skipped > 0 and idle > 0  # both kinds of batch occurred: whole batches left out, and mixed ones

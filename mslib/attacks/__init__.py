@@ -35,6 +35,8 @@ class AttackResult:
     loss_curve: list[float] = field(default_factory=list)
     n_forward: int = 0
     n_backward: int = 0
+    n_branch_skipped: int = 0  # rows of backward passes whose VLM part was left out (it could only add zeros)
+    n_branch_idle: int = 0  # rows on which it ran with a zero output gradient (other rows of the batch needed it)
     seconds: float = 0.0
     zero_grad: torch.Tensor | None = None  # int8 per sample: 1 zero input gradient at the start, 0 not, -1 unmeasured
 
@@ -59,9 +61,10 @@ def sample_noise(shape: Sequence[int], indices: torch.Tensor, seed: int, restart
 def apgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, loss_fn: losses.LossFn,
                   success_fn: losses.SuccessFn, n_iter: int = 100, n_restarts: int = 1, seed: int = 0,
                   indices: torch.Tensor | None = None, compact: bool = True, rho: float = 0.75,
-                  skip_fixed_points: bool = True) -> APGDResult:
+                  skip_fixed_points: bool = True, skip_idle_branches: bool = True) -> APGDResult:
     """APGD with restarts: samples already broken (clean or by an earlier restart) are not attacked again.
-    ``skip_fixed_points=False`` attacks fixed points too (same result, for benchmarks of the skip)."""
+    ``skip_fixed_points=False`` attacks fixed points too, ``skip_idle_branches=False`` runs Multi-Shield's
+    VLM backward pass where it can only add zeros (same results, for benchmarks of the skips)."""
     indices = torch.arange(x.shape[0]) if indices is None else indices
     with torch.no_grad():
         logits = model(x)
@@ -74,7 +77,7 @@ def apgd_restarts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
             break
         noise = sample_noise(x.shape, indices[todo.cpu()], seed, r, device=x.device, dtype=x.dtype)
         res = apgd(model, x[todo], y[todo], eps, loss_fn, success_fn, noise, n_iter=n_iter, rho=rho, compact=compact,
-                   skip_fixed_points=skip_fixed_points)
+                   skip_fixed_points=skip_fixed_points, skip_idle_branches=skip_idle_branches)
         total.absorb(todo, res)
     if not total.success_curve:
         total.success_curve = [int(total.success.sum())] * (n_iter + 1)
@@ -282,6 +285,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
             out.loss_curve = _add(out.loss_curve, [v * x.shape[0] for v in res.loss_curve])
             out.n_forward += res.n_forward
             out.n_backward += res.n_backward
+            out.n_branch_skipped += getattr(res, "n_branch_skipped", 0)
+            out.n_branch_idle += getattr(res, "n_branch_idle", 0)
             if getattr(res, "zero_grad", None) is not None:
                 if out.zero_grad is None:
                     out.zero_grad = torch.full((images.shape[0],), -1, dtype=torch.int8)

@@ -31,6 +31,11 @@ class APGDResult:
     loss_curve: list[float] = field(default_factory=list)
     n_forward: int = 0
     n_backward: int = 0
+    # rows of backward passes whose second branch (Multi-Shield's VLM) was left out because its output
+    # gradient was exactly zero on every row of the batch, and rows on which it ran with a zero output
+    # gradient because other rows of their batch needed it
+    n_branch_skipped: int = 0
+    n_branch_idle: int = 0
     # per sample: 1 if the loss gradient w.r.t. the input was exactly zero at the first start point, 0 if
     # not, -1 if never measured (broken before any gradient step, or a gradient-free attack)
     zero_grad: torch.Tensor | None = None
@@ -47,6 +52,8 @@ class APGDResult:
         self.loss_curve += list(res.loss_curve)
         self.n_forward += res.n_forward
         self.n_backward += res.n_backward
+        self.n_branch_skipped += res.n_branch_skipped
+        self.n_branch_idle += res.n_branch_idle
         if res.zero_grad is not None:
             if self.zero_grad is None:
                 self.zero_grad = torch.full((self.success.shape[0],), -1, dtype=torch.int8, device=res.zero_grad.device)
@@ -77,7 +84,16 @@ def linf_random_start(x: torch.Tensor, eps: float, noise: torch.Tensor) -> torch
     return (x + eps * t / (norm + 1e-12)).clamp(0.0, 1.0)
 
 
-def _loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn):
+def _loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, res: APGDResult,
+                   skip_idle_branches: bool):
+    """Logits, loss and input gradient at ``x_adv``; a model with its own ``loss_and_grad`` (Multi-Shield:
+    it leaves out a branch's backward pass that can only add zeros) computes them, and its work is counted."""
+    own = getattr(model, "loss_and_grad", None)
+    if own is not None:
+        logits, loss, grad, work = own(x_adv, y, loss_fn, skip_idle_branches)
+        res.n_branch_skipped += work.skipped
+        res.n_branch_idle += work.idle
+        return logits, loss, grad
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x_adv)
@@ -99,6 +115,7 @@ def apgd(
     compact: bool = True,
     x_init: torch.Tensor | None = None,
     skip_fixed_points: bool = True,
+    skip_idle_branches: bool = True,
 ) -> APGDResult:
     """One APGD run from a random start (``noise`` ~ U[0,1), shape of ``x``) or from ``x_init``.
 
@@ -106,6 +123,8 @@ def apgd(
     point by loss) and whether one was found. With ``compact`` and ``skip_fixed_points``, a sample whose
     start point is a fixed point (exactly zero gradient, inside the projection's box) leaves the batch at
     once with that point as its result, which is exactly where the full run would leave it.
+    ``skip_idle_branches`` lets a model with its own ``loss_and_grad`` leave out backward work that can only
+    add zeros (the same bytes either way).
     """
     n = x.shape[0]
     dims = [1] * (x.dim() - 1)
@@ -117,7 +136,7 @@ def apgd(
     idx = torch.arange(n, device=x.device)  # positions (in this batch) of the samples still attacked
     x_adv = x_init.clone() if x_init is not None else linf_random_start(x, eps, noise)
     x_adv = x_adv.clamp(0.0, 1.0)
-    logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn)
+    logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn, res, skip_idle_branches)
     res.n_forward += n
     res.n_backward += n
     res.zero_grad = zero_gradient(grad)
@@ -176,7 +195,7 @@ def apgd(
             x1 = torch.clamp(torch.addcmul(x_adv, step, torch.sign(grad)), lo, hi)
             x_adv = torch.clamp(x_adv + (x1 - x_adv) * a + grad2 * (1 - a), lo, hi)
 
-        logits, loss, grad = _loss_and_grad(model, x_adv, ys, loss_fn)
+        logits, loss, grad = _loss_and_grad(model, x_adv, ys, loss_fn, res, skip_idle_branches)
         res.n_forward += idx.numel()
         res.n_backward += idx.numel()
         record_success(success_fn(logits, ys), x_adv)
