@@ -74,13 +74,18 @@ def original_chain(path: Path, clf, vlm, x, y, eps: float, n_iter: int, bs: int,
 
 def mslib_chain(clf, vlm, x, y, eps: float, n_iter: int, bs: int, tolerance: float, seed: int, skip: bool):
     ms = MultiShield(clf, vlm, tolerance=tolerance).eval()
-    kw = dict(n_iter=n_iter, seed=seed, batch_size=bs, skip_fixed_points=skip)
+    kw = dict(n_iter=n_iter, seed=seed, batch_size=bs, skip_fixed_points=skip, skip_idle_branches=skip)
     ce = run_attack(ms, x, y, "apgd-ce-reject", eps, **kw)
     x_adv = ce.x_adv.clone()
     left = (~ce.success).nonzero().squeeze(1)
+    runs = [("CE", ce)]
     if left.numel():
         dlr = run_attack(ms, x[left], y[left], "apgd-dlr-reject", eps, indices=left, **kw)
         x_adv[left] = dlr.x_adv
+        runs.append(("DLR", dlr))
+    for stage, r in runs:  # the pass accounting: sample-steps, and the VLM's share of their backward passes
+        print(f"  {stage}: {r.n_backward} sample-steps with a gradient (nominal {len(r.success) * (n_iter + 1)}); "
+              f"VLM backward left out on {r.n_branch_skipped}, run idle on {r.n_branch_idle} (rows of mixed batches)")
     return x_adv, ms
 
 
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classifier", default="standard")
     ap.add_argument("--n", type=int, default=300, help="the first n evaluation images")
     ap.add_argument("--n-iter", type=int, default=30)
-    ap.add_argument("--no-skip", action="store_true", help="mslib without the exact fixed-point skip")
+    ap.add_argument("--no-skip", action="store_true",
+                    help="mslib without its exact skips (fixed points, the VLM backward where it adds only zeros)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.side == "original" and not (args.original and (args.original / "modified_autoattack.py").is_file()):
