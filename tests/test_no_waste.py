@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import mslib.cache
 import mslib.models
@@ -113,3 +114,48 @@ def test_leaving_out_the_idle_vlm_backward_returns_the_same_bytes(loss, smoke_mo
         assert full.n_branch_idle == skip.n_branch_idle + skip.n_branch_skipped
         skipped, idle = skipped + skip.n_branch_skipped, idle + skip.n_branch_idle
     assert skipped > 0 and idle > 0  # both kinds of batch occurred: whole batches left out, and mixed ones
+
+
+def test_class_prompts_are_encoded_many_classes_per_pass(smoke_models):
+    """Catches a builder that encodes one class per forward pass again (1,000 passes for ImageNet), batches that
+    mix up classes and templates, and a change of how prompts are encoded that leaves the open_clip and Hugging
+    Face VLMs' identities (so the keys of their results) as they were."""
+    from mslib.models import SOURCES, _identity, load_vlm
+    from mslib.models.zeroshot import build_text_embeddings
+
+    model, tokenizer = load_vlm(smoke_models).text_tower  # the smoke LiT's MiniLM text tower
+    calls = []
+
+    class Counted(torch.nn.Module):
+        def encode_text(self, tokens):
+            calls.append(len(tokens["input_ids"] if isinstance(tokens, dict) else tokens))
+            return model.encode_text(tokens)
+
+    names = ["T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+    templates = ["a photo of a {}.", "a picture of a {}.", "this is a {}"]
+    for norm in ("standard", "original"):
+        calls.clear()
+        one = build_text_embeddings(Counted(), tokenizer, names, templates, text_norm=norm, max_texts=1)
+        assert calls == [3] * 10  # the old way: a pass per class
+        calls.clear()
+        many = build_text_embeddings(Counted(), tokenizer, names, templates, text_norm=norm, max_texts=12)
+        assert calls == [12, 12, 6]  # 4 whole classes per pass
+        assert many.shape == one.shape == (10, one.shape[1]) and torch.allclose(many, one, atol=1e-6)
+    calls.clear()
+
+    class Hashing(torch.nn.Module):  # ImageNet's size: a feature per caption that names its class and template
+        def encode_text(self, tokens):
+            calls.append(len(tokens))
+            return torch.stack([torch.tensor([float(hash(t) % 997), 1.0 + len(t)]) for t in tokens])
+
+    imagenet = [f"class {i}" for i in range(1000)]
+    emb = build_text_embeddings(Hashing(), lambda texts: texts, imagenet, ["a photo of a {}."])
+    assert calls == [256, 256, 256, 232]
+    feats = torch.tensor([[float(hash(f"a photo of a {c}.") % 997), 1.0 + len(f"a photo of a {c}.")]
+                          for c in imagenet])
+    want = F.normalize(F.normalize(feats, dim=-1), dim=-1)  # one template: normalized, averaged, normalized
+    assert torch.equal(emb, want)  # row i is class i's caption
+    loader = SOURCES["open_clip"].function("load")
+    for source in ("open_clip", "hf-clip"):
+        assert _identity(source, {}, loader, ["0"])["source_version"] == 2
+    assert "source_version" not in _identity("lit", {}, SOURCES["lit"].function("load"), ["0"])

@@ -45,6 +45,10 @@ class SourceSpec:
     locate: str | None = None
     assets: str | None = None
     standin: str | None = None
+    # bump when a change to this source's loading changes what its models compute (the identities of its
+    # models, and the keys of every result made with them, change with it; the loader module's CODE_VERSION
+    # would change those of every source in the module)
+    version: int = 1
 
     def function(self, field: str) -> Callable[..., Any]:
         """The function a field names (``ValueError`` when the source has none)."""
@@ -70,10 +74,11 @@ SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("lit", "vlm", "LiT model trained here", _LOCAL + "load_lit_vlm", _LOCAL + "locate_lit_vlm"),
     SourceSpec("lit-fare", "vlm", "LiT model, FARE-fine-tuned here", "mslib.models.robust:load_lit_fare",
                "mslib.models.robust:locate_lit_fare"),
+    # version 2: class prompts encoded many classes per forward pass (the same means, other last bits)
     SourceSpec("open_clip", "vlm", "open_clip checkpoint", _PAPER + "load_open_clip_vlm",
-               assets=_PAPER + "open_clip_assets", standin=_STANDINS + "open_clip"),
+               assets=_PAPER + "open_clip_assets", standin=_STANDINS + "open_clip", version=2),
     SourceSpec("hf-clip", "vlm", "Hugging Face CLIP", _PAPER + "load_hf_clip_vlm", assets=_PAPER + "hf_clip_assets",
-               standin=_STANDINS + "hf_clip"),
+               standin=_STANDINS + "hf_clip", version=2),
 )}
 # views by kind (source name -> "module:function" of the loader)
 CLASSIFIER_SOURCES: dict[str, str] = {n: s.load for n, s in SOURCES.items() if s.kind == "classifier"}
@@ -113,7 +118,11 @@ def model_identity(model: nn.Module, source: str, spec: dict[str, Any], loader: 
 def _identity(source: str, spec: dict[str, Any], loader: Callable[..., nn.Module], sha256: list[str]
               ) -> dict[str, Any]:
     code = getattr(importlib.import_module(loader.__module__), "CODE_VERSION", None)
-    return {"source": source, "spec": dict(spec), "code": code, "sha256": list(sha256)}
+    identity = {"source": source, "spec": dict(spec), "code": code, "sha256": list(sha256)}
+    version = SOURCES[source].version if source in SOURCES else 1
+    if version != 1:  # absent at 1, so the identities of sources never bumped stay what they were
+        identity["source_version"] = version
+    return identity
 
 
 def _located_identity(profile: Any, name: str, spec: dict[str, Any], what: str) -> dict[str, Any] | None:

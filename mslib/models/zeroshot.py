@@ -125,8 +125,12 @@ def build_text_embeddings(
     templates: Sequence[str | Callable[[str], str]],
     device: torch.device | str = "cpu",
     text_norm: TextNorm = "standard",
+    max_texts: int = 256,
 ) -> torch.Tensor:
     """(K, D) class embeddings: each template's text embedding normalized, averaged, re-normalized.
+
+    Captions are encoded whole classes at a time, up to ``max_texts`` captions per forward pass (at least
+    one class): ImageNet's 1,000 classes under one template take 4 passes, not 1,000.
 
     ``text_norm='original'`` reproduces the original Multi-Shield code's Hugging Face path
     (``models/CLIP.py``: ``label_emb = get_text_features(...); label_emb /= torch.norm(label_emb, dim=0)``,
@@ -139,17 +143,22 @@ def build_text_embeddings(
         raise ValueError("templates must not be empty")
     if text_norm not in ("standard", "original"):
         raise ValueError(f"text_norm must be 'standard' or 'original', got {text_norm!r}")
+    if max_texts < 1:
+        raise ValueError(f"max_texts must be >= 1, got {max_texts}")
+    n_t = len(templates)
+    per_pass = max(1, max_texts // n_t)  # whole classes per forward pass, as open_clip's builder batches them
     rows = []
-    for name in classnames:
-        texts = [t(name) if callable(t) else t.format(name) for t in templates]
+    for start in range(0, len(classnames), per_pass):
+        chunk = classnames[start:start + per_pass]
+        texts = [t(name) if callable(t) else t.format(name) for name in chunk for t in templates]
         tokens = tokenizer(texts)
         tokens = tokens.to(device) if isinstance(tokens, torch.Tensor) else tokens
-        feats = model.encode_text(tokens).float()
+        feats = model.encode_text(tokens).float().reshape(len(chunk), n_t, -1)
         if text_norm == "original":
-            rows.append(feats.mean(dim=0))
+            rows.append(feats.mean(dim=1))
         else:
-            rows.append(F.normalize(F.normalize(feats, dim=-1).mean(dim=0), dim=-1))
-    emb = torch.stack(rows)
+            rows.append(F.normalize(F.normalize(feats, dim=-1).mean(dim=1), dim=-1))
+    emb = torch.cat(rows)
     if text_norm == "original":
         # a feature that is 0 for every class (the LiT's MiniLM tower has two) stays 0 instead of 0/0 = NaN,
         # which would turn every similarity into NaN
