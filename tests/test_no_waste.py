@@ -155,7 +155,6 @@ def test_class_prompts_are_encoded_many_classes_per_pass(smoke_models):
                           for c in imagenet])
     want = F.normalize(F.normalize(feats, dim=-1), dim=-1)  # one template: normalized, averaged, normalized
     assert torch.equal(emb, want)  # row i is class i's caption
-    loader = SOURCES["open_clip"].function("load")
     for source in ("open_clip", "hf-clip"):
-        assert _identity(source, {}, loader, ["0"])["source_version"] == 2
+        assert _identity(source, {}, SOURCES[source].function("load"), ["0"])["source_version"] == 2
     assert "source_version" not in _identity("lit", {}, SOURCES["lit"].function("load"), ["0"])

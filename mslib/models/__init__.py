@@ -119,7 +119,7 @@ def _identity(source: str, spec: dict[str, Any], loader: Callable[..., nn.Module
               ) -> dict[str, Any]:
     code = getattr(importlib.import_module(loader.__module__), "CODE_VERSION", None)
     identity = {"source": source, "spec": dict(spec), "code": code, "sha256": list(sha256)}
-    version = SOURCES[source].version if source in SOURCES else 1
+    version = SOURCES[source].version
     if version != 1:  # absent at 1, so the identities of sources never bumped stay what they were
         identity["source_version"] = version
     return identity

@@ -409,10 +409,9 @@ def load_lit_vlm(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClass
         loaded, tok = create_open_clip(folder)
         xt, yt, _ = load_split(profile.dataset, "test", profile.data_options)
         # train_info's accuracy: the whole test set, or an even spread of the spec's n_test (a test profile's)
-        n_test = min(int(spec.get("n_test", len(yt))), len(yt))
-        scored = even_spread(n_test, len(yt))
+        scored = even_spread(int(spec.get("n_test", len(yt))), len(yt))
         acc = evaluate(_zero_shot(loaded, tok, names, templates), xt[scored], yt[scored], batch_size=500)
-        write_json({"name": name, "zero_shot_test_accuracy": acc, "templates": templates, "n_test": n_test,
+        write_json({"name": name, "zero_shot_test_accuracy": acc, "templates": templates, "n_test": len(scored),
                     "n_train": len(y), "train_seconds": round(seconds, 1),
                     "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__,
                     "threads": torch.get_num_threads(),

@@ -174,11 +174,10 @@ def load_lit_fare(profile: Any, name: str, spec: dict[str, Any]) -> ZeroShotClas
         check = even_spread(n_check, len(yt))
         # the clean accuracies of train_info: the whole test set, or an even spread of n_test (a test profile's
         # fine-tune would otherwise spend twice as long scoring 10,000 images as it spends training)
-        n_test = min(int(spec.get("n_test", len(yt))), len(yt))
-        scored = even_spread(n_test, len(yt))
+        scored = even_spread(int(spec.get("n_test", len(yt))), len(yt))
         eps = float(spec["eps"])
         info = {"name": name, "train_seconds": round(seconds, 1), "n_train": len(x), "eps": eps,
-                "inner_steps": int(spec["steps"]), "n_test": n_test, "n_check": n_check,
+                "inner_steps": int(spec["steps"]), "n_test": len(scored), "n_check": n_check,
                 "check_attack": f"PGD-{CHECK_ITERS} CE on {VLM_LOGIT_SCALE:g}x similarities, eps {eps:g}"}
         for tag, zs in (("base", base_zs), ("fare", robust)):
             info[f"{tag}_zero_shot_test_accuracy"] = evaluate(zs, xt[scored], yt[scored], batch_size=500)
