@@ -99,20 +99,25 @@ def test_leaving_out_the_idle_vlm_backward_returns_the_same_bytes(loss, smoke_mo
     x, y, _ = load_eval_set(p)  # real Fashion-MNIST test images, the smoke LiT (a ViT) and both CNNs
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
     vlm, skipped, idle = load_vlm(p), 0, 0
+    # the whole set as one batch gives mixed batches (idle rows beside rows that need the VLM); one image per
+    # batch makes every idle row a whole batch, so the skip itself runs on any machine's trajectories
+    batches = [torch.arange(len(y))] + [torch.tensor([i]) for i in range(len(y))]
     for name in p.classifiers:
         ms = MultiShield(load_classifier(p, name), vlm, p.tolerance).eval()
-        with frozen(ms):
-            runs = [apgd(m, x, y, 0.1, loss, losses.misclassified_not_rejected, noise, n_iter=10, **kw)
-                    for m, kw in ((_Plain(ms), {}), (ms, {"skip_idle_branches": False}), (ms, {}))]
-        plain, full, skip = runs
-        for r in (full, skip):
-            assert torch.equal(r.x_adv, plain.x_adv) and torch.equal(r.success, plain.success)
-            assert torch.equal(r.loss_best, plain.loss_best) and r.success_curve == plain.success_curve
-            assert r.n_backward == plain.n_backward  # the same samples and steps (the VLM's share aside)
-        assert plain.n_branch_skipped == plain.n_branch_idle == 0 and full.n_branch_skipped == 0
-        # every row the skip left out was a row the full run computed with a zero output gradient
-        assert full.n_branch_idle == skip.n_branch_idle + skip.n_branch_skipped
-        skipped, idle = skipped + skip.n_branch_skipped, idle + skip.n_branch_idle
+        for rows in batches:
+            with frozen(ms):
+                runs = [apgd(m, x[rows], y[rows], 0.1, loss, losses.misclassified_not_rejected, noise[rows],
+                             n_iter=10, **kw)
+                        for m, kw in ((_Plain(ms), {}), (ms, {"skip_idle_branches": False}), (ms, {}))]
+            plain, full, skip = runs
+            for r in (full, skip):
+                assert torch.equal(r.x_adv, plain.x_adv) and torch.equal(r.success, plain.success)
+                assert torch.equal(r.loss_best, plain.loss_best) and r.success_curve == plain.success_curve
+                assert r.n_backward == plain.n_backward  # the same samples and steps (the VLM's share aside)
+            assert plain.n_branch_skipped == plain.n_branch_idle == 0 and full.n_branch_skipped == 0
+            # every row the skip left out was a row the full run computed with a zero output gradient
+            assert full.n_branch_idle == skip.n_branch_idle + skip.n_branch_skipped
+            skipped, idle = skipped + skip.n_branch_skipped, idle + skip.n_branch_idle
     assert skipped > 0 and idle > 0  # both kinds of batch occurred: whole batches left out, and mixed ones
 
 
