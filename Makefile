@@ -55,9 +55,12 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-compile -e ".[dev]"
 	# RobustBench's model zoo only, without its conflicting pins (timm==1.0.9): see docs/robustbench.md
-	$(PY) -m pip install -q --no-deps robustbench==1.1.1
+	$(PY) -m pip install -q --no-compile --no-deps robustbench==1.1.1
+	# pip byte-compiles on one core (40 s of a fresh install, torch alone most of it); compileall writes the
+	# same files on every core. A file it cannot compile (a package's Python-2 example) is skipped, as pip does.
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	touch $@
 
 # Offline profiles read Fashion-MNIST from the Debian package (or $$MSLIB_DATA, or data/fashion_mnist).

@@ -111,30 +111,32 @@ def test_build_rejects_broken_markers():
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory) -> dict[tuple[str, str], tuple[nbformat.NotebookNode, str | None, float]]:
     """(version, lesson) -> (executed notebook, error or None, seconds), all 12 runs on the smoke profile
-    (the student versions up to their last check)."""
+    (the student versions up to their last check), one after another in one kernel."""
     import papermill as pm
+
+    from notebook_kernel import shared_kernel
 
     out = tmp_path_factory.mktemp("course_smoke")
     build.build(ROOT / "course" / "lessons", out, log=lambda *_: None)
     runs = {}
-    for version in build.VERSIONS:
-        for path in LESSONS:
-            src = out / version / path.name
-            if version == "student":  # its checks only say "not filled in yet": run it up to its last check
-                nb = nbformat.read(src, as_version=4)
-                last = max(i for i, c in enumerate(nb.cells) if "check" in _tags(c))
-                nb.cells = nb.cells[:last + 1]
-                nbformat.write(nb, src)
-            declared = pm.inspect_notebook(str(src))
-            params = {k: v for k, v in SMOKE.items() if k in declared}
-            target = out / f"{version}-{path.name}"
-            error, t0 = None, time.perf_counter()
-            try:
-                pm.execute_notebook(str(src), str(target), parameters=params, kernel_name="python3",
-                                    cwd=str(src.parent), progress_bar=False)
-            except pm.PapermillExecutionError as e:
-                error = f"{e.ename}: {e.evalue}"
-            runs[(version, path.stem)] = (nbformat.read(target, as_version=4), error, time.perf_counter() - t0)
+    with shared_kernel() as run:
+        for version in build.VERSIONS:
+            for path in LESSONS:
+                src = out / version / path.name
+                if version == "student":  # its checks only say "not filled in yet": run it up to its last check
+                    nb = nbformat.read(src, as_version=4)
+                    last = max(i for i, c in enumerate(nb.cells) if "check" in _tags(c))
+                    nb.cells = nb.cells[:last + 1]
+                    nbformat.write(nb, src)
+                declared = pm.inspect_notebook(str(src))
+                params = {k: v for k, v in SMOKE.items() if k in declared}
+                target = out / f"{version}-{path.name}"
+                error, t0 = None, time.perf_counter()
+                try:
+                    run(src, target, params, src.parent)
+                except pm.PapermillExecutionError as e:
+                    error = f"{e.ename}: {e.evalue}"
+                runs[(version, path.stem)] = (nbformat.read(target, as_version=4), error, time.perf_counter() - t0)
     print("\n".join(f"{v}/{n}: {s:.1f} s" for (v, n), (_, _, s) in runs.items()))
     return runs
 

@@ -38,10 +38,9 @@ FIGURE_DATA = ["zero_shot", "main_table", "security_curves", "tolerance", "galle
 
 @pytest.fixture(scope="module")
 def smoke_outputs(tmp_path_factory, variant_study) -> Iterator[Path]:
-    import papermill as pm
-
     from mslib.cache import data_root_at
 
+    from notebook_kernel import shared_kernel
     from results_helpers import study_copy
 
     # a private copy of the session's small study with the smoke VLM variant (computed once, shared with the
@@ -49,14 +48,13 @@ def smoke_outputs(tmp_path_factory, variant_study) -> Iterator[Path]:
     # The notebooks read the plan its index records, overrides included, as they read any profile's.
     cache = study_copy(variant_study, tmp_path_factory.mktemp("notebooks") / "cache")
     out = tmp_path_factory.mktemp("figures_smoke")
-    # the kernels inherit MSLIB_CACHE; the module's tests read the same results (Store("smoke")) while it is set
-    with data_root_at(cache):
+    # the kernel inherits MSLIB_CACHE; the module's tests read the same results (Store("smoke")) while it is set
+    with data_root_at(cache), shared_kernel() as run:
         for nb in NOTEBOOKS:
             params = {"profile": "smoke", "out_dir": str(out)}
             if nb.stem == "06_intro_course":  # as many images as its figure shows: its data holds every image
                 params["n_images"] = 6
-            pm.execute_notebook(str(nb), str(out / nb.name), parameters=params,
-                                kernel_name="python3", cwd=str(nb.parent), progress_bar=False)
+            run(nb, out / nb.name, params, nb.parent)
         yield out
 
 
