@@ -7,6 +7,8 @@ from a run on the released weights) ship with the package. :func:`compare` reads
 many evaluation samples the difference is) and ``reproduction.csv`` (every number). A rate (a value in
 [0, 1] in both) that differs by d on a table row of n samples is d·n samples; other numbers are compared
 exactly, and within float rounding (relative 1e-6: another CPU's reduction order) they count as equal.
+Work counts (an attack's forward passes) are compared and listed apart: they say what a run cost, not what it
+found, so they never make the verdict "differs".
 
 ``python -m mslib.reproduce --profile tiny`` prints the verdict; ``make figures`` runs it last.
 """
@@ -27,6 +29,9 @@ from .cache import REPO_ROOT, atomic_write
 
 REFERENCE_ROOT = Path(__file__).resolve().parent / "reference"
 FLOAT_ROUNDING = 1e-6  # relative: what a different summation order in float32/float64 can move
+# columns that count work, not results: another CPU's last bits move an attack's trajectory, and with it how
+# many passes it takes, without changing which samples it breaks
+WORK_COLUMNS = frozenset({"n_forward"})
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Cell:
     published: object
     reproduced: object
     samples: int | None  # how many evaluation samples the difference is (rates only)
-    status: str  # "equal", "rounding", "differs", "missing", "new"
+    status: str  # "equal", "rounding", "differs", "missing", "new", "work" (a work count that differs)
 
 
 def _is_number(v: object) -> bool:
@@ -83,7 +88,10 @@ def compare_table(name: str, published: pd.DataFrame, reproduced: pd.DataFrame, 
             if col not in reproduced.columns:
                 cells.append(Cell(name, label, col, prow[col], None, None, "missing"))
                 continue
-            cells.append(_compare_cell(name, label, col, prow[col], rrow[col], n))
+            cell = _compare_cell(name, label, col, prow[col], rrow[col], n)
+            if col in WORK_COLUMNS and cell.status == "differs":
+                cell = Cell(name, label, col, prow[col], rrow[col], None, "work")
+            cells.append(cell)
         for col in reproduced.columns.difference(published.columns):
             cells.append(Cell(name, label, col, None, rrow[col], None, "new"))
     return cells
@@ -108,7 +116,11 @@ def compare(run_dir: Path, reference_dir: Path, n_samples: int) -> list[Cell]:
 
 
 def verdict(cells: list[Cell]) -> str:
-    """One line: reproduced exactly / within N samples / differs (what)."""
+    """One line: reproduced exactly / within N samples / differs (what); work counts that differ are named
+    after it but do not change it."""
+    work = sum(c.status == "work" for c in cells)
+    tail = f"; {work} work count{'s differ' if work != 1 else ' differs'}" if work else ""
+    cells = [c for c in cells if c.status != "work"]
     numbers = [c for c in cells if c.status in ("equal", "rounding")]
     bad = [c for c in cells if c.status in ("differs", "missing", "new")]
     off = [c for c in bad if c.samples is not None]
@@ -117,16 +129,16 @@ def verdict(cells: list[Cell]) -> str:
         return "nothing to compare (no reference tables)"
     if not bad and all(c.status == "equal" for c in cells):
         n_tables = len({c.table for c in cells})
-        return f"reproduced exactly ({len(numbers)} numbers in {n_tables} table{'s' if n_tables != 1 else ''})"
+        return f"reproduced exactly ({len(numbers)} numbers in {n_tables} table{'s' if n_tables != 1 else ''}{tail})"
     if not bad:
-        return f"reproduced ({len(numbers)} numbers; some equal only within float rounding)"
+        return f"reproduced ({len(numbers)} numbers; some equal only within float rounding{tail})"
     if not hard:
         worst = max(c.samples for c in off)
         return (f"reproduced within {worst} sample{'s' if worst != 1 else ''} ({len(off)} of {len(cells)} numbers "
-                f"differ by at most {worst} evaluation sample{'s' if worst != 1 else ''})")
+                f"differ by at most {worst} evaluation sample{'s' if worst != 1 else ''}{tail})")
     where = sorted({c.table for c in hard})
     return (f"differs: {len(hard)} number{'s' if len(hard) != 1 else ''} that {'are' if len(hard) != 1 else 'is'} "
-            f"not a rate or missing, in {', '.join(where)}")
+            f"not a rate or missing, in {', '.join(where)}{tail}")
 
 
 def _fmt(v: object) -> str:
@@ -143,19 +155,24 @@ def write_report(cells: list[Cell], out_dir: Path, profile: str, reference_dir: 
              f"Every table of this run compared, number by number, with the released study's reference tables "
              f"(`{_relative(reference_dir)}`). A rate that differs is counted in evaluation samples; other numbers "
              f"are equal, equal within float rounding (relative {FLOAT_ROUNDING:g}), or different.", "",
-             "| table | numbers | equal | within rounding | differ | most samples off |", "|---|---|---|---|---|---|"]
+             f"Work counts ({', '.join(sorted(WORK_COLUMNS))}) say what the run cost, not what it found: they are "
+             f"listed apart and do not change the verdict.", "",
+             "| table | numbers | equal | within rounding | differ | work counts that differ | most samples off |",
+             "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(c.table for c in cells):
         mine = [c for c in cells if c.table == name]
-        count = {s: sum(c.status == s for c in mine) for s in ("equal", "rounding")}
-        differ = len(mine) - count["equal"] - count["rounding"]
+        count = {s: sum(c.status == s for c in mine) for s in ("equal", "rounding", "work")}
+        differ = len(mine) - count["equal"] - count["rounding"] - count["work"]
         worst = max((c.samples or 0 for c in mine), default=0)
-        lines.append(f"| {name} | {len(mine)} | {count['equal']} | {count['rounding']} | {differ} | {worst} |")
-    diffs = [c for c in cells if c.status in ("differs", "missing", "new")]
-    if diffs:
-        lines += ["", "## Numbers that differ", "", "| table | row | column | published | this run | samples |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {c.table} | {c.row} | {c.column} | {_fmt(c.published)} | {_fmt(c.reproduced)} | "
-                  f"{'—' if c.samples is None else c.samples} |" for c in diffs]
+        lines.append(f"| {name} | {len(mine)} | {count['equal']} | {count['rounding']} | {differ} | {count['work']} "
+                     f"| {worst} |")
+    for title, kinds in (("Numbers that differ", ("differs", "missing", "new")), ("Work counts that differ", ("work",))):
+        diffs = [c for c in cells if c.status in kinds]
+        if diffs:
+            lines += ["", f"## {title}", "", "| table | row | column | published | this run | samples |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {c.table} | {c.row} | {c.column} | {_fmt(c.published)} | {_fmt(c.reproduced)} | "
+                      f"{'—' if c.samples is None else c.samples} |" for c in diffs]
     text = "\n".join(lines) + "\n"
     return atomic_write(out_dir / "reproduction.md", lambda p: p.write_text(text))
 

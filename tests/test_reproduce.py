@@ -59,6 +59,27 @@ def test_float_rounding_is_equal_but_a_real_change_or_a_missing_table_differs(tm
     assert any(c.table == "attacks_table" and c.status == "missing" for c in cells)
 
 
+def test_a_work_count_that_differs_is_listed_apart_and_leaves_the_verdict(tmp_path):
+    """Catches a report that calls a run "differs" because an attack took other forward passes (another CPU's
+    last bits move a trajectory and its cost, not the samples it breaks), and one that hides the count or lets
+    a real difference beside it pass."""
+    published = PUBLISHED.assign(n_forward=[9300, 6012])
+    mine = published.copy()
+    mine.loc[1, "n_forward"] = 6040
+    run, ref = _tables(tmp_path, published, mine)
+    cells = reproduce.compare(run, ref, 300)
+    assert [(c.row, c.status) for c in cells if c.column == "n_forward"] == [
+        ("classifier=standard", "equal"), ("classifier=fgsm-rs", "work")]
+    assert reproduce.verdict(cells) == "reproduced exactly (9 numbers in 1 table; 1 work count differs)"
+    report = reproduce.write_report(cells, run, "tiny", ref).read_text()
+    assert "## Work counts that differ" in report and "## Numbers that differ" not in report
+    assert "| main_table | classifier=fgsm-rs | n_forward | 6012 | 6040 | — |" in report
+    mine.loc[0, "ms_robust_acc_worst"] = 30 / 300
+    mine.to_csv(run / "main_table.csv", index=False)
+    assert reproduce.verdict(reproduce.compare(run, ref, 300)) == (
+        "reproduced within 1 sample (1 of 9 numbers differ by at most 1 evaluation sample; 1 work count differs)")
+
+
 def test_the_readme_numbers_are_the_reference_tables(tmp_path):
     """Catches a README whose findings were edited by hand or left behind when the reference tables changed."""
     from mslib import findings
