@@ -1,10 +1,11 @@
-"""Run several notebooks through papermill in one Jupyter kernel, each in a cleared namespace.
+"""Run several notebooks through papermill in one Jupyter kernel, each as if in a fresh one.
 
 A fresh kernel per notebook spends about 4 s (one test worker's core) starting and importing torch, pandas and
 matplotlib; a fixture that runs twelve notebooks pays that twelve times. Here the kernel starts once and,
-before each notebook, forgets every name (``%reset -f``), closes its figures and moves to the notebook's own
-folder, so a notebook that uses a name it never defined still fails. What stays is what a fresh kernel
-would rebuild the same: imported modules.
+before each notebook, forgets every name (``%reset -f``), forgets ``mslib``'s modules (so its registries, e.g.
+the course's record of checks run and the attack registry, start empty as in a fresh kernel), closes the
+figures and moves to the notebook's own folder. A notebook that uses a name it never defined still fails; what
+stays is third-party modules already imported, which a fresh kernel would import the same.
 """
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ def shared_kernel(kernel_name: str = "python3") -> Iterator[Callable[..., None]]
     try:
         def run(src: Path, target: Path, parameters: dict, cwd: Path) -> None:
             prelude = ("get_ipython().run_line_magic('reset', '-f')\n"
-                       "import os as _os, matplotlib.pyplot as _plt\n"
-                       f"_plt.close('all'); _os.chdir({str(cwd)!r}); del _os, _plt\n")
+                       "import os as _os, sys as _sys, matplotlib.pyplot as _plt\n"
+                       "for _m in [m for m in _sys.modules if m == 'mslib' or m.startswith('mslib.')]:\n"
+                       "    del _sys.modules[_m]\n"
+                       f"_plt.close('all'); _os.chdir({str(cwd)!r})\n"
+                       "get_ipython().run_line_magic('reset', '-f')\n")
             # a client of its own each time: papermill's run closes the event loop an older client waits on
             kc = km.client()
             kc.start_channels()
