@@ -120,21 +120,21 @@ def verdict(cells: list[Cell]) -> str:
     after it but do not change it."""
     work = sum(c.status == "work" for c in cells)
     tail = f"; {work} work count{'s differ' if work != 1 else ' differs'}" if work else ""
-    cells = [c for c in cells if c.status != "work"]
-    numbers = [c for c in cells if c.status in ("equal", "rounding")]
-    bad = [c for c in cells if c.status in ("differs", "missing", "new")]
+    counted = [c for c in cells if c.status != "work"]
+    numbers = [c for c in counted if c.status in ("equal", "rounding")]
+    bad = [c for c in counted if c.status in ("differs", "missing", "new")]
     off = [c for c in bad if c.samples is not None]
     hard = [c for c in bad if c.samples is None]
-    if not cells:
+    if not counted:
         return "nothing to compare (no reference tables)"
-    if not bad and all(c.status == "equal" for c in cells):
-        n_tables = len({c.table for c in cells})
+    if not bad and all(c.status == "equal" for c in counted):
+        n_tables = len({c.table for c in counted})
         return f"reproduced exactly ({len(numbers)} numbers in {n_tables} table{'s' if n_tables != 1 else ''}{tail})"
     if not bad:
         return f"reproduced ({len(numbers)} numbers; some equal only within float rounding{tail})"
     if not hard:
         worst = max(c.samples for c in off)
-        return (f"reproduced within {worst} sample{'s' if worst != 1 else ''} ({len(off)} of {len(cells)} numbers "
+        return (f"reproduced within {worst} sample{'s' if worst != 1 else ''} ({len(off)} of {len(counted)} numbers "
                 f"differ by at most {worst} evaluation sample{'s' if worst != 1 else ''}{tail})")
     where = sorted({c.table for c in hard})
     return (f"differs: {len(hard)} number{'s' if len(hard) != 1 else ''} that {'are' if len(hard) != 1 else 'is'} "

@@ -25,8 +25,8 @@ def shared_kernel(kernel_name: str = "python3") -> Iterator[Callable[..., None]]
     km.start_kernel()
     try:
         def run(src: Path, target: Path, parameters: dict, cwd: Path) -> None:
-            prelude = ("get_ipython().run_line_magic('reset', '-f')\n"
-                       "import os as _os, sys as _sys, matplotlib.pyplot as _plt\n"
+            # the names go last, with the helpers' own and every object of the dropped mslib modules
+            prelude = ("import os as _os, sys as _sys, matplotlib.pyplot as _plt\n"
                        "for _m in [m for m in _sys.modules if m == 'mslib' or m.startswith('mslib.')]:\n"
                        "    del _sys.modules[_m]\n"
                        f"_plt.close('all'); _os.chdir({str(cwd)!r})\n"
