@@ -19,8 +19,10 @@ sample as broken when Multi-Shield outputs a wrong class that is not "rejected".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -72,6 +74,49 @@ def original_chain(path: Path, clf, vlm, x, y, eps: float, n_iter: int, bs: int,
     return adversary.run_standard_evaluation(x, y, bs=bs), ms
 
 
+@contextlib.contextmanager
+def timed_parts(clf, vlm) -> Iterator[dict[str, float]]:
+    """Seconds spent in each model's forward pass and in each backward pass of mslib's chain, while inside.
+
+    The VLM's backward pass is the ``torch.autograd.grad`` call that is handed output gradients (dloss/ds,
+    one row per image); its ``vlm_backward_idle`` is each such pass's time times the share of its rows whose
+    output gradient is exactly zero: what those passes would cost less if a row whose VLM gradient is zero
+    cost nothing, the most that leaving out work that cannot change a result could still save.
+    """
+    t = dict.fromkeys(["classifier_forward", "vlm_forward", "classifier_backward", "vlm_backward",
+                       "vlm_backward_idle"], 0.0)
+
+    def clock(name: str, fn):
+        def run(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                t[name] += time.perf_counter() - t0
+        return run
+
+    grad = torch.autograd.grad
+
+    def timed_grad(outputs, inputs, grad_outputs=None, *a, **k):
+        t0 = time.perf_counter()
+        out = grad(outputs, inputs, grad_outputs, *a, **k)
+        dt = time.perf_counter() - t0
+        if grad_outputs is None:  # the loss's gradient: the classifier's backward pass and dloss/ds
+            t["classifier_backward"] += dt
+        else:
+            t["vlm_backward"] += dt
+            t["vlm_backward_idle"] += dt * (grad_outputs == 0).all(dim=1).float().mean().item()
+        return out
+
+    clf.forward, vlm.forward = clock("classifier_forward", clf.forward), clock("vlm_forward", vlm.forward)
+    torch.autograd.grad = timed_grad
+    try:
+        yield t
+    finally:
+        torch.autograd.grad = grad
+        del clf.forward, vlm.forward  # the instance attributes set above; the class's methods again
+
+
 def mslib_chain(clf, vlm, x, y, eps: float, n_iter: int, bs: int, tolerance: float, seed: int, skip: bool):
     ms = MultiShield(clf, vlm, tolerance=tolerance).eval()
     kw = dict(n_iter=n_iter, seed=seed, batch_size=bs, skip_fixed_points=skip, skip_idle_branches=skip)
@@ -99,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-iter", type=int, default=30)
     ap.add_argument("--no-skip", action="store_true",
                     help="mslib without its exact skips (fixed points, the VLM backward where it adds only zeros)")
+    ap.add_argument("--parts", action="store_true",
+                    help="mslib: also print the seconds of each model's forward and backward passes and the chain's "
+                         "floor, its time less the VLM backward on rows whose VLM gradient is exactly zero")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.side == "original" and not (args.original and (args.original / "modified_autoattack.py").is_file()):
@@ -111,13 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     clf, vlm = load_classifier(p, args.classifier).eval(), load_vlm(p).eval()
     for m in (clf, vlm):
         m.requires_grad_(False)
-    t0 = time.perf_counter()
-    if args.side == "original":
-        x_adv, ms = original_chain(args.original, clf, vlm, x, y, p.eps, args.n_iter, p.batch_size, p.tolerance)
-    else:
-        x_adv, ms = mslib_chain(clf, vlm, x, y, p.eps, args.n_iter, p.batch_size, p.tolerance, p.seed,
-                                not args.no_skip)
-    seconds = time.perf_counter() - t0
+    parts = timed_parts(clf, vlm) if args.parts and args.side == "mslib" else contextlib.nullcontext()
+    with parts as t:
+        t0 = time.perf_counter()
+        if args.side == "original":
+            x_adv, ms = original_chain(args.original, clf, vlm, x, y, p.eps, args.n_iter, p.batch_size,
+                                       p.tolerance)
+        else:
+            x_adv, ms = mslib_chain(clf, vlm, x, y, p.eps, args.n_iter, p.batch_size, p.tolerance, p.seed,
+                                    not args.no_skip)
+        seconds = time.perf_counter() - t0
+    if t:
+        rest = seconds - sum(v for k, v in t.items() if k != "vlm_backward_idle")
+        names = {"classifier_forward": "classifier forward", "vlm_forward": "VLM forward",
+                 "classifier_backward": "classifier backward and dloss/ds", "vlm_backward": "VLM backward",
+                 "vlm_backward_idle": "of which on rows with a zero VLM gradient"}
+        print("  parts: " + ", ".join(f"{names[k]} {v:.1f} s" for k, v in t.items())
+              + f", the rest {rest:.1f} s; floor {seconds - t['vlm_backward_idle']:.1f} s "
+              f"({seconds / (seconds - t['vlm_backward_idle']):.2f}x under the chain)")
     with torch.no_grad():
         pred = torch.cat([ms(x_adv[i:i + p.batch_size]).argmax(1) for i in range(0, len(y), p.batch_size)])
     k = vlm.num_classes
