@@ -358,7 +358,8 @@ def section_paper_chain(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, re
     """The paper's adaptive evaluation as a whole on ``MultiShield(classifier, vlm)``: APGD CE-rejection on
     every sample, then DLR-rejection on the samples CE left unbroken; with and without the exact skips
     (fixed points: samples whose loss gradient is exactly zero at their start; the VLM's backward pass in a
-    batch where its output gradient is exactly zero on every row), with the pass accounting per stage."""
+    batch where its output gradient is exactly zero on every row, or run on the rows that need it alone), with the
+    pass accounting per stage."""
     device = profile.device
     xs, ys, ids = x[:n], y[:n], idx[:n]
     for name, ms in _multishields(b, profile):
@@ -375,9 +376,10 @@ def section_paper_chain(b: Bench, profile, x, y, idx, n, n_iter, bs, summary, re
             zero = int((dlr.zero_grad == 1).sum()) if dlr.zero_grad is not None else -1
             return {"robust_acc": 1 - broken.float().mean().item(), "n_forward": ce.n_forward + dlr.n_forward,
                     "dlr_samples": int(left.numel()), "dlr_zero_grad": zero,
-                    # sample-steps with a gradient, and the rows whose VLM backward was left out or ran idle
+                    # sample-steps with a gradient, and the rows whose VLM backward was left out, ran idle or ran alone
                     "passes": {st: {"sample_steps": r.n_backward, "vlm_backward_skipped": r.n_branch_skipped,
-                                    "vlm_backward_idle": r.n_branch_idle} for st, r in (("ce", ce), ("dlr", dlr))}}
+                                    "vlm_backward_idle": r.n_branch_idle,
+                                    "vlm_recomputed": r.n_branch_recomputed} for st, r in (("ce", ce), ("dlr", dlr))}}
         rows = b.best_of(repeats, [("f", "ce→dlr-reject", f"ms+{name}", v, n, n_iter, bs, (lambda s=s: go(s)))
                                    for v, s in (("skip", True), ("no-skip", False))])
         _check_equal(summary, f"paper-chain/ms+{name}", rows)

@@ -130,7 +130,8 @@ def mslib_chain(clf, vlm, x, y, eps: float, n_iter: int, bs: int, tolerance: flo
         runs.append(("DLR", dlr))
     for stage, r in runs:  # the pass accounting: sample-steps, and the VLM's share of their backward passes
         print(f"  {stage}: {r.n_backward} sample-steps with a gradient (nominal {len(r.success) * (n_iter + 1)}); "
-              f"VLM backward left out on {r.n_branch_skipped}, run idle on {r.n_branch_idle} (rows of mixed batches)")
+              f"VLM backward left out on {r.n_branch_skipped} rows, run idle on {r.n_branch_idle} (other rows of their "
+              f"batch needed it), run alone on {r.n_branch_recomputed} (their VLM forward recomputed)")
     return x_adv, ms
 
 

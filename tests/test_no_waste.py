@@ -91,14 +91,15 @@ class _Plain(torch.nn.Module):
 @pytest.mark.parametrize("loss", [losses.dlr_reject_loss_paper, losses.ce_reject_loss], ids=["paper-dlr", "ce"])
 def test_leaving_out_the_idle_vlm_backward_returns_the_same_bytes(loss, smoke_models):
     """Catches a skipped VLM backward pass whose gradient was not exactly zero (x_adv moves elsewhere), a split
-    of the two branches' gradients that sums them differently from autograd, and counters that do not add up."""
+    of the two branches' gradients that sums them differently from autograd, a VLM backward on the rows that
+    need it alone that puts their gradients on other rows, and counters that do not add up."""
     from mslib.data import load_eval_set
     from mslib.models import load_classifier, load_vlm
 
     p = smoke_models
     x, y, _ = load_eval_set(p)  # real Fashion-MNIST test images, the smoke LiT (a ViT) and both CNNs
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
-    vlm, skipped, idle = load_vlm(p), 0, 0
+    vlm, skipped, alone = load_vlm(p), 0, 0
     # the whole set as one batch gives mixed batches (idle rows beside rows that need the VLM); one image per
     # batch makes every idle row a whole batch, so the skip itself runs on any machine's trajectories
     batches = [torch.arange(len(y))] + [torch.tensor([i]) for i in range(len(y))]
@@ -115,10 +116,15 @@ def test_leaving_out_the_idle_vlm_backward_returns_the_same_bytes(loss, smoke_mo
                 assert torch.equal(r.loss_best, plain.loss_best) and r.success_curve == plain.success_curve
                 assert r.n_backward == plain.n_backward  # the same samples and steps (the VLM's share aside)
             assert plain.n_branch_skipped == plain.n_branch_idle == 0 and full.n_branch_skipped == 0
-            # every row the skip left out was a row the full run computed with a zero output gradient
+            assert plain.n_branch_recomputed == full.n_branch_recomputed == 0
+            # every row the skip left out was a row the full run computed with a zero output gradient, and every
+            # row it ran alone was one with a nonzero output gradient
             assert full.n_branch_idle == skip.n_branch_idle + skip.n_branch_skipped
-            skipped, idle = skipped + skip.n_branch_skipped, idle + skip.n_branch_idle
-    assert skipped > 0 and idle > 0  # both kinds of batch occurred: whole batches left out, and mixed ones
+            assert skip.n_branch_recomputed <= skip.n_backward - full.n_branch_idle
+            skipped, alone = skipped + skip.n_branch_skipped, alone + skip.n_branch_recomputed
+    # both kinds of skip occurred: whole batches left out, and mixed batches whose few rows that need the VLM's
+    # backward pass had it alone (whether a mixed batch where most rows need it occurs depends on the machine)
+    assert skipped > 0 and alone > 0
 
 
 def test_class_prompts_are_encoded_many_classes_per_pass(smoke_models):

@@ -37,6 +37,7 @@ class AttackResult:
     n_backward: int = 0
     n_branch_skipped: int = 0  # rows of backward passes whose VLM part was left out (it could only add zeros)
     n_branch_idle: int = 0  # rows on which it ran with a zero output gradient (other rows of the batch needed it)
+    n_branch_recomputed: int = 0  # rows whose VLM forward ran again for a backward pass on fewer rows
     seconds: float = 0.0
     zero_grad: torch.Tensor | None = None  # int8 per sample: 1 zero input gradient at the start, 0 not, -1 unmeasured
 
@@ -287,6 +288,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nam
             out.n_backward += res.n_backward
             out.n_branch_skipped += getattr(res, "n_branch_skipped", 0)
             out.n_branch_idle += getattr(res, "n_branch_idle", 0)
+            out.n_branch_recomputed += getattr(res, "n_branch_recomputed", 0)
             if getattr(res, "zero_grad", None) is not None:
                 if out.zero_grad is None:
                     out.zero_grad = torch.full((images.shape[0],), -1, dtype=torch.int8)

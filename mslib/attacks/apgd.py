@@ -32,10 +32,11 @@ class APGDResult:
     n_forward: int = 0
     n_backward: int = 0
     # rows of backward passes whose second branch (Multi-Shield's VLM) was left out because its output
-    # gradient was exactly zero on every row of the batch, and rows on which it ran with a zero output
-    # gradient because other rows of their batch needed it
+    # gradient was exactly zero there, rows on which it ran with a zero output gradient because other rows of
+    # their batch needed it, and rows whose branch forward pass was run again for a backward pass on them alone
     n_branch_skipped: int = 0
     n_branch_idle: int = 0
+    n_branch_recomputed: int = 0
     # per sample: 1 if the loss gradient w.r.t. the input was exactly zero at the first start point, 0 if
     # not, -1 if never measured (broken before any gradient step, or a gradient-free attack)
     zero_grad: torch.Tensor | None = None
@@ -54,6 +55,7 @@ class APGDResult:
         self.n_backward += res.n_backward
         self.n_branch_skipped += res.n_branch_skipped
         self.n_branch_idle += res.n_branch_idle
+        self.n_branch_recomputed += res.n_branch_recomputed
         if res.zero_grad is not None:
             if self.zero_grad is None:
                 self.zero_grad = torch.full((self.success.shape[0],), -1, dtype=torch.int8, device=res.zero_grad.device)
@@ -93,6 +95,7 @@ def _loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_
         logits, loss, grad, work = own(x_adv, y, loss_fn, skip_idle_branches)
         res.n_branch_skipped += work.skipped
         res.n_branch_idle += work.idle
+        res.n_branch_recomputed += work.recomputed
         return logits, loss, grad
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
