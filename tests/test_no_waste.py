@@ -4,6 +4,7 @@ Multi-Shield's VLM backward pass is left out where it can only add zeros."""
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,42 @@ def test_leaving_out_the_idle_vlm_backward_returns_the_same_bytes(loss, smoke_mo
     assert skipped > 0 and alone > 0
 
 
+def test_the_vlm_backward_runs_on_the_rows_that_need_it_alone_only_where_they_are_at_most_half(smoke_models):
+    """Catches a VLM gradient put on other rows (or on idle ones), counters that miscount the rows run alone,
+    and a subset pass where most rows need the VLM (it would cost more than the whole batch's pass)."""
+    from mslib.data import load_eval_set
+    from mslib.defense import SUBSET_SHARE
+    from mslib.models import load_classifier, load_vlm
+
+    p = smoke_models
+    x, y, _ = load_eval_set(p)
+    # the test images and noisy copies of them, on which the two models disagree more often
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    x, y = torch.cat([x, (x + 0.3 * noise).clamp(0, 1)]), torch.cat([y, y])
+    ms = MultiShield(load_classifier(p, p.classifiers[0]), load_vlm(p), p.tolerance).eval()
+    with frozen(ms), torch.no_grad():
+        f, s = ms.branches(x)
+    # dloss/ds is exactly zero where the two top classes coincide, nonzero (here) where they differ
+    agree, differ = (f.argmax(1) == s.argmax(1)).nonzero().squeeze(1), (f.argmax(1) != s.argmax(1)).nonzero().squeeze(1)
+    assert len(agree) >= 4 and len(differ) >= 4
+    few = torch.cat([agree[:3], differ[:1], agree[3:4], differ[1:2]])  # 2 of 6 rows need the VLM's backward pass
+    most = torch.cat([agree[:1], differ[:4]])  # 4 of 5 do
+    assert 2 <= SUBSET_SHARE * 6 and 4 > SUBSET_SHARE * 5
+    for rows, alone in ((few, 2), (most, 0)):
+        with frozen(ms):
+            full = ms.loss_and_grad(x[rows], y[rows], losses.ce_reject_loss, skip_idle=False)
+            skip = ms.loss_and_grad(x[rows], y[rows], losses.ce_reject_loss)
+        n, needs = len(rows), len(rows) - int((f.argmax(1) == s.argmax(1))[rows].sum())
+        assert (full[3].idle, full[3].recomputed) == (n - needs, 0)
+        assert (skip[3].skipped, skip[3].recomputed, skip[3].idle) == ((n - needs, alone, 0) if alone else (0, 0, n - needs))
+        assert torch.equal(skip[0], full[0]) and torch.equal(skip[1], full[1])  # logits and loss: one forward pass
+        idle = (f.argmax(1) == s.argmax(1))[rows]
+        assert torch.equal(skip[2][idle], full[2][idle])  # the classifier's part alone, where the VLM adds zeros
+        # rows run alone: other matrix kernels, so the same gradient up to its last bits, and the same signs
+        assert torch.allclose(skip[2][~idle], full[2][~idle], rtol=1e-4, atol=1e-7)
+        assert torch.equal(skip[2][~idle].sign(), full[2][~idle].sign())
+
+
 def test_class_prompts_are_encoded_many_classes_per_pass(smoke_models):
     """Catches a builder that encodes one class per forward pass again (1,000 passes for ImageNet), batches that
     mix up classes and templates, and a change of how prompts are encoded that leaves the open_clip and Hugging
@@ -157,14 +194,15 @@ def test_class_prompts_are_encoded_many_classes_per_pass(smoke_models):
     class Hashing(torch.nn.Module):  # ImageNet's size: a feature per caption that names its class and template
         def encode_text(self, tokens):
             calls.append(len(tokens))
-            return torch.stack([torch.tensor([float(hash(t) % 997), 1.0 + len(t)]) for t in tokens])
+            return torch.stack([torch.tensor([float(zlib.crc32(t.encode()) % 997), 1.0 + len(t)]) for t in tokens])
 
     imagenet = [f"class {i}" for i in range(1000)]
     emb = build_text_embeddings(Hashing(), lambda texts: texts, imagenet, ["a photo of a {}."])
     assert calls == [256, 256, 256, 232]
-    feats = torch.tensor([[float(hash(f"a photo of a {c}.") % 997), 1.0 + len(f"a photo of a {c}.")]
+    feats = torch.tensor([[float(zlib.crc32(f"a photo of a {c}.".encode()) % 997), 1.0 + len(f"a photo of a {c}.")]
                           for c in imagenet])
-    want = F.normalize(F.normalize(feats, dim=-1), dim=-1)  # one template: normalized, averaged, normalized
+    # one template: normalized, averaged (over one), normalized, and normalized once more as the whole matrix
+    want = F.normalize(F.normalize(F.normalize(feats, dim=-1), dim=-1), dim=-1)
     assert torch.equal(emb, want)  # row i is class i's caption
     for source in ("open_clip", "hf-clip"):
         assert _identity(source, {}, SOURCES[source].function("load"), ["0"])["source_version"] == 2
