@@ -74,6 +74,12 @@ def original_chain(path: Path, clf, vlm, x, y, eps: float, n_iter: int, bs: int,
     return adversary.run_standard_evaluation(x, y, bs=bs), ms
 
 
+# the parts timed_parts clocks, and how the report names them
+PARTS = {"classifier_forward": "classifier forward", "vlm_forward": "VLM forward",
+         "classifier_backward": "classifier backward and dloss/ds", "vlm_backward": "VLM backward",
+         "vlm_backward_idle": "of which on rows with a zero VLM gradient"}
+
+
 @contextlib.contextmanager
 def timed_parts(clf, vlm) -> Iterator[dict[str, float]]:
     """Seconds spent in each model's forward pass and in each backward pass of mslib's chain, while inside.
@@ -83,8 +89,7 @@ def timed_parts(clf, vlm) -> Iterator[dict[str, float]]:
     output gradient is exactly zero: what those passes would cost less if a row whose VLM gradient is zero
     cost nothing, the most that leaving out work that cannot change a result could still save.
     """
-    t = dict.fromkeys(["classifier_forward", "vlm_forward", "classifier_backward", "vlm_backward",
-                       "vlm_backward_idle"], 0.0)
+    t = dict.fromkeys(PARTS, 0.0)
 
     def clock(name: str, fn):
         def run(*a, **k):
@@ -172,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t0
     if t:
         rest = seconds - sum(v for k, v in t.items() if k != "vlm_backward_idle")
-        names = {"classifier_forward": "classifier forward", "vlm_forward": "VLM forward",
-                 "classifier_backward": "classifier backward and dloss/ds", "vlm_backward": "VLM backward",
-                 "vlm_backward_idle": "of which on rows with a zero VLM gradient"}
-        print("  parts: " + ", ".join(f"{names[k]} {v:.1f} s" for k, v in t.items())
+        print("  parts: " + ", ".join(f"{PARTS[k]} {v:.1f} s" for k, v in t.items())
               + f", the rest {rest:.1f} s; floor {seconds - t['vlm_backward_idle']:.1f} s "
               f"({seconds / (seconds - t['vlm_backward_idle']):.2f}x under the chain)")
     with torch.no_grad():

@@ -144,7 +144,8 @@ def test_the_vlm_backward_runs_on_the_rows_that_need_it_alone_only_where_they_ar
     with frozen(ms), torch.no_grad():
         f, s = ms.branches(x)
     # dloss/ds is exactly zero where the two top classes coincide, nonzero (here) where they differ
-    agree, differ = (f.argmax(1) == s.argmax(1)).nonzero().squeeze(1), (f.argmax(1) != s.argmax(1)).nonzero().squeeze(1)
+    agrees = f.argmax(1) == s.argmax(1)
+    agree, differ = agrees.nonzero().squeeze(1), (~agrees).nonzero().squeeze(1)
     assert len(agree) >= 4 and len(differ) >= 4
     few = torch.cat([agree[:3], differ[:1], agree[3:4], differ[1:2]])  # 2 of 6 rows need the VLM's backward pass
     most = torch.cat([agree[:1], differ[:4]])  # 4 of 5 do
@@ -153,11 +154,11 @@ def test_the_vlm_backward_runs_on_the_rows_that_need_it_alone_only_where_they_ar
         with frozen(ms):
             full = ms.loss_and_grad(x[rows], y[rows], losses.ce_reject_loss, skip_idle=False)
             skip = ms.loss_and_grad(x[rows], y[rows], losses.ce_reject_loss)
-        n, needs = len(rows), len(rows) - int((f.argmax(1) == s.argmax(1))[rows].sum())
-        assert (full[3].idle, full[3].recomputed) == (n - needs, 0)
-        assert (skip[3].skipped, skip[3].recomputed, skip[3].idle) == ((n - needs, alone, 0) if alone else (0, 0, n - needs))
+        idle = agrees[rows]
+        n_idle = int(idle.sum())
+        assert (full[3].idle, full[3].recomputed) == (n_idle, 0)
+        assert (skip[3].skipped, skip[3].recomputed, skip[3].idle) == ((n_idle, alone, 0) if alone else (0, 0, n_idle))
         assert torch.equal(skip[0], full[0]) and torch.equal(skip[1], full[1])  # logits and loss: one forward pass
-        idle = (f.argmax(1) == s.argmax(1))[rows]
         assert torch.equal(skip[2][idle], full[2][idle])  # the classifier's part alone, where the VLM adds zeros
         # rows run alone: other matrix kernels, so the same gradient up to its last bits, and the same signs
         assert torch.allclose(skip[2][~idle], full[2][~idle], rtol=1e-4, atol=1e-7)
